@@ -1,0 +1,71 @@
+/* proto.h: the framed protocol between worldfs (host) and worldfs-agent
+ * (guest) over a virtio-serial port.  Shared by both sides.
+ *
+ * A frame is: u32 length (big-endian, counts type + payload), u8 type,
+ * payload.  Integers inside payloads are big-endian.  Frames larger than
+ * PROTO_FRAME_MAX are a protocol error. */
+#ifndef WORLDFS_PROTO_H
+#define WORLDFS_PROTO_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define PROTO_FRAME_MAX (40u << 20)  /* 16 MiB code or 2 x output_max, with room */
+#define PROTO_VERSION "1"
+
+enum proto_type {
+	/* host -> guest */
+	PROTO_PING = 1,    /* payload: empty */
+	PROTO_EXEC = 2,    /* u32 run_id, u32 timeout_ms, u32 output_max, code bytes */
+	PROTO_RESEED = 3,  /* u64 host time (ns since epoch), entropy bytes */
+	/* guest -> host */
+	PROTO_PONG = 64,   /* agent version text */
+	PROTO_RESULT = 65, /* u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr */
+	PROTO_RESEEDED = 66, /* payload: empty */
+};
+
+/* EXEC: timeout_ms 0 means no time limit; output_max 0 means the agent's
+ * own cap (16 MiB per stream, which also bounds larger values). */
+
+enum proto_result_flags {
+	PROTO_F_TIMED_OUT = 1,
+	PROTO_F_TRUNCATED = 2,
+	PROTO_F_SESSION_RESET = 4,
+};
+
+struct proto_frame {
+	uint8_t type;
+	const uint8_t *payload;  /* points into the parsed buffer */
+	size_t len;
+};
+
+/* Parse one frame from buf[0..len).  Returns the bytes consumed (> 0),
+ * 0 if more bytes are needed, or -EPROTO for a malformed frame. */
+long proto_parse(const uint8_t *buf, size_t len, struct proto_frame *f);
+
+/* Write one frame (header + payload) to fd, retrying short writes and EINTR.
+ * Returns 0 or -errno. */
+int proto_write(int fd, uint8_t type, const void *payload, size_t len);
+
+/* Same, with the payload gathered from iov[0..iovcnt) (at most
+ * PROTO_IOV_MAX entries), so that large replies need no extra copy.  On a
+ * non-blocking fd it waits for POLLOUT and returns -EPIPE once the peer has
+ * hung up.  Returns 0 or -errno. */
+#define PROTO_IOV_MAX 8
+int proto_writev(int fd, uint8_t type, const struct iovec *iov, int iovcnt);
+
+/* Read exactly one frame from a blocking fd into a malloc'd buffer
+ * (*buf, freed by the caller); f->payload points into it.  timeout_ms < 0
+ * waits forever.  Returns 0, -ETIMEDOUT, -EPIPE on EOF, -EPROTO or -errno.
+ * After -ETIMEDOUT or -EPROTO part of a frame may have been consumed: the
+ * stream is out of step and the caller should reset the connection. */
+int proto_read(int fd, struct proto_frame *f, uint8_t **buf, int timeout_ms);
+
+/* Big-endian helpers for building and reading payloads. */
+void proto_put_u32(uint8_t *p, uint32_t v);
+void proto_put_u64(uint8_t *p, uint64_t v);
+uint32_t proto_get_u32(const uint8_t *p);
+uint64_t proto_get_u64(const uint8_t *p);
+
+#endif

@@ -1,0 +1,304 @@
+/* main.c: options, --help, and the mount: open the runtime, mount, serve,
+ * and on unmount suspend every live world. */
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fs/ops.h"
+#include "fs/runtime.h"
+
+struct options {
+	char *backend, *accel, *state, *image, *morph_url;
+	unsigned mem, vcpus, exec_timeout;
+	unsigned long output_max;
+	int help, version;
+};
+
+#define OPT(t, p) { t, offsetof(struct options, p), 1 }
+static const struct fuse_opt option_spec[] = {
+	OPT("backend=%s", backend),
+	OPT("accel=%s", accel),
+	OPT("state=%s", state),
+	OPT("image=%s", image),
+	OPT("mem=%u", mem),
+	OPT("vcpus=%u", vcpus),
+	OPT("exec_timeout=%u", exec_timeout),
+	OPT("output_max=%lu", output_max),
+	OPT("morph_url=%s", morph_url),
+	OPT("-h", help),
+	OPT("--help", help),
+	OPT("-V", version),
+	OPT("--version", version),
+	FUSE_OPT_END
+};
+
+static void usage(const char *prog)
+{
+	printf("usage: %s [-f] [-d] [-o OPTION[,OPTION...]] MOUNTPOINT\n"
+	       "\n"
+	       "worldfs turns sandboxed, branchable worlds into plain files (see worldfs(1)).\n"
+	       "\n"
+	       "worldfs options:\n"
+	       "    -o backend=vm|morph     where worlds run (default: vm)\n"
+	       "    -o accel=auto|kvm|tcg   how vm runs guests (default: auto: kvm with vmx/svm\n"
+	       "                            and a usable /dev/kvm, else tcg)\n"
+	       "    -o state=DIR            registry, snapshots, sandboxes (default: /var/lib/worldfs\n"
+	       "                            for root, else $XDG_STATE_HOME/worldfs)\n"
+	       "    -o image=DIR            guest kernel (vmlinux) + initramfs (initrd.cpio.gz)\n"
+	       "                            (default: the image built in the tree, else the installed one)\n"
+	       "    -o mem=MIB              memory of a new top-level world (default: 128)\n"
+	       "    -o vcpus=N              vCPUs of a new top-level world (default: 1)\n"
+	       "    -o exec_timeout=SEC     longest run of one exec (default: 60)\n"
+	       "    -o output_max=BYTES     largest captured stdout/stderr per run (default: 1048576)\n"
+	       "    -o morph_url=URL        Morph Cloud API base (default: https://cloud.morph.so/api)\n"
+	       "\n", prog);
+}
+
+static char *default_state_dir(void)
+{
+	const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+	char *s = NULL;
+
+	if (geteuid() == 0)
+		return strdup("/var/lib/worldfs");
+	if (xdg && *xdg) {
+		if (asprintf(&s, "%s/worldfs", xdg) < 0)
+			s = NULL;
+	} else if (home) {
+		if (asprintf(&s, "%s/.local/state/worldfs", home) < 0)
+			s = NULL;
+	}
+	return s;
+}
+
+static bool image_at(const char *dir)
+{
+	char p[PATH_MAX];
+
+	snprintf(p, sizeof(p), "%s/vmlinux", dir);
+	return access(p, R_OK) == 0;
+}
+
+/* Like mkdir -p for the state directory. */
+static int make_dirs(const char *path)
+{
+	char p[PATH_MAX];
+
+	snprintf(p, sizeof(p), "%s", path);
+	for (char *s = p + 1; *s; s++)
+		if (*s == '/') {
+			*s = '\0';
+			if (mkdir(p, 0700) < 0 && errno != EEXIST)
+				return -errno;
+			*s = '/';
+		}
+	if (mkdir(p, 0700) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+static int parse_config(struct options *o, struct backend_config *cfg, char **state_abs)
+{
+	char *abs;
+	int err;
+
+	memset(cfg, 0, sizeof(*cfg));
+	if (!o->accel || strcmp(o->accel, "auto") == 0)
+		cfg->accel = ACCEL_AUTO;
+	else if (strcmp(o->accel, "kvm") == 0)
+		cfg->accel = ACCEL_KVM;
+	else if (strcmp(o->accel, "tcg") == 0)
+		cfg->accel = ACCEL_TCG;
+	else {
+		fprintf(stderr, "worldfs: accel=%s: expected auto, kvm or tcg\n", o->accel);
+		return -EINVAL;
+	}
+	if (o->mem < 64 || o->mem > 1024 * 1024) {
+		fprintf(stderr, "worldfs: mem=%u: expected 64..1048576 MiB\n", o->mem);
+		return -EINVAL;
+	}
+	if (o->vcpus < 1 || o->vcpus > 64) {
+		fprintf(stderr, "worldfs: vcpus=%u: expected 1..64\n", o->vcpus);
+		return -EINVAL;
+	}
+	if (o->exec_timeout < 1) {
+		fprintf(stderr, "worldfs: exec_timeout=%u: expected at least 1 second\n", o->exec_timeout);
+		return -EINVAL;
+	}
+	if (o->output_max < 64 || o->output_max > (16ul << 20)) {
+		fprintf(stderr, "worldfs: output_max=%lu: expected 64..16777216 bytes\n", o->output_max);
+		return -EINVAL;
+	}
+	if (!o->state && !(o->state = default_state_dir())) {
+		fprintf(stderr, "worldfs: no state directory: give -o state=DIR\n");
+		return -EINVAL;
+	}
+	err = make_dirs(o->state);
+	if (err || !(abs = realpath(o->state, NULL))) {
+		fprintf(stderr, "worldfs: state=%s: %s\n", o->state, strerror(err ? -err : errno));
+		return err ? err : -errno;
+	}
+	*state_abs = abs;
+	if (!o->image)
+		o->image = strdup(image_at(WORLDFS_IMAGE_DIR) ? WORLDFS_IMAGE_DIR : WORLDFS_INSTALLED_IMAGE_DIR);
+	cfg->state_dir = abs;
+	cfg->image_dir = o->image;
+	cfg->mem_mib = o->mem;
+	cfg->vcpus = o->vcpus;
+	cfg->exec_timeout_s = o->exec_timeout;
+	cfg->output_max = o->output_max;
+	cfg->morph_url = o->morph_url;
+	return 0;
+}
+
+/* Fork into the background, but let the parent exit with the child's
+ * verdict on the mount, so a failed mount is a failed command. */
+static int background(int *report_fd)
+{
+	int p[2];
+	pid_t pid;
+	char verdict = 1;
+
+	if (pipe(p) < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0) {
+		close(p[1]);
+		if (read(p[0], &verdict, 1) != 1)
+			verdict = 1;
+		_exit(verdict);
+	}
+	close(p[0]);
+	setsid();
+	*report_fd = p[1];
+	return 0;
+}
+
+static void report(int fd, char verdict)
+{
+	int null;
+
+	if (fd < 0)
+		return;
+	if (write(fd, &verdict, 1) < 0) {
+		/* the parent is gone: nobody to tell */
+	}
+	close(fd);
+	if (verdict == 0 && (null = open("/dev/null", O_RDWR)) >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		dup2(null, 2);
+		if (null > 2)
+			close(null);
+	}
+}
+
+int main(int argc, char *argv[])
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct options o = { .mem = 128, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20 };
+	struct fuse_cmdline_opts copts = { 0 };
+	struct backend_config cfg;
+	const struct backend_ops *ops;
+	struct runtime rt = { 0 };
+	struct fuse *fuse = NULL;
+	struct fuse_loop_config *loop = NULL;
+	char err[512] = "", *state = NULL, log_path[PATH_MAX];
+	int report_fd = -1, rc = 1;
+
+	if (fuse_opt_parse(&args, &o, option_spec, NULL) < 0)
+		return 1;
+	if (o.version) {
+		printf("worldfs %s\n", WORLDFS_VERSION);
+		printf("FUSE library version %s\n", fuse_pkgversion());
+		return 0;
+	}
+	if (o.help) {
+		usage(argv[0]);
+		fuse_lib_help(&args);
+		printf("FUSE options:\n");
+		fuse_cmdline_help();
+		return 0;
+	}
+	if (fuse_parse_cmdline(&args, &copts) != 0)
+		return 1;
+	if (!copts.mountpoint) {
+		fprintf(stderr, "usage: %s [options] MOUNTPOINT (see --help)\n", argv[0]);
+		goto out;
+	}
+	if (parse_config(&o, &cfg, &state) < 0)
+		goto out;
+	if (!o.backend)
+		o.backend = strdup("vm");
+	if (!(ops = backend_find(o.backend))) {
+		fprintf(stderr, "worldfs: backend=%s: not available in this version (available: vm)\n", o.backend);
+		goto out;
+	}
+
+	snprintf(log_path, sizeof(log_path), "%s/worldfs.log", state);
+	runtime_log_open(log_path);
+	if (!copts.foreground && background(&report_fd) < 0) {
+		perror("worldfs: fork");
+		goto out;
+	}
+	if (runtime_open(&rt, ops, &cfg, err, sizeof(err)) < 0) {
+		runtime_log("%s", err);
+		goto out;
+	}
+	rt.mount_uid = getuid();
+	rt.mount_gid = getgid();
+	rt.mount_time = time(NULL);
+
+	/* Permissions are the kernel's, from the modes and owners we report. */
+	fuse_opt_add_arg(&args, "-odefault_permissions");
+	fuse_opt_add_arg(&args, "-ofsname=worldfs,subtype=worldfs");
+	fuse = fuse_new(&args, &worldfs_ops, sizeof(worldfs_ops), &rt);
+	if (!fuse)
+		goto out_runtime;
+	if (fuse_mount(fuse, copts.mountpoint) != 0)
+		goto out_fuse;
+	if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
+		goto out_unmount;
+	runtime_log("serving %s", copts.mountpoint);
+	report(report_fd, 0);
+	report_fd = -1;
+
+	loop = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_clone_fd(loop, copts.clone_fd);
+	fuse_loop_cfg_set_idle_threads(loop, copts.max_idle_threads);
+	/* Runs block their thread for as long as they last: room for many. */
+	fuse_loop_cfg_set_max_threads(loop, copts.max_threads > 10 ? copts.max_threads : 256);
+	rc = copts.singlethread ? fuse_loop(fuse) : fuse_loop_mt(fuse, loop);
+	rc = rc ? 1 : 0;
+	fuse_loop_cfg_destroy(loop);
+	fuse_remove_signal_handlers(fuse_get_session(fuse));
+out_unmount:
+	fuse_unmount(fuse);
+out_fuse:
+	fuse_destroy(fuse);
+out_runtime:
+	runtime_close(&rt);
+out:
+	report(report_fd, 1);
+	free(copts.mountpoint);
+	fuse_opt_free_args(&args);
+	free(state);
+	free(o.backend);
+	free(o.accel);
+	free(o.state);
+	free(o.image);
+	free(o.morph_url);
+	runtime_log_close();
+	return rc;
+}

@@ -1,0 +1,319 @@
+/* node.c: path lookup and the content of every file. */
+#include <errno.h>
+#include <stdarg.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs/node.h"
+
+const struct file_desc entity_files[] = {
+	{ "exec",     F_EXEC,     S_IFREG | 0600, 0 },
+	{ "stdout",   F_STDOUT,   S_IFREG | 0400, 0 },
+	{ "stderr",   F_STDERR,   S_IFREG | 0400, 0 },
+	{ "status",   F_STATUS,   S_IFREG | 0400, 0 },
+	{ "state",    F_STATE,    S_IFREG | 0400, 0 },
+	{ "info",     F_INFO,     S_IFREG | 0400, S_IFREG | 0400 },
+	{ "trit",     F_TRIT,     S_IFREG | 0600, 0 },
+	{ "prob",     F_PROB,     S_IFREG | 0600, 0 },
+	{ "gf3",      F_GF3,      S_IFREG | 0400, S_IFREG | 0400 },
+	{ "balance",  F_BALANCE,  S_IFDIR | 0700, S_IFDIR | 0500 },
+	{ "resolve",  F_RESOLVE,  S_IFREG | 0600, S_IFREG | 0600 },
+	{ "wev",      F_WEV,      S_IFREG | 0400, S_IFREG | 0400 },
+	{ "snapshot", F_SNAPSHOT, S_IFDIR | 0700, 0 },
+};
+const size_t n_entity_files = sizeof(entity_files) / sizeof(entity_files[0]);
+
+const struct file_desc meta_files[] = {
+	{ "version",     F_VERSION,     S_IFREG | 0444, 0 },
+	{ "entities",    F_ENTITIES,    S_IFREG | 0444, 0 },
+	{ "branches",    F_BRANCHES,    S_IFREG | 0444, 0 },
+	{ "resolutions", F_RESOLUTIONS, S_IFREG | 0444, 0 },
+	{ "metrics",     F_METRICS,     S_IFREG | 0444, 0 },
+};
+const size_t n_meta_files = sizeof(meta_files) / sizeof(meta_files[0]);
+
+static mode_t file_mode(const struct file_desc *f, const struct entity *e)
+{
+	return e->kind == ENTITY_SNAPSHOT ? f->snapshot_mode : f->world_mode;
+}
+
+static const struct file_desc *entity_file(const struct entity *e, const char *name)
+{
+	for (size_t i = 0; i < n_entity_files; i++)
+		if (strcmp(entity_files[i].name, name) == 0)
+			return file_mode(&entity_files[i], e) ? &entity_files[i] : NULL;
+	return NULL;
+}
+
+mode_t node_mode(const struct node *n)
+{
+	switch (n->type) {
+	case NODE_ROOT: return S_IFDIR | 01777;  /* any user may create worlds; sticky */
+	case NODE_META_DIR: return S_IFDIR | 0555;
+	case NODE_META_FILE: return n->file->world_mode;
+	case NODE_ENTITY_DIR: return S_IFDIR | 0700;
+	case NODE_SNAPSHOT_DIR:
+	case NODE_BALANCE_DIR:
+	case NODE_FILE: return file_mode(n->file, n->e);
+	case NODE_BALANCE_FILE: return S_IFREG | (n->e->kind == ENTITY_SNAPSHOT ? 0400 : 0600);
+	}
+	return 0;
+}
+
+/* Next path component into buf; returns the rest, or NULL at the end. */
+static const char *next_component(const char *p, char *buf, size_t len, int *err)
+{
+	size_t n;
+
+	while (*p == '/')
+		p++;
+	if (!*p)
+		return NULL;
+	n = strcspn(p, "/");
+	if (n >= len) {
+		*err = -ENAMETOOLONG;
+		return NULL;
+	}
+	memcpy(buf, p, n);
+	buf[n] = '\0';
+	return p + n;
+}
+
+int node_lookup(struct runtime *rt, const char *path, struct node *n)
+{
+	char c[256];
+	const char *p = path;
+	struct entity *e = NULL;
+	int err = 0;
+
+	memset(n, 0, sizeof(*n));
+	pthread_mutex_lock(&rt->lock);
+	p = next_component(p, c, sizeof(c), &err);
+	if (!p) {
+		n->type = NODE_ROOT;
+		goto out;
+	}
+	if (strcmp(c, ".worldfs") == 0) {
+		p = next_component(p, c, sizeof(c), &err);
+		n->type = NODE_META_DIR;
+		if (!p)
+			goto out;
+		err = -ENOENT;
+		for (size_t i = 0; i < n_meta_files; i++)
+			if (strcmp(meta_files[i].name, c) == 0) {
+				n->type = NODE_META_FILE;
+				n->file = &meta_files[i];
+				err = 0;
+			}
+		if (!err && next_component(p, c, sizeof(c), &err))
+			err = -ENOTDIR;
+		goto out;
+	}
+	e = runtime_find_verse(rt, NULL, c, false);
+	if (!e) {
+		err = -ENOENT;
+		goto out;
+	}
+	for (;;) {
+		const struct file_desc *f;
+		p = next_component(p, c, sizeof(c), &err);
+		if (!p) {
+			n->type = NODE_ENTITY_DIR;
+			break;
+		}
+		f = entity_file(e, c);
+		if (!f) {
+			e = runtime_find_verse(rt, e, c, false);
+			if (!e) {
+				err = -ENOENT;
+				break;
+			}
+			continue;
+		}
+		n->file = f;
+		if (f->id == F_BALANCE) {
+			p = next_component(p, c, sizeof(c), &err);
+			n->type = NODE_BALANCE_DIR;
+			if (!p)
+				break;
+			n->type = NODE_BALANCE_FILE;
+			if (strlen(c) > NAME_MAX_LEN || !ledger_get(&e->ledger, c)) {
+				err = -ENOENT;
+				break;
+			}
+			strcpy(n->owner, c);
+			if (next_component(p, c, sizeof(c), &err))
+				err = -ENOTDIR;
+			break;
+		}
+		if (f->id == F_SNAPSHOT) {
+			p = next_component(p, c, sizeof(c), &err);
+			if (!p) {
+				n->type = NODE_SNAPSHOT_DIR;
+				break;
+			}
+			e = runtime_find_snapshot(e, c, false);
+			if (!e) {
+				err = -ENOENT;
+				break;
+			}
+			continue;
+		}
+		n->type = NODE_FILE;
+		if (next_component(p, c, sizeof(c), &err))
+			err = -ENOTDIR;
+		break;
+	}
+out:
+	if (!err && e) {
+		n->e = e;
+		runtime_get(e);
+	}
+	pthread_mutex_unlock(&rt->lock);
+	return err;
+}
+
+void node_release(struct runtime *rt, struct node *n)
+{
+	runtime_put(rt, n->e);
+	n->e = NULL;
+}
+
+static int text(char **buf, size_t *len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int text(char **buf, size_t *len, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vasprintf(buf, fmt, ap);
+	va_end(ap);
+	if (n < 0) {
+		*buf = NULL;
+		return -ENOMEM;
+	}
+	*len = (size_t)n;
+	return 0;
+}
+
+static int json_line(char **buf, size_t *len, char *json)
+{
+	int err;
+
+	if (!json)
+		return -ENOMEM;
+	err = text(buf, len, "%s\n", json);
+	free(json);
+	return err;
+}
+
+static void entities_dump(struct runtime *rt, struct entity *e, FILE *f)
+{
+	char *s = runtime_info_json(rt, e);
+
+	if (s && !e->busy_creating)
+		fprintf(f, "%s\n", s);
+	free(s);
+	for (size_t i = 0; i < e->nverses; i++)
+		entities_dump(rt, e->verses[i], f);
+	for (size_t i = 0; i < e->nsnapshots; i++)
+		entities_dump(rt, e->snapshots[i], f);
+}
+
+/* Content of a file; called with rt->lock held. */
+static int render_locked(struct runtime *rt, const struct node *n, char **buf, size_t *len)
+{
+	struct entity *e = n->e;
+
+	*buf = NULL;
+	*len = 0;
+	if (e && e->removed)
+		return -ENOENT;
+	if (n->type == NODE_BALANCE_FILE) {
+		const struct ledger_entry *le = ledger_get(&e->ledger, n->owner);
+		if (!le)
+			return -ENOENT;
+		return text(buf, len, "%lld\n", (long long)le->amount);
+	}
+	if (n->type != NODE_FILE && n->type != NODE_META_FILE)
+		return -EISDIR;
+	switch (n->file->id) {
+	case F_VERSION:
+		return text(buf, len, "worldfs %s backend=%s\n", WORLDFS_VERSION, rt->be_ops->name);
+	case F_ENTITIES: {
+		FILE *f = open_memstream(buf, len);
+		if (!f)
+			return -ENOMEM;
+		for (size_t i = 0; i < rt->nworlds; i++)
+			entities_dump(rt, rt->worlds[i], f);
+		return fclose(f) == 0 ? 0 : -ENOMEM;
+	}
+	case F_BRANCHES:
+		return registry_dump(rt->reg, "world_branches", buf, len);
+	case F_RESOLUTIONS:
+		return registry_dump(rt->reg, "verse_resolutions", buf, len);
+	case F_METRICS:
+		return json_line(buf, len, json_dumps(registry_metrics(rt->reg), JSON_COMPACT | JSON_PRESERVE_ORDER));
+	case F_EXEC:
+		return 0;
+	case F_STDOUT:
+		return registry_output_get(rt->reg, e->id, 1, buf, len);
+	case F_STDERR:
+		return registry_output_get(rt->reg, e->id, 2, buf, len);
+	case F_STATUS:
+		return e->has_run ? text(buf, len, "%d\n", e->status) : 0;
+	case F_STATE:
+		return text(buf, len, "%s\n", entity_state_name(e->state));
+	case F_INFO:
+		return json_line(buf, len, runtime_info_json(rt, e));
+	case F_TRIT:
+		return text(buf, len, "%d\n", e->trit);
+	case F_PROB: {
+		char p[32];
+		prob_format(e->prob, p, sizeof(p));
+		return text(buf, len, "%s\n", p);
+	}
+	case F_GF3:
+		return text(buf, len, "%d\n", runtime_gf3(e));
+	case F_RESOLVE:
+		return e->winner[0] ? text(buf, len, "%s\n", e->winner) : 0;
+	case F_WEV:
+		return text(buf, len, "%lld\n", (long long)e->wev);
+	case F_BALANCE:
+	case F_SNAPSHOT:
+		return -EISDIR;
+	}
+	return -ENOENT;
+}
+
+int node_render(struct runtime *rt, const struct node *n, char **buf, size_t *len)
+{
+	int err;
+
+	pthread_mutex_lock(&rt->lock);
+	err = render_locked(rt, n, buf, len);
+	pthread_mutex_unlock(&rt->lock);
+	return err;
+}
+
+int node_size(struct runtime *rt, const struct node *n, off_t *size)
+{
+	char *buf;
+	size_t len;
+	int err;
+
+	if (n->type == NODE_FILE && (n->file->id == F_STDOUT || n->file->id == F_STDERR)) {
+		pthread_mutex_lock(&rt->lock);
+		*size = (off_t)(n->file->id == F_STDOUT ? n->e->out_len : n->e->err_len);
+		pthread_mutex_unlock(&rt->lock);
+		return 0;
+	}
+	err = node_render(rt, n, &buf, &len);
+	if (err)
+		return err;
+	free(buf);
+	*size = (off_t)len;
+	return 0;
+}

@@ -1,0 +1,58 @@
+/* node.h: paths of the mount and the fixed files of each directory,
+ * declared once (the table drives lookup, readdir, getattr and render). */
+#ifndef WORLDFS_NODE_H
+#define WORLDFS_NODE_H
+
+#include <sys/stat.h>
+
+#include "fs/runtime.h"
+
+enum node_type {
+	NODE_ROOT,
+	NODE_META_DIR,     /* .worldfs/ */
+	NODE_META_FILE,
+	NODE_ENTITY_DIR,   /* a world, verse or snapshot directory */
+	NODE_SNAPSHOT_DIR, /* W/snapshot/ */
+	NODE_BALANCE_DIR,  /* W/balance/ */
+	NODE_BALANCE_FILE, /* W/balance/OWNER */
+	NODE_FILE,         /* a fixed file of an entity directory */
+};
+
+enum file_id {
+	F_EXEC, F_STDOUT, F_STDERR, F_STATUS, F_STATE, F_INFO, F_TRIT, F_PROB,
+	F_GF3, F_BALANCE, F_RESOLVE, F_WEV, F_SNAPSHOT,
+	F_VERSION, F_ENTITIES, F_BRANCHES, F_RESOLUTIONS, F_METRICS,
+};
+
+struct file_desc {
+	const char *name;
+	enum file_id id;
+	mode_t world_mode;     /* in a world/verse directory; 0: absent */
+	mode_t snapshot_mode;  /* in a snapshot directory; 0: absent */
+};
+
+struct node {
+	enum node_type type;
+	const struct file_desc *file;  /* NODE_FILE, NODE_META_FILE */
+	struct entity *e;              /* referenced; node_release drops it */
+	char owner[NAME_MAX_LEN + 1];  /* NODE_BALANCE_FILE */
+};
+
+extern const struct file_desc entity_files[];
+extern const size_t n_entity_files;
+extern const struct file_desc meta_files[];
+extern const size_t n_meta_files;
+
+/* Resolve a path; 0 or -ENOENT/-ENOTDIR.  Holds a reference on n->e. */
+int node_lookup(struct runtime *rt, const char *path, struct node *n);
+void node_release(struct runtime *rt, struct node *n);
+
+/* The mode bits (with type) of a node, 0 if absent. */
+mode_t node_mode(const struct node *n);
+
+/* Render a file node's content into a malloc'd buffer. */
+int node_render(struct runtime *rt, const struct node *n, char **buf, size_t *len);
+/* Its size, without loading large outputs. */
+int node_size(struct runtime *rt, const struct node *n, off_t *size);
+
+#endif

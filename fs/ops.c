@@ -1,0 +1,608 @@
+/* ops.c: the FUSE face.  Paths become nodes (node.c); every operation is
+ * one runtime call (runtime.c).  Errors are -errno, right after the failing
+ * call, with a log line for bad input. */
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+
+#include "fs/node.h"
+#include "fs/ops.h"
+
+struct handle {
+	struct node n;
+	pthread_mutex_t lock;
+	char *data;          /* what reads return: content at open, or a run's stdout */
+	size_t len;
+	char *code;          /* exec: code written and not yet run */
+	size_t code_len, code_cap;
+	char *value;         /* value files: the bytes written so far on this descriptor */
+	size_t value_len;
+	bool created;        /* balance made by this create(); undone if its first write fails */
+	bool written;
+};
+
+static struct runtime *rt_of(void)
+{
+	return fuse_get_context()->private_data;
+}
+
+static struct handle *handle_of(struct fuse_file_info *fi)
+{
+	return (struct handle *)(uintptr_t)fi->fh;
+}
+
+/* Split "/a/b/c" into its directory "/a/b" and name "c" (copies). */
+static int split(const char *path, char **dir, char **name)
+{
+	char *d = strdup(path), *n = strdup(path);
+
+	if (!d || !n) {
+		free(d);
+		free(n);
+		return -ENOMEM;
+	}
+	*dir = strdup(dirname(d));
+	*name = strdup(basename(n));
+	free(d);
+	free(n);
+	if (!*dir || !*name) {
+		free(*dir);
+		free(*name);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static int wfs_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
+{
+	struct runtime *rt = rt_of();
+	struct node n;
+	off_t size = 0;
+	int err;
+
+	(void)fi;
+	err = node_lookup(rt, path, &n);
+	if (err)
+		return err;
+	memset(st, 0, sizeof(*st));
+	st->st_mode = node_mode(&n);
+	st->st_nlink = S_ISDIR(st->st_mode) ? 2 : 1;
+	st->st_uid = n.e ? n.e->uid : rt->mount_uid;
+	st->st_gid = n.e ? n.e->gid : rt->mount_gid;
+	st->st_blksize = 4096;
+	st->st_atime = st->st_mtime = st->st_ctime = rt->mount_time;
+	if (S_ISREG(st->st_mode)) {
+		err = node_size(rt, &n, &size);
+		st->st_size = size;
+		st->st_blocks = (size + 511) / 512;
+	}
+	node_release(rt, &n);
+	return err;
+}
+
+static int wfs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
+		       struct fuse_file_info *fi, enum fuse_readdir_flags flags)
+{
+	struct runtime *rt = rt_of();
+	struct entity *e;
+	struct node n;
+	int err;
+
+	(void)off;
+	(void)fi;
+	(void)flags;
+	err = node_lookup(rt, path, &n);
+	if (err)
+		return err;
+	e = n.e;
+	fill(buf, ".", NULL, 0, 0);
+	fill(buf, "..", NULL, 0, 0);
+	pthread_mutex_lock(&rt->lock);
+	switch (n.type) {
+	case NODE_ROOT:
+		fill(buf, ".worldfs", NULL, 0, 0);
+		for (size_t i = 0; i < rt->nworlds; i++)
+			if (!rt->worlds[i]->busy_creating)
+				fill(buf, rt->worlds[i]->name, NULL, 0, 0);
+		break;
+	case NODE_META_DIR:
+		for (size_t i = 0; i < n_meta_files; i++)
+			fill(buf, meta_files[i].name, NULL, 0, 0);
+		break;
+	case NODE_ENTITY_DIR:
+		for (size_t i = 0; i < n_entity_files; i++)
+			if (e->kind == ENTITY_SNAPSHOT ? entity_files[i].snapshot_mode : entity_files[i].world_mode)
+				fill(buf, entity_files[i].name, NULL, 0, 0);
+		for (size_t i = 0; i < e->nverses; i++)
+			if (!e->verses[i]->busy_creating)
+				fill(buf, e->verses[i]->name, NULL, 0, 0);
+		break;
+	case NODE_SNAPSHOT_DIR:
+		for (size_t i = 0; i < e->nsnapshots; i++)
+			if (!e->snapshots[i]->busy_creating)
+				fill(buf, e->snapshots[i]->name, NULL, 0, 0);
+		break;
+	case NODE_BALANCE_DIR:
+		for (size_t i = 0; i < e->ledger.n; i++)
+			fill(buf, e->ledger.v[i].owner, NULL, 0, 0);
+		break;
+	default:
+		err = -ENOTDIR;
+	}
+	pthread_mutex_unlock(&rt->lock);
+	node_release(rt, &n);
+	return err;
+}
+
+static int wfs_mkdir(const char *path, mode_t mode)
+{
+	struct runtime *rt = rt_of();
+	struct fuse_context *ctx = fuse_get_context();
+	char *dir, *name;
+	struct node n;
+	int err;
+
+	(void)mode;
+	err = split(path, &dir, &name);
+	if (err)
+		return err;
+	err = node_lookup(rt, dir, &n);
+	if (err)
+		goto out;
+	switch (n.type) {
+	case NODE_ROOT:
+		err = runtime_create_world(rt, name, ctx->uid, ctx->gid);
+		break;
+	case NODE_ENTITY_DIR:
+		err = runtime_branch(rt, n.e, name, ctx->uid, ctx->gid);
+		break;
+	case NODE_SNAPSHOT_DIR:
+		err = runtime_snapshot(rt, n.e, name, ctx->uid, ctx->gid);
+		break;
+	case NODE_META_DIR:
+	case NODE_BALANCE_DIR:
+		err = -EPERM;
+		break;
+	default:
+		err = -ENOTDIR;
+	}
+	if (err == -EINVAL)
+		runtime_log("mkdir %s: invalid name (1-64 of [A-Za-z0-9._-], no leading '.', not a file name)", path);
+	else if (err && err != -EEXIST)
+		runtime_log("mkdir %s: %s", path, strerror(-err));
+	node_release(rt, &n);
+out:
+	free(dir);
+	free(name);
+	return err;
+}
+
+static int wfs_rmdir(const char *path)
+{
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	err = node_lookup(rt, path, &n);
+	if (err)
+		return err;
+	switch (n.type) {
+	case NODE_ENTITY_DIR:
+		err = runtime_remove(rt, n.e);
+		if (err == -ENOTEMPTY)
+			runtime_log("rmdir %s: live verses below it", path);
+		break;
+	case NODE_ROOT:
+		err = -EBUSY;
+		break;
+	case NODE_META_DIR:
+	case NODE_SNAPSHOT_DIR:
+	case NODE_BALANCE_DIR:
+		err = -EPERM;
+		break;
+	default:
+		err = -ENOTDIR;
+	}
+	node_release(rt, &n);
+	return err;
+}
+
+static bool writable(const struct node *n)
+{
+	return (node_mode(n) & 0200) != 0;
+}
+
+/* A handle on node n (its reference moves into the handle). */
+static int handle_open(struct runtime *rt, struct node *n, struct fuse_file_info *fi)
+{
+	bool wr = (fi->flags & O_ACCMODE) != O_RDONLY;
+	struct handle *h;
+	int err = 0;
+
+	if (n->type != NODE_FILE && n->type != NODE_META_FILE && n->type != NODE_BALANCE_FILE)
+		return -EISDIR;
+	if (wr && !writable(n))
+		return -EACCES;
+	if (wr && n->type == NODE_FILE && n->file->id == F_EXEC) {
+		pthread_mutex_lock(&rt->lock);
+		if (n->e->state == STATE_COLLAPSED)
+			err = -EROFS;
+		else if (n->e->state == STATE_FAILED)
+			err = -EIO;
+		pthread_mutex_unlock(&rt->lock);
+		if (err)
+			return err;
+	}
+	h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	pthread_mutex_init(&h->lock, NULL);
+	if ((fi->flags & O_ACCMODE) != O_WRONLY) {
+		err = node_render(rt, n, &h->data, &h->len);
+		if (err) {
+			pthread_mutex_destroy(&h->lock);
+			free(h);
+			return err;
+		}
+	}
+	h->n = *n;
+	n->e = NULL;
+	fi->fh = (uint64_t)(uintptr_t)h;
+	/* Contents change under the kernel's feet: no page cache. */
+	fi->direct_io = 1;
+	fi->nonseekable = 0;
+	return 0;
+}
+
+static int wfs_open(const char *path, struct fuse_file_info *fi)
+{
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	err = node_lookup(rt, path, &n);
+	if (err)
+		return err;
+	err = handle_open(rt, &n, fi);
+	node_release(rt, &n);
+	return err;
+}
+
+static int wfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	struct runtime *rt = rt_of();
+	char *dir, *name;
+	struct node n;
+	bool made = false;
+	int err;
+
+	(void)mode;
+	err = split(path, &dir, &name);
+	if (err)
+		return err;
+	err = node_lookup(rt, dir, &n);
+	if (err)
+		goto out;
+	if (n.type != NODE_BALANCE_DIR) {
+		err = n.type == NODE_META_DIR ? -EACCES : -EPERM;
+	} else if (n.e->kind == ENTITY_SNAPSHOT) {
+		err = -EACCES;  /* a snapshot's ledger is what was captured */
+	} else if (name_check(name) < 0) {
+		runtime_log("create %s: invalid owner name", path);
+		err = -EINVAL;
+	} else {
+		pthread_mutex_lock(&rt->lock);
+		made = !ledger_get(&n.e->ledger, name);
+		pthread_mutex_unlock(&rt->lock);
+		if (made)
+			err = runtime_set_balance(rt, n.e, name, 0);
+	}
+	node_release(rt, &n);
+	if (err)
+		goto out;
+	err = node_lookup(rt, path, &n);
+	if (!err) {
+		err = handle_open(rt, &n, fi);
+		node_release(rt, &n);
+	}
+	if (!err)
+		handle_of(fi)->created = made;
+out:
+	free(dir);
+	free(name);
+	return err;
+}
+
+/* Run the code pending on an exec handle (h->lock held). */
+static int handle_run(struct runtime *rt, struct handle *h)
+{
+	struct run_result res;
+	int err;
+
+	err = runtime_exec(rt, h->n.e, h->code, h->code_len, &res);
+	h->code_len = 0;
+	free(h->data);
+	h->data = res.out;
+	h->len = res.out_len;
+	res.out = NULL;
+	run_result_release(&res);
+	if (err == -ETIMEDOUT)
+		runtime_log("%s: run killed after exec_timeout", h->n.e->id);
+	return err;
+}
+
+static int wfs_read(const char *path, char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	int err = 0;
+
+	(void)path;
+	pthread_mutex_lock(&h->lock);
+	if (h->code_len)
+		err = handle_run(rt_of(), h);
+	if (!err) {
+		if ((size_t)off >= h->len)
+			size = 0;
+		else if (size > h->len - (size_t)off)
+			size = h->len - (size_t)off;
+		memcpy(buf, h->data + off, size);
+	}
+	pthread_mutex_unlock(&h->lock);
+	return err ? err : (int)size;
+}
+
+/* Apply a complete value written to a value file. */
+static int apply_value(struct runtime *rt, struct handle *h, const char *v, size_t len)
+{
+	struct entity *e = h->n.e;
+	int64_t x;
+	int t, err;
+
+	if (h->n.type == NODE_BALANCE_FILE) {
+		err = amount_parse(v, len, &x);
+		return err ? err : runtime_set_balance(rt, e, h->n.owner, x);
+	}
+	switch (h->n.file->id) {
+	case F_TRIT:
+		err = trit_parse(v, len, &t);
+		return err ? err : runtime_set_trit(rt, e, t);
+	case F_PROB:
+		err = prob_parse(v, len, &x);
+		return err ? err : runtime_set_prob(rt, e, x);
+	case F_RESOLVE: {
+		char name[NAME_MAX_LEN + 1];
+		size_t n = len && v[len - 1] == '\n' ? len - 1 : len;
+		if (n == 0)
+			return -EINVAL;
+		if (name_parse(v, len, name) < 0)
+			return -ENOENT;  /* no child can have that name */
+		return runtime_resolve(rt, e, name, fuse_get_context()->uid);
+	}
+	default:
+		return -EACCES;
+	}
+}
+
+static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct runtime *rt = rt_of();
+	struct handle *h = handle_of(fi);
+	int err = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (h->n.type == NODE_FILE && h->n.file->id == F_EXEC) {
+		/* Code accumulates over any number of writes until the run. */
+		if (h->code_len + size > EXEC_CODE_MAX) {
+			runtime_log("%s: code larger than 16 MiB", path);
+			err = -EFBIG;
+		} else if (h->code_len + size > h->code_cap) {
+			size_t cap = h->code_cap ? h->code_cap : 4096;
+			char *c;
+			while (cap < h->code_len + size)
+				cap *= 2;
+			c = realloc(h->code, cap);
+			if (!c)
+				err = -ENOMEM;
+			else {
+				h->code = c;
+				h->code_cap = cap;
+			}
+		}
+		if (!err) {
+			memcpy(h->code + h->code_len, buf, size);
+			h->code_len += size;
+		}
+		goto out;
+	}
+	/* A value file: the bytes written on this descriptor so far (from
+	 * offset 0) are the value; each write either takes it whole or fails
+	 * and changes nothing. */
+	{
+		size_t keep = (size_t)off < h->value_len ? (size_t)off : h->value_len;
+		char *v = malloc(keep + size);
+		if (!v) {
+			err = -ENOMEM;
+			goto out;
+		}
+		if (keep)
+			memcpy(v, h->value, keep);
+		memcpy(v + keep, buf, size);
+		err = apply_value(rt, h, v, keep + size);
+		if (err) {
+			free(v);
+			if (err == -EINVAL)
+				runtime_log("%s: invalid value", path);
+			else
+				runtime_log("%s: write: %s", path, strerror(-err));
+			if (h->created && !h->written)
+				runtime_delete_balance(rt, h->n.e, h->n.owner);
+		} else {
+			free(h->value);
+			h->value = v;
+			h->value_len = keep + size;
+			h->written = true;
+		}
+	}
+out:
+	pthread_mutex_unlock(&h->lock);
+	return err ? err : (int)size;
+}
+
+static int wfs_flush(const char *path, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+	int err = 0;
+
+	(void)path;
+	pthread_mutex_lock(&h->lock);
+	if (h->code_len)
+		err = handle_run(rt_of(), h);
+	pthread_mutex_unlock(&h->lock);
+	return err;
+}
+
+static int wfs_release(const char *path, struct fuse_file_info *fi)
+{
+	struct handle *h = handle_of(fi);
+
+	(void)path;
+	node_release(rt_of(), &h->n);
+	pthread_mutex_destroy(&h->lock);
+	free(h->data);
+	free(h->code);
+	free(h->value);
+	free(h);
+	return 0;
+}
+
+static int wfs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
+{
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	(void)fi;
+	err = node_lookup(rt, path, &n);
+	if (err)
+		return err;
+	if (S_ISDIR(node_mode(&n)))
+		err = -EISDIR;
+	else if (!writable(&n))
+		err = -EACCES;
+	else if (size != 0)
+		err = -EINVAL;  /* O_TRUNC is fine; the value comes with the write */
+	node_release(rt, &n);
+	return err;
+}
+
+static int wfs_unlink(const char *path)
+{
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	err = node_lookup(rt, path, &n);
+	if (err)
+		return err;
+	if (n.type == NODE_BALANCE_FILE)
+		err = n.e->kind == ENTITY_SNAPSHOT ? -EACCES : runtime_delete_balance(rt, n.e, n.owner);
+	else if (S_ISDIR(node_mode(&n)))
+		err = -EISDIR;
+	else
+		err = -EPERM;
+	node_release(rt, &n);
+	return err;
+}
+
+static int wfs_utimens(const char *path, const struct timespec tv[2], struct fuse_file_info *fi)
+{
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	(void)tv;
+	(void)fi;
+	err = node_lookup(rt, path, &n);
+	if (!err)
+		node_release(rt, &n);
+	return err;
+}
+
+static int wfs_statfs(const char *path, struct statvfs *st)
+{
+	(void)path;
+	memset(st, 0, sizeof(*st));
+	st->f_bsize = st->f_frsize = 4096;
+	st->f_namemax = NAME_MAX_LEN;
+	return 0;
+}
+
+static int wfs_rename(const char *from, const char *to, unsigned int flags)
+{
+	(void)from;
+	(void)to;
+	(void)flags;
+	return -EPERM;
+}
+
+static int wfs_link(const char *from, const char *to)
+{
+	(void)from;
+	(void)to;
+	return -EPERM;
+}
+
+static int wfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
+{
+	(void)path;
+	(void)mode;
+	(void)fi;
+	return -EPERM;
+}
+
+static int wfs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
+{
+	(void)path;
+	(void)uid;
+	(void)gid;
+	(void)fi;
+	return -EPERM;
+}
+
+static void *wfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+	(void)conn;
+	/* Every value is live: the kernel must ask each time. */
+	cfg->entry_timeout = 0;
+	cfg->attr_timeout = 0;
+	cfg->negative_timeout = 0;
+	cfg->direct_io = 1;
+	return fuse_get_context()->private_data;
+}
+
+const struct fuse_operations worldfs_ops = {
+	.init = wfs_init,
+	.getattr = wfs_getattr,
+	.readdir = wfs_readdir,
+	.mkdir = wfs_mkdir,
+	.rmdir = wfs_rmdir,
+	.open = wfs_open,
+	.create = wfs_create,
+	.read = wfs_read,
+	.write = wfs_write,
+	.flush = wfs_flush,
+	.release = wfs_release,
+	.truncate = wfs_truncate,
+	.unlink = wfs_unlink,
+	.utimens = wfs_utimens,
+	.statfs = wfs_statfs,
+	.rename = wfs_rename,
+	.link = wfs_link,
+	.chmod = wfs_chmod,
+	.chown = wfs_chown,
+};

@@ -1,0 +1,58 @@
+/* registry.h: the SQLite registry (WAL), the source of truth.  Callers
+ * serialize access (the tree lock); each mutating call is one transaction
+ * unless wrapped in registry_begin/commit. */
+#ifndef WORLDFS_REGISTRY_H
+#define WORLDFS_REGISTRY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fs/world.h"
+
+struct registry;
+
+/* Now as ISO 8601 UTC with milliseconds; a fresh random id "PREFIX-16hex". */
+void registry_now(char out[32]);
+void registry_new_id(const char *prefix, char out[24]);
+
+int registry_open(struct registry **out, const char *path, char *err, size_t errlen);
+void registry_close(struct registry *r);
+
+/* Group several changes into one durable transaction. */
+int registry_begin(struct registry *r);
+int registry_commit(struct registry *r);
+void registry_rollback(struct registry *r);
+
+/* The entity row (and for snapshots the snapshots row); insert or update. */
+int registry_entity_put(struct registry *r, const struct entity *e);
+/* Delete the entity with its balances, outputs and snapshot row. */
+int registry_entity_delete(struct registry *r, const char *id);
+
+int registry_balance_set(struct registry *r, const char *id, const char *owner, int64_t amount);
+int registry_balance_delete(struct registry *r, const char *id, const char *owner);
+int registry_ledger_put(struct registry *r, const char *id, const struct ledger *l);
+
+int registry_output_put(struct registry *r, const char *id, int status,
+			const char *out, size_t out_len, const char *err, size_t err_len,
+			double duration_ms);
+/* which: 1 stdout, 2 stderr.  *buf malloc'd (NULL with *len 0 when none). */
+int registry_output_get(struct registry *r, const char *id, int which, char **buf, size_t *len);
+
+int registry_branch_add(struct registry *r, const char *parent_id, const char *child_id,
+			const char *branch_type, double snapshot_time_ms, int gf3);
+int registry_resolution_add(struct registry *r, const char *parent_id, const char *verses_json,
+			    const char *winner, const char *oracle, int64_t wev, double pull_up_ms);
+/* op: boot, branch, snapshot, exec, resolve. */
+int registry_metric_add(struct registry *r, const char *entity_id, const char *op, double ms);
+
+/* Load every entity (parents before children) with balances and last-output
+ * sizes; cb returns 0 to go on.  The entity passed is a temporary: copy it. */
+int registry_load(struct registry *r, int (*cb)(void *ctx, struct entity *e,
+						const char *parent_id), void *ctx);
+
+/* JSON lines of world_branches / verse_resolutions, malloc'd. */
+int registry_dump(struct registry *r, const char *table, char **out, size_t *len);
+/* The .worldfs/metrics object's timings and counts (a jansson json_t *). */
+void *registry_metrics(struct registry *r);
+
+#endif

@@ -1,0 +1,70 @@
+/* runtime.h: the World Runtime over the tree: create, branch, snapshot,
+ * exec, resolve, remove, values.  Every change is committed to the
+ * registry before the call returns; backend work runs outside the tree
+ * lock, serialized per entity by its oplock. */
+#ifndef WORLDFS_RUNTIME_H
+#define WORLDFS_RUNTIME_H
+
+#include <pthread.h>
+#include <stdio.h>
+
+#include "backend/backend.h"
+#include "fs/registry.h"
+#include "fs/world.h"
+
+#define EXEC_CODE_MAX (16u << 20)
+
+struct runtime {
+	pthread_mutex_t lock;          /* the tree and the registry */
+	struct registry *reg;
+	const struct backend_ops *be_ops;
+	struct backend *be;
+	struct backend_config cfg;
+	struct entity **worlds;
+	size_t nworlds;
+	uid_t mount_uid;
+	gid_t mount_gid;
+	time_t mount_time;
+};
+
+/* Open the registry under cfg->state_dir, start the backend, load the tree. */
+int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct backend_config *cfg,
+		 char *err, size_t errlen);
+/* Suspend every live sandbox to disk and close everything. */
+void runtime_close(struct runtime *rt);
+
+/* References: lookups hold one (runtime_get under rt->lock) until runtime_put. */
+void runtime_get(struct entity *e);
+void runtime_put(struct runtime *rt, struct entity *e);
+
+/* Find a child by name under rt->lock; busy (being made) entities are skipped
+ * unless with_busy.  world == NULL looks among the top-level worlds. */
+struct entity *runtime_find_verse(struct runtime *rt, struct entity *parent, const char *name, bool with_busy);
+struct entity *runtime_find_snapshot(struct entity *w, const char *name, bool with_busy);
+
+int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t gid);
+/* parent is a world/verse (branch from its live state) or a snapshot. */
+int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, uid_t uid, gid_t gid);
+int runtime_snapshot(struct runtime *rt, struct entity *w, const char *name, uid_t uid, gid_t gid);
+int runtime_remove(struct runtime *rt, struct entity *e);
+/* Runs code; -ETIMEDOUT when killed by exec_timeout (res filled), -EIO when
+ * the world died, -EROFS in a collapsed verse. */
+int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t len, struct run_result *res);
+int runtime_resolve(struct runtime *rt, struct entity *parent, const char *winner, uid_t uid);
+
+int runtime_set_trit(struct runtime *rt, struct entity *e, int trit);
+int runtime_set_prob(struct runtime *rt, struct entity *e, int64_t prob);
+int runtime_set_balance(struct runtime *rt, struct entity *e, const char *owner, int64_t amount);
+int runtime_delete_balance(struct runtime *rt, struct entity *e, const char *owner);
+
+/* Under rt->lock: gf3 of e's children; e's path below the mount; e's info object. */
+int runtime_gf3(const struct entity *e);
+void runtime_path(const struct entity *e, char *out, size_t len);
+char *runtime_info_json(struct runtime *rt, struct entity *e);
+
+/* One line to stderr and to the log file (STATE/worldfs.log) once opened. */
+void runtime_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void runtime_log_open(const char *path);
+void runtime_log_close(void);
+
+#endif

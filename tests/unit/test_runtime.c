@@ -1,0 +1,301 @@
+/* test_runtime.c: the World Runtime over a fake backend: trits, gf3,
+ * probabilities, balances inherited on branch, resolve/WEV arithmetic,
+ * removal rules, and the registry bringing the tree back after a restart. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "fs/runtime.h"
+
+/* ---- a backend that keeps nothing but names ---- */
+
+struct backend {
+	char suspended[64][24];
+	int nsuspended;
+	int live;
+};
+struct sandbox {
+	struct backend *b;
+	char id[24];
+};
+
+static struct backend fake;
+
+static int f_init(struct backend **out, const struct backend_config *cfg, char *err, size_t len)
+{
+	(void)cfg; (void)err; (void)len;
+	*out = &fake;
+	return 0;
+}
+static void f_fini(struct backend *b) { (void)b; }
+static struct sandbox *up(struct backend *b, const char *id, char handle[BACKEND_HANDLE_MAX])
+{
+	struct sandbox *s = calloc(1, sizeof(*s));
+	s->b = b;
+	snprintf(s->id, sizeof(s->id), "%s", id);
+	snprintf(handle, BACKEND_HANDLE_MAX, "fake:%s", id);
+	b->live++;
+	return s;
+}
+static int f_create(struct backend *b, const char *id, unsigned mem, unsigned vcpus,
+		    struct sandbox **out, char handle[BACKEND_HANDLE_MAX], double *ms)
+{
+	(void)mem; (void)vcpus;
+	*out = up(b, id, handle);
+	*ms = 1;
+	return 0;
+}
+static int f_exec(struct sandbox *s, const char *code, size_t len, struct run_result *r)
+{
+	(void)s;
+	memset(r, 0, sizeof(*r));
+	r->out = malloc(len + 1);
+	memcpy(r->out, code, len);
+	r->out_len = len;
+	r->status = len == 4 && memcmp(code, "fail", 4) == 0 ? 3 : 0;
+	return 0;
+}
+static int f_snapshot(struct sandbox *s, const char *snap, struct snapshot_info *i)
+{
+	(void)s; (void)snap;
+	i->size_bytes = 4096;
+	i->snapshot_time_ms = 1;
+	return 0;
+}
+static int f_snapshot_delete(struct backend *b, const char *snap) { (void)b; (void)snap; return 0; }
+static int f_branch(struct backend *b, struct sandbox *parent, const char *snap, const char *child,
+		    struct sandbox **out, char handle[BACKEND_HANDLE_MAX], struct branch_info *i)
+{
+	(void)parent; (void)snap;
+	*out = up(b, child, handle);
+	i->snapshot_time_ms = 1;
+	i->total_ms = 2;
+	return 0;
+}
+static int f_destroy(struct sandbox *s) { s->b->live--; free(s); return 0; }
+static int f_suspend(struct sandbox *s)
+{
+	snprintf(s->b->suspended[s->b->nsuspended++], 24, "%s", s->id);
+	return f_destroy(s);
+}
+static bool f_can_resume(struct backend *b, const char *id, const char *handle)
+{
+	(void)handle;
+	for (int i = 0; i < b->nsuspended; i++)
+		if (strcmp(b->suspended[i], id) == 0)
+			return true;
+	return false;
+}
+static int f_resume(struct backend *b, const char *id, const char *handle, struct sandbox **out,
+		    char nh[BACKEND_HANDLE_MAX])
+{
+	if (!f_can_resume(b, id, handle))
+		return -ENOENT;
+	*out = up(b, id, nh);
+	return 0;
+}
+static int f_discard(struct backend *b, const char *id, const char *h) { (void)b; (void)id; (void)h; return 0; }
+static void f_gc(struct backend *b, bool (*known)(void *, const char *), void *ctx) { (void)b; (void)known; (void)ctx; }
+static char *f_describe(struct sandbox *s) { (void)s; return strdup("{\"backend\":\"fake\"}"); }
+
+static const struct backend_ops fake_ops = {
+	.name = "fake", .init = f_init, .fini = f_fini, .create = f_create, .exec = f_exec,
+	.snapshot = f_snapshot, .snapshot_delete = f_snapshot_delete, .branch = f_branch,
+	.destroy = f_destroy, .suspend = f_suspend, .resume = f_resume, .can_resume = f_can_resume,
+	.discard = f_discard, .collect_garbage = f_gc, .describe = f_describe,
+};
+
+/* ---- helpers ---- */
+
+static char state_dir[64];
+
+static void open_rt(struct runtime *rt)
+{
+	struct backend_config cfg = { .state_dir = state_dir, .mem_mib = 128, .vcpus = 1,
+				      .exec_timeout_s = 5, .output_max = 1 << 20 };
+	char err[256];
+
+	memset(rt, 0, sizeof(*rt));
+	assert_int_equal(runtime_open(rt, &fake_ops, &cfg, err, sizeof(err)), 0);
+}
+
+static struct entity *verse(struct runtime *rt, struct entity *p, const char *name)
+{
+	return runtime_find_verse(rt, p, name, false);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	strcpy(state_dir, "/tmp/worldfs-test-XXXXXX");
+	assert_non_null(mkdtemp(state_dir));
+	memset(&fake, 0, sizeof(fake));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+	(void)state;
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", state_dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+/* The World Runtime scenario: push down, strategies, resolve optimal. */
+static void scenario(void **state)
+{
+	struct runtime rt;
+	struct entity *u, *nash, *opt, *chaos;
+	int64_t p45 = 450000000, p35 = 350000000, p20 = 200000000;
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "universe", 0, 0), 0);
+	assert_int_equal(runtime_create_world(&rt, "universe", 0, 0), -EEXIST);
+	assert_int_equal(runtime_create_world(&rt, "bad name", 0, 0), -EINVAL);
+	assert_int_equal(runtime_create_world(&rt, "trit", 0, 0), -EEXIST);
+	u = verse(&rt, NULL, "universe");
+	assert_non_null(u);
+	assert_int_equal(u->trit, 0);
+	assert_int_equal(u->prob, PROB_ONE);
+	assert_int_equal(runtime_set_balance(&rt, u, "alice", 100), 0);
+	assert_int_equal(runtime_set_balance(&rt, u, "bob", 50), 0);
+
+	assert_int_equal(runtime_branch(&rt, u, "nash", 0, 0), 0);
+	assert_int_equal(runtime_branch(&rt, u, "optimal", 0, 0), 0);
+	assert_int_equal(runtime_branch(&rt, u, "chaos", 0, 0), 0);
+	nash = verse(&rt, u, "nash");
+	opt = verse(&rt, u, "optimal");
+	chaos = verse(&rt, u, "chaos");
+	assert_int_equal(nash->trit, -1);
+	assert_int_equal(opt->trit, 0);
+	assert_int_equal(chaos->trit, 1);
+	assert_int_equal(runtime_gf3(u), 0);
+	/* balances inherited at the branch */
+	assert_int_equal(ledger_get(&opt->ledger, "alice")->amount, 100);
+	assert_int_equal(ledger_get(&chaos->ledger, "bob")->amount, 50);
+
+	assert_int_equal(runtime_set_prob(&rt, nash, p45), 0);
+	assert_int_equal(runtime_set_prob(&rt, opt, p35), 0);
+	assert_int_equal(runtime_set_prob(&rt, chaos, p20 + 1), -EINVAL);
+	assert_int_equal(chaos->prob, 0);
+	assert_int_equal(runtime_set_prob(&rt, chaos, p20), 0);
+
+	/* strategies change the verses' balances */
+	assert_int_equal(runtime_set_balance(&rt, nash, "alice", 80), 0);
+	assert_int_equal(runtime_set_balance(&rt, opt, "alice", 130), 0);
+	assert_int_equal(runtime_set_balance(&rt, opt, "carol", 7), 0);
+	assert_int_equal(runtime_delete_balance(&rt, chaos, "bob"), 0);
+	assert_int_equal(runtime_set_balance(&rt, chaos, "alice", 10), 0);
+	assert_int_equal(runtime_delete_balance(&rt, chaos, "nobody"), -ENOENT);
+
+	assert_int_equal(runtime_resolve(&rt, u, "nobody", 0), -ENOENT);
+	assert_int_equal(runtime_resolve(&rt, u, "optimal", 0), 0);
+	assert_int_equal(opt->state, STATE_WON);
+	assert_int_equal(nash->state, STATE_COLLAPSED);
+	assert_int_equal(chaos->state, STATE_COLLAPSED);
+	/* WEV = nash (80 + 50) + chaos (10) */
+	assert_int_equal(u->wev, 140);
+	assert_string_equal(u->winner, "optimal");
+	/* the winner's balances are the parent's now */
+	assert_int_equal(u->ledger.n, 3);
+	assert_int_equal(ledger_get(&u->ledger, "alice")->amount, 130);
+	assert_int_equal(ledger_get(&u->ledger, "carol")->amount, 7);
+	/* no live children left */
+	assert_int_equal(runtime_resolve(&rt, u, "optimal", 0), -EINVAL);
+	assert_int_equal(fake.live, 2);  /* universe and the winner */
+
+	/* the collapsed verse refuses runs */
+	struct run_result r;
+	assert_int_equal(runtime_exec(&rt, nash, "true", 4, &r), -EROFS);
+	assert_int_equal(runtime_exec(&rt, opt, "fail", 4, &r), 0);
+	assert_int_equal(r.status, 3);
+	run_result_release(&r);
+	runtime_close(&rt);
+	assert_int_equal(fake.live, 0);
+
+	/* after a restart the whole tree is back */
+	open_rt(&rt);
+	u = verse(&rt, NULL, "universe");
+	assert_non_null(u);
+	opt = verse(&rt, u, "optimal");
+	nash = verse(&rt, u, "nash");
+	assert_non_null(opt);
+	assert_int_equal(opt->state, STATE_WON);
+	assert_int_equal(nash->state, STATE_COLLAPSED);
+	assert_int_equal(opt->prob, p35);
+	assert_int_equal(opt->has_run, true);
+	assert_int_equal(opt->status, 3);
+	assert_int_equal(opt->out_len, 4);
+	assert_int_equal(u->wev, 140);
+	assert_int_equal(ledger_get(&u->ledger, "alice")->amount, 130);
+	assert_int_equal(u->branch_count, 3);
+	/* a suspended world resumes on first use */
+	assert_int_equal(runtime_exec(&rt, u, "true", 4, &r), 0);
+	run_result_release(&r);
+	runtime_close(&rt);
+}
+
+static void snapshots_and_removal(void **state)
+{
+	struct runtime rt;
+	struct entity *w, *s, *v, *a;
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "w", 0, 0), 0);
+	w = verse(&rt, NULL, "w");
+	assert_int_equal(runtime_set_balance(&rt, w, "alice", 5), 0);
+	assert_int_equal(runtime_snapshot(&rt, w, "s", 0, 0), 0);
+	assert_int_equal(runtime_snapshot(&rt, w, "s", 0, 0), -EEXIST);
+	s = runtime_find_snapshot(w, "s", false);
+	assert_non_null(s);
+	assert_int_equal(runtime_set_balance(&rt, w, "alice", 9), 0);
+	assert_int_equal(runtime_branch(&rt, s, "v", 0, 0), 0);
+	assert_int_equal(runtime_branch(&rt, s, "x", 0, 0), 0);
+	v = verse(&rt, s, "v");
+	/* the snapshot's ledger, not the live one */
+	assert_int_equal(ledger_get(&v->ledger, "alice")->amount, 5);
+	assert_int_equal(v->trit, -1);
+	assert_int_equal(runtime_branch(&rt, w, "a", 0, 0), 0);
+	a = verse(&rt, w, "a");
+	assert_int_equal(a->trit, -1);
+	assert_int_equal(ledger_get(&a->ledger, "alice")->amount, 9);
+
+	assert_int_equal(runtime_remove(&rt, w), -ENOTEMPTY);
+	assert_int_equal(runtime_remove(&rt, s), -ENOTEMPTY);
+	/* resolve under the snapshot: its own ledger, the live world untouched */
+	assert_int_equal(runtime_set_balance(&rt, v, "alice", 1), 0);
+	assert_int_equal(runtime_resolve(&rt, s, "x", 0), 0);
+	assert_int_equal(s->wev, 1);
+	assert_int_equal(ledger_get(&s->ledger, "alice")->amount, 5);
+	assert_int_equal(ledger_get(&w->ledger, "alice")->amount, 9);
+	assert_int_equal(w->wev, 0);
+	assert_int_equal(runtime_remove(&rt, a), 0);
+	assert_null(verse(&rt, w, "a"));
+	/* won and collapsed verses do not block */
+	assert_int_equal(runtime_remove(&rt, w), 0);
+	assert_null(verse(&rt, NULL, "w"));
+	assert_int_equal(fake.live, 0);
+	runtime_close(&rt);
+
+	open_rt(&rt);
+	assert_int_equal(rt.nworlds, 0);
+	runtime_close(&rt);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(scenario, setup, teardown),
+		cmocka_unit_test_setup_teardown(snapshots_and_removal, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
