@@ -1,0 +1,168 @@
+/* test_registry.c: the SQLite registry: tables, JSON lines, metrics. */
+#include <errno.h>
+#include <jansson.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "fs/registry.h"
+
+static char dir[64], path[128];
+
+static int setup(void **state)
+{
+	(void)state;
+	strcpy(dir, "/tmp/worldfs-reg-XXXXXX");
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/worldfs.db", dir);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+	(void)state;
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+struct seen {
+	int n;
+	struct entity e[4];
+	char parent[4][24];
+};
+
+static int remember(void *ctx, struct entity *e, const char *parent_id)
+{
+	struct seen *s = ctx;
+	s->e[s->n] = *e;
+	s->e[s->n].ledger = (struct ledger){ 0 };
+	ledger_copy(&s->e[s->n].ledger, &e->ledger);
+	s->e[s->n].failure = NULL;
+	snprintf(s->parent[s->n], 24, "%s", parent_id ? parent_id : "");
+	s->n++;
+	return 0;
+}
+
+static void entities_roundtrip(void **state)
+{
+	struct registry *r;
+	struct entity w = { .id = "w-1", .name = "w", .kind = ENTITY_WORLD, .prob = 1000000000,
+			    .mem_mib = 128, .vcpus = 1, .boot_ms = 12.5 };
+	struct entity v = { .id = "v-1", .name = "v", .kind = ENTITY_VERSE, .trit = -1,
+			    .state = STATE_COLLAPSED, .parent = &w };
+	struct seen seen = { 0 };
+	char err[128], *buf;
+	size_t len;
+	(void)state;
+
+	assert_int_equal(registry_open(&r, path, err, sizeof(err)), 0);
+	assert_int_equal(registry_entity_put(r, &w), 0);
+	assert_int_equal(registry_entity_put(r, &v), 0);
+	v.trit = 1;
+	assert_int_equal(registry_entity_put(r, &v), 0);  /* update keeps order */
+	assert_int_equal(registry_balance_set(r, "v-1", "alice", 42), 0);
+	assert_int_equal(registry_balance_set(r, "v-1", "alice", 43), 0);
+	assert_int_equal(registry_output_put(r, "v-1", 3, "out", 3, "", 0, 1.0), 0);
+	assert_int_equal(registry_output_get(r, "v-1", 1, &buf, &len), 0);
+	assert_int_equal(len, 3);
+	assert_memory_equal(buf, "out", 3);
+	free(buf);
+	registry_close(r);
+
+	assert_int_equal(registry_open(&r, path, err, sizeof(err)), 0);
+	assert_int_equal(registry_load(r, remember, &seen), 0);
+	assert_int_equal(seen.n, 2);
+	assert_string_equal(seen.e[0].id, "w-1");
+	assert_string_equal(seen.parent[1], "w-1");
+	assert_int_equal(seen.e[1].trit, 1);
+	assert_int_equal(seen.e[1].state, STATE_COLLAPSED);
+	assert_int_equal(seen.e[1].status, 3);
+	assert_true(seen.e[1].has_run);
+	assert_false(seen.e[0].has_run);
+	assert_int_equal(ledger_get(&seen.e[1].ledger, "alice")->amount, 43);
+	assert_int_equal(seen.e[0].prob, 1000000000);
+	ledger_release(&seen.e[0].ledger);
+	ledger_release(&seen.e[1].ledger);
+
+	/* a delete takes the balances and outputs with it */
+	assert_int_equal(registry_entity_delete(r, "v-1"), 0);
+	assert_int_equal(registry_output_get(r, "v-1", 1, &buf, &len), 0);
+	assert_null(buf);
+	registry_close(r);
+}
+
+static void history_and_metrics(void **state)
+{
+	struct registry *r;
+	char err[128], *buf;
+	size_t len;
+	json_t *o, *m;
+	(void)state;
+
+	assert_int_equal(registry_open(&r, path, err, sizeof(err)), 0);
+	assert_int_equal(registry_branch_add(r, "w-1", "v-1", "live", 4.5, -1), 0);
+	assert_int_equal(registry_resolution_add(r, "w-1", "[\"a\",\"b\"]", "a", "test", 140, 2.0), 0);
+	for (int i = 1; i <= 20; i++)
+		assert_int_equal(registry_metric_add(r, "w-1", "exec", i), 0);
+
+	assert_int_equal(registry_dump(r, "world_branches", &buf, &len), 0);
+	assert_true(len > 0 && buf[len - 1] == '\n');
+	o = json_loadb(buf, len, 0, NULL);
+	assert_non_null(o);
+	assert_string_equal(json_string_value(json_object_get(o, "branch_type")), "live");
+	assert_true(json_is_array(json_object_get(o, "child_entity_ids")));
+	assert_int_equal(json_integer_value(json_object_get(o, "gf3_sum")), -1);
+	json_decref(o);
+	free(buf);
+
+	assert_int_equal(registry_dump(r, "verse_resolutions", &buf, &len), 0);
+	o = json_loadb(buf, len, 0, NULL);
+	assert_int_equal(json_integer_value(json_object_get(o, "wev_extracted")), 140);
+	assert_int_equal(json_array_size(json_object_get(o, "verses")), 2);
+	json_decref(o);
+	free(buf);
+	assert_int_equal(registry_dump(r, "balances", &buf, &len), -EINVAL);
+
+	m = registry_metrics(r);
+	o = json_object_get(json_object_get(m, "timings_ms"), "exec");
+	assert_int_equal(json_integer_value(json_object_get(o, "n")), 20);
+	assert_true(json_real_value(json_object_get(o, "p50")) == 10.0);
+	assert_true(json_real_value(json_object_get(o, "p95")) == 19.0);
+	assert_true(json_real_value(json_object_get(o, "max")) == 20.0);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(m, "counts"), "branches")), 1);
+	assert_true(json_is_null(json_object_get(json_object_get(json_object_get(m, "timings_ms"), "boot"), "p50")));
+	json_decref(m);
+	registry_close(r);
+
+	/* the database is in WAL mode with the four World Runtime tables */
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+	assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE name IN"
+		" ('world_runtime_entities','world_branches','verse_resolutions','runtime_metrics')",
+		-1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_int_equal(sqlite3_column_int(st, 0), 4);
+	sqlite3_finalize(st);
+	assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+	assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+	assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(entities_roundtrip, setup, teardown),
+		cmocka_unit_test_setup_teardown(history_and_metrics, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
