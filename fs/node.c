@@ -254,8 +254,12 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 		return registry_dump(rt->reg, "world_branches", buf, len);
 	case F_RESOLUTIONS:
 		return registry_dump(rt->reg, "verse_resolutions", buf, len);
-	case F_METRICS:
-		return json_line(buf, len, json_dumps(registry_metrics(rt->reg), JSON_COMPACT | JSON_PRESERVE_ORDER));
+	case F_METRICS: {
+		json_t *m = registry_metrics(rt->reg);
+		char *s = m ? json_dumps(m, JSON_OUT) : NULL;
+		json_decref(m);
+		return json_line(buf, len, s);
+	}
 	case F_EXEC:
 		return 0;
 	case F_STDOUT:

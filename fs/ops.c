@@ -21,6 +21,7 @@ struct handle {
 	size_t code_len, code_cap;
 	char *value;         /* value files: the bytes written so far on this descriptor */
 	size_t value_len;
+	off_t data_base;     /* exec: file offset at which the run's stdout starts */
 	bool created;        /* balance made by this create(); undone if its first write fails */
 	bool written;
 };
@@ -342,8 +343,14 @@ static int wfs_read(const char *path, char *buf, size_t size, off_t off, struct 
 
 	(void)path;
 	pthread_mutex_lock(&h->lock);
-	if (h->code_len)
+	/* After writing N bytes of code the descriptor's offset is N: the run's
+	 * stdout reads from there as if from its start. */
+	if (h->code_len) {
 		err = handle_run(rt_of(), h);
+		h->data_base = off;
+	}
+	if (off >= h->data_base)
+		off -= h->data_base;
 	if (!err) {
 		if ((size_t)off >= h->len)
 			size = 0;

@@ -462,7 +462,7 @@ int registry_dump(struct registry *r, const char *table, char **out, size_t *len
 			}
 			json_object_set_new(o, name, v);
 		}
-		json_dumpf(o, f, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		json_dumpf(o, f, JSON_OUT);
 		fputc('\n', f);
 		json_decref(o);
 	}
@@ -520,7 +520,7 @@ static json_t *timing(struct registry *r, const char *op)
 	return o;
 }
 
-void *registry_metrics(struct registry *r)
+json_t *registry_metrics(struct registry *r)
 {
 	static const char *const ops[] = { "boot", "branch", "snapshot", "exec", "resolve" };
 	json_t *t = json_object();

@@ -4,12 +4,17 @@
 #ifndef WORLDFS_REGISTRY_H
 #define WORLDFS_REGISTRY_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "fs/world.h"
 
 struct registry;
+
+/* How every JSON text of the mount is printed: one line, keys in order,
+ * reals with 10 significant digits (0.45 stays 0.45). */
+#define JSON_OUT (JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10))
 
 /* Now as ISO 8601 UTC with milliseconds; a fresh random id "PREFIX-16hex". */
 void registry_now(char out[32]);
@@ -52,7 +57,7 @@ int registry_load(struct registry *r, int (*cb)(void *ctx, struct entity *e,
 
 /* JSON lines of world_branches / verse_resolutions, malloc'd. */
 int registry_dump(struct registry *r, const char *table, char **out, size_t *len);
-/* The .worldfs/metrics object's timings and counts (a jansson json_t *). */
-void *registry_metrics(struct registry *r);
+/* The .worldfs/metrics object: counts and p50/p95/max timings (new reference). */
+json_t *registry_metrics(struct registry *r);
 
 #endif

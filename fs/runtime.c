@@ -889,15 +889,13 @@ char *runtime_info_json(struct runtime *rt, struct entity *e)
 			      "created_at", e->created_at, "size_bytes", (json_int_t)e->size_bytes,
 			      "snapshot_time_ms", e->snapshot_ms);
 	} else {
-		char prob[32];
-		prob_format(e->prob, prob, sizeof(prob));
-		o = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o,s:i,s:s,s:s,s:i,s:i,s:f,s:s,s:o,s:i,s:o}",
+		o = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o,s:i,s:f,s:s,s:i,s:i,s:f,s:s,s:o,s:i,s:o}",
 			      "entity_id", e->id, "entity_type", entity_kind_name(e->kind),
 			      "name", e->name, "path", path,
 			      "parent_id", e->parent ? json_string(e->parent->id) : json_null(),
 			      "snapshot_id", e->parent && e->parent->kind == ENTITY_SNAPSHOT
 			      ? json_string(e->parent->id) : json_null(),
-			      "trit", e->trit, "prob", prob, "state", entity_state_name(e->state),
+			      "trit", e->trit, "prob", (double)e->prob / PROB_ONE, "state", entity_state_name(e->state),
 			      "memory_mib", (int)e->mem_mib, "vcpu_count", (int)e->vcpus,
 			      "boot_time_ms", e->boot_ms, "created_at", e->created_at,
 			      "resolved_at", e->resolved_at[0] ? json_string(e->resolved_at) : json_null(),
@@ -912,7 +910,8 @@ char *runtime_info_json(struct runtime *rt, struct entity *e)
 			free(d);
 			if (!sb)
 				sb = json_object();
-			json_object_set_new(sb, "status", json_string("up"));
+			if (!json_object_get(sb, "status"))
+				json_object_set_new(sb, "status", json_string("up"));
 		} else {
 			const char *status = "down";
 			if ((e->state == STATE_RUNNING || e->state == STATE_WON) &&
@@ -924,7 +923,7 @@ char *runtime_info_json(struct runtime *rt, struct entity *e)
 	}
 	if (!o)
 		return NULL;
-	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	s = json_dumps(o, JSON_OUT);
 	json_decref(o);
 	return s;
 }
