@@ -1076,6 +1076,10 @@ static int reseed(const uint8_t *p, size_t len)
 			if (ret < 0)
 				say("/dev/urandom: %s", strerror(-ret));
 		}
+		/* A ready crng reseeds from the pool only every minute or so:
+		 * clones would go on sharing their output until then. */
+		if (ioctl(fd, RNDRESEEDCRNG) < 0 && errno != ENODATA)
+			say("RNDRESEEDCRNG: %s", strerror(errno));
 		free(info);
 		close(fd);
 	}
