@@ -233,6 +233,22 @@ static void mark_failed(struct runtime *rt, struct entity *e, const char *why)
 	pthread_mutex_unlock(&rt->lock);
 }
 
+/* e's newest snapshot, referenced, or NULL. */
+static struct entity *latest_snapshot(struct runtime *rt, struct entity *e)
+{
+	struct entity *snap = NULL;
+
+	pthread_mutex_lock(&rt->lock);
+	for (size_t i = e->nsnapshots; i-- > 0;)
+		if (!e->snapshots[i]->busy_creating) {
+			snap = e->snapshots[i];
+			runtime_get(snap);
+			break;
+		}
+	pthread_mutex_unlock(&rt->lock);
+	return snap;
+}
+
 /* With e->oplock held: make sure e's sandbox is up, resuming a suspended
  * one or reattaching one that kept running while worldfs was down. */
 static int sandbox_ensure(struct runtime *rt, struct entity *e)
@@ -254,6 +270,19 @@ static int sandbox_ensure(struct runtime *rt, struct entity *e)
 	if (e->sb)
 		return 0;
 	err = rt->be_ops->resume(rt->be, e->id, e->handle, &sb, handle);
+	if (err) {
+		/* Lost while worldfs was down: back to the latest snapshot, if any. */
+		struct entity *snap = latest_snapshot(rt, e);
+		struct branch_info info;
+
+		if (snap) {
+			err = rt->be_ops->branch(rt->be, NULL, snap->id, e->id, &sb, handle, &info);
+			if (!err)
+				runtime_log("%s: sandbox lost; restored from snapshot %s (%s)", e->id,
+					    snap->name, snap->created_at);
+		}
+		runtime_put(rt, snap);
+	}
 	if (err) {
 		char why[256];
 		snprintf(why, sizeof(why), "cannot resume the sandbox: %s", strerror(-err));
@@ -1022,7 +1051,7 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 		if (e->kind == ENTITY_SNAPSHOT)
 			continue;
 		bool can = rt->be_ops->can_resume(rt->be, e->id, e->handle);
-		if ((e->state == STATE_RUNNING || e->state == STATE_WON) && !can)
+		if ((e->state == STATE_RUNNING || e->state == STATE_WON) && !can && e->nsnapshots == 0)
 			mark_failed_locked(rt, e, "sandbox lost while worldfs was down (no process, no saved state)");
 		else if ((e->state == STATE_COLLAPSED || e->state == STATE_FAILED) && can)
 			rt->be_ops->discard(rt->be, e->id, e->handle);
