@@ -38,6 +38,13 @@ struct run_result {
 
 void run_result_release(struct run_result *r);
 
+/* What is left of a sandbox that worldfs does not hold. */
+enum sandbox_presence {
+	SANDBOX_GONE,     /* nothing: it cannot come back */
+	SANDBOX_SAVED,    /* its full state is on disk (suspended) */
+	SANDBOX_RUNNING,  /* it kept running while worldfs was down: reattachable */
+};
+
 /* What a snapshot costs, as recorded in the registry. */
 struct snapshot_info {
 	uint64_t size_bytes;
@@ -93,8 +100,8 @@ struct backend_ops {
 	 * -ENOENT: nothing to bring back (the caller marks the world failed). */
 	int (*resume)(struct backend *b, const char *id, const char *handle,
 		      struct sandbox **out, char new_handle[BACKEND_HANDLE_MAX]);
-	/* Is there something resume() could bring back, without starting it? */
-	bool (*can_resume)(struct backend *b, const char *id, const char *handle);
+	/* What resume() would find, without starting anything. */
+	enum sandbox_presence (*probe)(struct backend *b, const char *id, const char *handle);
 
 	/* Delete whatever the backend keeps for id while no sandbox is attached
 	 * (a suspended state, a process left running by a crashed worldfs). */

@@ -70,6 +70,11 @@ ninja -C build
 [ -x build/fs/worldfs ] || die "build/fs/worldfs was not built"
 
 # ---- demo --------------------------------------------------------------------
+# mounted DIR: something is mounted there, even a dead FUSE mount.
+mounted() {
+	awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
 # alive PID: the process exists and is not a zombie.
 alive() {
 	[ -r "/proc/$1/stat" ] || return 1
@@ -114,7 +119,7 @@ demo_cleanup() {
 	trap - EXIT
 	set +e
 	cd /
-	if mountpoint -q "$mnt" 2>/dev/null; then
+	if mounted "$mnt"; then
 		fusermount3 -u "$mnt" || { sleep 1; fusermount3 -u -z "$mnt"; }
 	fi
 	if [ -n "$pid" ]; then
@@ -138,7 +143,7 @@ demo_cleanup() {
 			kill -9 "${p#/proc/}"
 		fi
 	done
-	if mountpoint -q "$mnt" 2>/dev/null; then
+	if mounted "$mnt"; then
 		say "$mnt is still mounted; leaving $tmp"
 	else
 		rm -rf --one-file-system "$tmp"

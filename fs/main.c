@@ -218,18 +218,20 @@ int main(int argc, char *argv[])
 	int report_fd = -1, rc = 1;
 
 	if (fuse_opt_parse(&args, &o, option_spec, NULL) < 0)
-		return 1;
+		goto out;
 	if (o.version) {
 		printf("worldfs %s\n", WORLDFS_VERSION);
 		printf("FUSE library version %s\n", fuse_pkgversion());
-		return 0;
+		rc = 0;
+		goto out;
 	}
 	if (o.help) {
 		usage(argv[0]);
 		fuse_lib_help(&args);
 		printf("FUSE options:\n");
 		fuse_cmdline_help();
-		return 0;
+		rc = 0;
+		goto out;
 	}
 	if (fuse_parse_cmdline(&args, &copts) != 0)
 		return 1;

@@ -21,6 +21,7 @@ struct handle {
 	size_t code_len, code_cap;
 	char *value;         /* value files: the bytes written so far on this descriptor */
 	size_t value_len;
+	off_t write_end;     /* exec: file offset after the last write */
 	off_t data_base;     /* exec: file offset at which the run's stdout starts */
 	bool created;        /* balance made by this create(); undone if its first write fails */
 	bool written;
@@ -148,6 +149,11 @@ static int wfs_mkdir(const char *path, mode_t mode)
 	int err;
 
 	(void)mode;
+	/* Anything already there, a fixed file included, exists. */
+	if (node_lookup(rt, path, &n) == 0) {
+		node_release(rt, &n);
+		return -EEXIST;
+	}
 	err = split(path, &dir, &name);
 	if (err)
 		return err;
@@ -326,6 +332,9 @@ static int handle_run(struct runtime *rt, struct handle *h)
 
 	err = runtime_exec(rt, h->n.e, h->code, h->code_len, &res);
 	h->code_len = 0;
+	/* After writing N bytes of code the descriptor's offset is N: the run's
+	 * stdout reads from there as if from its start. */
+	h->data_base = h->write_end;
 	free(h->data);
 	h->data = res.out;
 	h->len = res.out_len;
@@ -343,12 +352,8 @@ static int wfs_read(const char *path, char *buf, size_t size, off_t off, struct 
 
 	(void)path;
 	pthread_mutex_lock(&h->lock);
-	/* After writing N bytes of code the descriptor's offset is N: the run's
-	 * stdout reads from there as if from its start. */
-	if (h->code_len) {
+	if (h->code_len)
 		err = handle_run(rt_of(), h);
-		h->data_base = off;
-	}
 	if (off >= h->data_base)
 		off -= h->data_base;
 	if (!err) {
@@ -356,7 +361,8 @@ static int wfs_read(const char *path, char *buf, size_t size, off_t off, struct 
 			size = 0;
 		else if (size > h->len - (size_t)off)
 			size = h->len - (size_t)off;
-		memcpy(buf, h->data + off, size);
+		if (size)
+			memcpy(buf, h->data + off, size);
 	}
 	pthread_mutex_unlock(&h->lock);
 	return err ? err : (int)size;
@@ -423,6 +429,7 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 		if (!err) {
 			memcpy(h->code + h->code_len, buf, size);
 			h->code_len += size;
+			h->write_end = off + (off_t)size;
 		}
 		goto out;
 	}
@@ -564,6 +571,21 @@ static int wfs_link(const char *from, const char *to)
 	return -EPERM;
 }
 
+static int wfs_symlink(const char *target, const char *path)
+{
+	(void)target;
+	(void)path;
+	return -EPERM;
+}
+
+static int wfs_mknod(const char *path, mode_t mode, dev_t dev)
+{
+	(void)path;
+	(void)mode;
+	(void)dev;
+	return -EPERM;
+}
+
 static int wfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
 	(void)path;
@@ -610,6 +632,8 @@ const struct fuse_operations worldfs_ops = {
 	.statfs = wfs_statfs,
 	.rename = wfs_rename,
 	.link = wfs_link,
+	.symlink = wfs_symlink,
+	.mknod = wfs_mknod,
 	.chmod = wfs_chmod,
 	.chown = wfs_chown,
 };

@@ -328,8 +328,6 @@ static int reserve(struct runtime *rt, struct entity *parent, enum entity_kind k
 	if (kind == ENTITY_SNAPSHOT ? runtime_find_snapshot(parent, name, true) != NULL
 	    : runtime_find_verse(rt, parent, name, true) != NULL)
 		return -EEXIST;
-	if (name_is_reserved(name))
-		return -EEXIST;
 	if (name_check(name) < 0)
 		return -EINVAL;
 	e = entity_new(kind, name);
@@ -944,7 +942,7 @@ char *runtime_info_json(struct runtime *rt, struct entity *e)
 		} else {
 			const char *status = "down";
 			if ((e->state == STATE_RUNNING || e->state == STATE_WON) &&
-			    rt->be_ops->can_resume(rt->be, e->id, e->handle))
+			    rt->be_ops->probe(rt->be, e->id, e->handle) != SANDBOX_GONE)
 				status = "suspended";
 			sb = json_pack("{s:s,s:s}", "backend", rt->be_ops->name, "status", status);
 		}
@@ -1048,13 +1046,22 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 	 * cannot come back is failed now, with the reason, never dropped. */
 	for (size_t i = 0; i < c.n; i++) {
 		struct entity *e = c.all[i];
+		enum sandbox_presence p;
+		bool live = e->state == STATE_RUNNING || e->state == STATE_WON;
+
 		if (e->kind == ENTITY_SNAPSHOT)
 			continue;
-		bool can = rt->be_ops->can_resume(rt->be, e->id, e->handle);
-		if ((e->state == STATE_RUNNING || e->state == STATE_WON) && !can && e->nsnapshots == 0)
+		p = rt->be_ops->probe(rt->be, e->id, e->handle);
+		if (live && p == SANDBOX_RUNNING) {
+			/* Reattach now (cheap), so a clean unmount suspends it. */
+			pthread_mutex_lock(&e->oplock);
+			sandbox_ensure(rt, e);
+			pthread_mutex_unlock(&e->oplock);
+		} else if (live && p == SANDBOX_GONE && e->nsnapshots == 0) {
 			mark_failed_locked(rt, e, "sandbox lost while worldfs was down (no process, no saved state)");
-		else if ((e->state == STATE_COLLAPSED || e->state == STATE_FAILED) && can)
+		} else if (!live && p != SANDBOX_GONE) {
 			rt->be_ops->discard(rt->be, e->id, e->handle);
+		}
 	}
 	rt->be_ops->collect_garbage(rt->be, known_id, &c);
 	free(c.all);

@@ -720,11 +720,11 @@ static void run_finish(struct agent *a, int status, bool died)
 	if (died) {
 		marker_line(&r->err.data);
 		if (r->killed_shell)
-			buf_printf(&r->err.data, "[worldfs: the session shell did not stop; "
-				   "started a fresh session]\n");
+			buf_printf(&r->err.data, "[worldfs: session restarted: the session "
+				   "shell did not stop]\n");
 		else
-			buf_printf(&r->err.data, "[worldfs: the session shell exited with "
-				   "status %d; started a fresh session]\n", status);
+			buf_printf(&r->err.data, "[worldfs: session restarted: the session "
+				   "shell exited with status %d]\n", status);
 		r->flags |= PROTO_F_SESSION_RESET;
 	}
 	send_result(a, r->id, status, r->flags, &r->out.data, &r->err.data);
@@ -968,8 +968,8 @@ static void reap(struct agent *a)
 			run_finish(a, wait_status_code(st), true);
 		} else {
 			snprintf(a->sess.note, sizeof(a->sess.note),
-				 "[worldfs: the session shell had exited with status %d; "
-				 "started a fresh session]", wait_status_code(st));
+				 "[worldfs: session restarted: the session shell had exited "
+				 "with status %d between runs]", wait_status_code(st));
 			say("session shell exited between runs (status %d)",
 			    wait_status_code(st));
 		}

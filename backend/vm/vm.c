@@ -1571,15 +1571,15 @@ fail:
 	return r;
 }
 
-static bool vm_can_resume(struct backend *b, const char *id, const char *handle)
+static enum sandbox_presence vm_probe(struct backend *b, const char *id, const char *handle)
 {
 	char dir[PATH_MAX], path[PATH_MAX];
-	pid_t pid;
 
 	if (id_check(id) < 0 || pathf(dir, "%s/%s", b->dir, id) < 0 || pathf(path, "%s/suspend.state", dir) < 0)
-		return false;
-	pid = pid_parse(handle);
-	return pid_is_ours(pid, dir) || pid_is_ours(pid_from_file(dir), dir) || exists(path);
+		return SANDBOX_GONE;
+	if (pid_is_ours(pid_parse(handle), dir) || pid_is_ours(pid_from_file(dir), dir))
+		return SANDBOX_RUNNING;
+	return exists(path) ? SANDBOX_SAVED : SANDBOX_GONE;
 }
 
 /* Kill whatever QEMU still runs for id and delete its files. */
@@ -1655,7 +1655,7 @@ const struct backend_ops vm_backend_ops = {
 	.destroy = vm_destroy,
 	.suspend = vm_suspend,
 	.resume = vm_resume,
-	.can_resume = vm_can_resume,
+	.probe = vm_probe,
 	.discard = vm_discard,
 	.collect_garbage = vm_collect_garbage,
 	.describe = vm_describe,

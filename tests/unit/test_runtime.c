@@ -85,18 +85,18 @@ static int f_suspend(struct sandbox *s)
 	snprintf(s->b->suspended[s->b->nsuspended++], 24, "%s", s->id);
 	return f_destroy(s);
 }
-static bool f_can_resume(struct backend *b, const char *id, const char *handle)
+static enum sandbox_presence f_probe(struct backend *b, const char *id, const char *handle)
 {
 	(void)handle;
 	for (int i = 0; i < b->nsuspended; i++)
 		if (strcmp(b->suspended[i], id) == 0)
-			return true;
-	return false;
+			return SANDBOX_SAVED;
+	return SANDBOX_GONE;
 }
 static int f_resume(struct backend *b, const char *id, const char *handle, struct sandbox **out,
 		    char nh[BACKEND_HANDLE_MAX])
 {
-	if (!f_can_resume(b, id, handle))
+	if (f_probe(b, id, handle) == SANDBOX_GONE)
 		return -ENOENT;
 	*out = up(b, id, nh);
 	return 0;
@@ -108,7 +108,7 @@ static char *f_describe(struct sandbox *s) { (void)s; return strdup("{\"backend\
 static const struct backend_ops fake_ops = {
 	.name = "fake", .init = f_init, .fini = f_fini, .create = f_create, .exec = f_exec,
 	.snapshot = f_snapshot, .snapshot_delete = f_snapshot_delete, .branch = f_branch,
-	.destroy = f_destroy, .suspend = f_suspend, .resume = f_resume, .can_resume = f_can_resume,
+	.destroy = f_destroy, .suspend = f_suspend, .resume = f_resume, .probe = f_probe,
 	.discard = f_discard, .collect_garbage = f_gc, .describe = f_describe,
 };
 
@@ -160,7 +160,7 @@ static void scenario(void **state)
 	assert_int_equal(runtime_create_world(&rt, "universe", 0, 0), 0);
 	assert_int_equal(runtime_create_world(&rt, "universe", 0, 0), -EEXIST);
 	assert_int_equal(runtime_create_world(&rt, "bad name", 0, 0), -EINVAL);
-	assert_int_equal(runtime_create_world(&rt, "trit", 0, 0), -EEXIST);
+	assert_int_equal(runtime_create_world(&rt, "trit", 0, 0), -EINVAL);
 	u = verse(&rt, NULL, "universe");
 	assert_non_null(u);
 	assert_int_equal(u->trit, 0);

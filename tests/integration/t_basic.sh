@@ -1,0 +1,138 @@
+#!/bin/sh
+# shellcheck source=tests/integration/lib.sh disable=SC2016 # world code is single-quoted on purpose
+# t_basic.sh: one world's files, exec and its session, and the run limits
+# (output_max, exec_timeout).
+. "$(dirname "$0")/lib.sh"
+
+wfs_mount
+
+# .worldfs/
+expect_ok "worldfs --version exits 0" "$WORLDFS" --version
+expect_match "worldfs --version" '^worldfs [0-9]+\.[0-9]+\.[0-9]+$' "$("$WORLDFS" --version 2>/dev/null | head -n 1)"
+expect_match ".worldfs/version" '^worldfs [0-9]+\.[0-9]+\.[0-9]+ backend=vm$' "$(wfs_val "$MNT/.worldfs/version")"
+expect_eq ".worldfs/version names this binary's version" "$("$WORLDFS" --version 2>/dev/null | head -n 1) backend=vm" \
+	"$(wfs_val "$MNT/.worldfs/version")"
+expect_eq ".worldfs entries" "branches entities metrics resolutions version" \
+	"$(ls "$MNT/.worldfs" | sort | tr '\n' ' ' | sed 's/ $//')"
+expect_eq ".worldfs modes" "555 444 444 444 444 444" \
+	"$(stat -c %a "$MNT/.worldfs" "$MNT/.worldfs/branches" "$MNT/.worldfs/entities" \
+		"$MNT/.worldfs/metrics" "$MNT/.worldfs/resolutions" "$MNT/.worldfs/version" | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "mount root mode (any user may create worlds; sticky)" 1777 "$(stat -c %a "$MNT")"
+
+# A world.
+W=$MNT/w
+expect_ok "mkdir w (boot a world)" mkdir "$W"
+expect_eq "w is a directory, mode 0700, owned by its creator" "directory 700 $(id -u) $(id -g)" \
+	"$(stat -c '%F %a %u %g' "$W")"
+expect_eq "w/state" running "$(wfs_val "$W/state")"
+expect_match "w/info has boot_time_ms" '"boot_time_ms": *[0-9]' "$(wfs_val "$W/info")"
+expect_match "w/info is one JSON object" '^\{.*"entity_type": *"world".*\}$' "$(wfs_val "$W/info")"
+
+# The files of a world directory: exactly the table, with its modes.
+expected_table='balance directory 700
+exec regular 600
+gf3 regular 400
+info regular 400
+prob regular 600
+resolve regular 600
+snapshot directory 700
+state regular 400
+status regular 400
+stderr regular 400
+stdout regular 400
+trit regular 600
+wev regular 400'
+observed_table=$(cd "$W" && for f in $(ls -A | sort); do
+	printf '%s %s %s\n' "$f" "$(stat -c %F "$f" | sed 's/ .*//')" "$(stat -c %a "$f")"
+done)
+expect_eq "ls -A w: the files of the table, with their modes" "$expected_table" "$observed_table"
+expect_match "ls -l w works" '^-rw------- .* exec$' "$(ls -l "$W")"
+
+# Before the first run: empty outputs.
+expect_eq "status before the first run is empty" 0 "$(stat -c %s "$W/status")"
+expect_eq "stdout before the first run is empty" 0 "$(stat -c %s "$W/stdout")"
+
+# exec / stdout / stderr / status; a non-zero status is not a close error.
+expect_ok "exec: a run with status 3 closes without error" \
+	wfs_exec "$W" 'echo hello; echo oops >&2; (exit 3)'
+expect_eq "stdout" hello "$(wfs_val "$W/stdout")"
+expect_eq "stderr" oops "$(wfs_val "$W/stderr")"
+expect_eq "status" 3 "$(wfs_val "$W/status")"
+expect_ok "exec: true" wfs_exec "$W" 'true'
+expect_eq "status after true" 0 "$(wfs_val "$W/status")"
+expect_eq "stdout after a silent run is empty" 0 "$(stat -c %s "$W/stdout")"
+
+# Several writes on one descriptor make one run.
+expect_ok "exec in several writes" sh -c '{ printf "echo "; printf "one "; printf "run\n"; } >"$1/exec"' _ "$W"
+expect_eq "stdout of a run written in pieces" "one run" "$(wfs_val "$W/stdout")"
+
+# Reading exec on the writing descriptor returns that run's stdout.  The
+# shell's `>&3` dups and closes fd 3 (a flush: the run starts there), so
+# this is also "read after a flush-triggered run on the same fd".
+via_fd=$(sh -c 'exec 3<>"$1/exec"; printf "echo via-fd\n" >&3; cat <&3' _ "$W" 2>&1)
+expect_eq "read of exec on the writing fd (after a flush) returns that run's stdout" via-fd "$via_fd"
+expect_eq "stdout after the read-triggered run" via-fd "$(wfs_val "$W/stdout")"
+expect_eq "a fresh exec fd reads empty" "" "$(cat "$W/exec")"
+
+# st_size is exact for every file.
+for f in "$W"/* "$MNT"/.worldfs/*; do
+	[ -f "$f" ] || continue
+	expect_eq "st_size of ${f#"$MNT"/} matches its content" "$(wc -c <"$f")" "$(stat -c %s "$f")"
+done
+
+# Session persistence: variables, functions, cwd, files, background processes.
+expect_ok "exec: set up session state" wfs_exec "$W" '
+X=42
+greet() { echo "hi $1"; }
+mkdir -p /tmp/wfs-t && cd /tmp/wfs-t && echo data >file
+sleep 600 >/dev/null 2>&1 </dev/null &
+BG=$!'
+expect_eq "variables, functions, cwd and files persist" "42 hi you /tmp/wfs-t data" \
+	"$(wfs_run "$W" 'echo "$X $(greet you) $(pwd) $(cat file)"')"
+expect_eq "a background process survives into the next run" alive \
+	"$(wfs_run "$W" 'kill -0 "$BG" && echo alive')"
+
+# Writes to read-only files, and an oversized exec.
+expect_errno EACCES wfs_put "$W/state" collapsed
+expect_errno EACCES wfs_put "$W/stdout" x
+expect_errno EFBIG sh -c 'head -c 16777217 /dev/zero | tr "\0" " " >"$1/exec"' _ "$W"
+expect_eq "session intact after the oversized exec" 42 "$(wfs_run "$W" 'echo $X')"
+
+# `exit` ends the session; a fresh one starts.
+expect_ok "exec: exit 5" wfs_exec "$W" 'exit 5'
+expect_eq "status of exit 5" 5 "$(wfs_val "$W/status")"
+expect_match "stderr says the session restarted" '\[worldfs: session restarted' "$(wfs_val "$W/stderr")"
+expect_eq "a fresh session after exit" "unset" "$(wfs_run "$W" 'echo ${X:-unset}')"
+
+expect_ok "rmdir w" rmdir "$W"
+expect_eq "mount root is empty again" "" "$(ls "$MNT")"
+wfs_umount
+
+# ---- limits: output_max and exec_timeout ----------------------------------
+wfs_new_state
+wfs_mount output_max=1000,exec_timeout=2
+W=$MNT/w
+expect_ok "mkdir w" mkdir "$W"
+
+expect_ok "exec: 5500 bytes of stdout" wfs_exec "$W" '
+i=0; while [ $i -lt 500 ]; do echo 0123456789; i=$((i + 1)); done'
+out_size=$(stat -c %s "$W/stdout")
+expect_match "stdout is cut near output_max=1000 (size $out_size)" '^1[0-9]{3}$' "$out_size"
+expect_eq "stdout starts with the first 1000 bytes of the output" \
+	"$(i=0; while [ $i -lt 100 ]; do echo 0123456789; i=$((i + 1)); done | head -c 1000)" \
+	"$(head -c 1000 "$W/stdout")"
+expect_match "the truncation marker follows" 'output truncated at 1000 bytes' "$(tail -c +1001 "$W/stdout")"
+expect_eq "st_size of truncated stdout matches content" "$(wc -c <"$W/stdout")" "$out_size"
+
+expect_ok "exec: set a variable" wfs_exec "$W" 'KEEP=survives'
+t0=$(wfs_now)
+expect_errno ETIMEDOUT wfs_exec "$W" 'sleep 30'
+elapsed=$(($(wfs_now) - t0))
+expect_match "the timed-out run was cut after about 2 s (took $elapsed s)" '^([0-9]|1[0-5])$' "$elapsed"
+expect_eq "status of a timed-out run" 124 "$(wfs_val "$W/status")"
+expect_match "stderr says the run was killed" 'exec_timeout' "$(wfs_val "$W/stderr")"
+expect_eq "session survives the time-out" survives "$(wfs_run "$W" 'echo $KEEP')"
+expect_eq "state after the time-out" running "$(wfs_val "$W/state")"
+
+wfs_umount
+expect_no_qemu "no qemu left after unmount" 20

@@ -1,0 +1,101 @@
+#!/bin/sh
+# shellcheck source=tests/integration/lib.sh disable=SC2016 # world code is single-quoted on purpose
+# t_recovery.sh: what survives a clean unmount (everything, sessions too),
+# and a kill -9 of worldfs (running VMs are reattached; a world whose VM
+# died meanwhile reads failed, with the reason in info).
+. "$(dirname "$0")/lib.sh"
+
+# fingerprint: path and content of every value file, in a stable order.
+# info, exec and the runtime-wide entities/metrics are left out: they say
+# whether sandboxes are up, which is meant to differ across a remount.
+fingerprint() {
+	(cd "$MNT" && find . -type f ! -name info ! -name exec ! -name entities ! -name metrics | sort |
+		while read -r f; do printf '%s: %s\n' "$f" "$(cat "$f" | tr '\n' '|')"; done)
+}
+
+# qemu_pid DIR: the pid of the VM behind a world, from its info
+# ("pid" inside "sandbox"), or the qemu whose command line names its id.
+qemu_pid() {
+	qp=$(wfs_json_num "$1/info" pid)
+	if [ -z "$qp" ]; then
+		qid=$(sed -n 's/.*"entity_id": *"\([^"]*\)".*/\1/p' "$1/info")
+		for q in $(wfs_qemu_pids); do
+			tr '\0' ' ' <"/proc/$q/cmdline" | grep -qF -- "$qid/" && qp=$q
+		done
+	fi
+	echo "$qp"
+}
+
+wfs_mount
+W=$MNT/w
+expect_ok "mkdir w" mkdir "$W" || bail "cannot create a world"
+expect_ok "exec in w" wfs_exec "$W" 'R=before; echo persisted >/tmp/p; cd /tmp; echo out-w'
+expect_ok "w/balance/alice 42" wfs_put "$W/balance/alice" 42
+expect_ok "w/balance/bob 7" wfs_put "$W/balance/bob" 7
+expect_ok "mkdir w/snapshot/s" mkdir "$W/snapshot/s"
+expect_ok "exec in w after the snapshot" wfs_exec "$W" 'R2=after-snap'
+for v in a b c; do
+	expect_ok "mkdir w/$v" mkdir "$W/$v"
+done
+expect_ok "a/trit 1" wfs_put "$W/a/trit" 1
+expect_ok "a/prob 0.25" wfs_put "$W/a/prob" 0.25
+expect_ok "b/prob 0.5" wfs_put "$W/b/prob" 0.5
+expect_ok "a/balance/alice 40" wfs_put "$W/a/balance/alice" 40
+expect_ok "exec in a" wfs_exec "$W/a" 'RA=ina; echo out-a'
+expect_ok "exec in b" wfs_exec "$W/b" 'echo err-b >&2; (exit 4)'
+expect_ok "exec in c" wfs_exec "$W/c" 'RC=inc; echo out-c'
+expect_ok "resolve w -> c" wfs_put "$W/resolve" c
+expect_eq "b collapsed" collapsed "$(wfs_val "$W/b/state")"
+# a collapsed too; keep one live verse for the rest: branch d from the snapshot.
+expect_ok "mkdir w/snapshot/s/d" mkdir "$W/snapshot/s/d"
+expect_ok "exec in d" wfs_exec "$W/snapshot/s/d" 'RD=ind'
+before=$(fingerprint)
+tree_before=$(cd "$MNT" && find . | sort)
+
+# ---- clean unmount and remount ------------------------------------------
+wfs_umount
+expect_no_qemu "no qemu left after a clean unmount" 30
+wfs_mount
+expect_eq "the tree is back" "$tree_before" "$(cd "$MNT" && find . | sort)"
+expect_eq "every value is back (trits, probs, balances, states, outputs, wev, logs)" \
+	"$before" "$(fingerprint)"
+expect_match "w's sandbox is suspended until first use" '"status": *"suspended"' "$(wfs_val "$W/info")"
+expect_eq "w's state reads logically" running "$(wfs_val "$W/state")"
+expect_eq "w's session is resumed (variables, files, cwd)" "before persisted /tmp after-snap" \
+	"$(wfs_run "$W" 'echo "$R $(cat /tmp/p) $(pwd) $R2"')"
+expect_match "w's sandbox is up after use" '"status": *"up"' "$(wfs_val "$W/info")"
+expect_eq "the won verse's session is resumed" inc "$(wfs_run "$W/c" 'echo $RC')"
+expect_eq "a snapshot verse's session is resumed" ind "$(wfs_run "$W/snapshot/s/d" 'echo $RD')"
+expect_errno EROFS wfs_exec "$W/a" 'echo no'
+expect_ok "mkdir w/snapshot/s/e (a snapshot from before the unmount)" mkdir "$W/snapshot/s/e"
+expect_eq "e sees the snapshot's session" "before none" "$(wfs_run "$W/snapshot/s/e" 'echo "$R ${R2:-none}"')"
+
+# ---- kill -9 worldfs; one VM dies while worldfs is down ------------------
+expect_ok "exec in w before the crash" wfs_exec "$W" 'K=prekill'
+tree_before=$(cd "$MNT" && find . | sort)
+w_pid=$(qemu_pid "$W")
+e_pid=$(qemu_pid "$W/snapshot/s/e")
+expect_match "w's qemu pid is known ($w_pid)" '^[0-9]+$' "$w_pid"
+expect_match "e's qemu pid is known ($e_pid)" '^[0-9]+$' "$e_pid"
+wfs_kill9
+expect_ok "w's qemu survives the death of worldfs" kill -0 "$w_pid"
+[ -n "$e_pid" ] && kill -9 "$e_pid"
+wfs_mount
+expect_eq "the tree is back after kill -9" "$tree_before" "$(cd "$MNT" && find . | sort)"
+expect_eq "balances after kill -9" "42 7" "$(wfs_val "$W/balance/alice") $(wfs_val "$W/balance/bob")"
+expect_eq "trit and prob after kill -9" "1 0.25" "$(wfs_val "$W/a/trit") $(wfs_val "$W/a/prob")"
+expect_eq "resolution after kill -9" "c collapsed collapsed won" \
+	"$(wfs_vals "$W/resolve" "$W/a/state" "$W/b/state" "$W/c/state")"
+expect_eq "w is reattached: its session kept what it had before the crash" "prekill before" \
+	"$(wfs_run "$W" 'echo "$K $R"')"
+expect_eq "w runs in the same qemu as before the crash" "$w_pid" "$(qemu_pid "$W")"
+expect_eq "d is reattached" ind "$(wfs_run "$W/snapshot/s/d" 'echo $RD')"
+# c (won) is left unused after this remount on purpose: the unmount below
+# must still suspend or stop its surviving qemu.
+expect_eq "e, whose qemu was killed, reads failed" failed "$(wfs_val "$W/snapshot/s/e/state")"
+expect_match "e's info gives the reason" '"failure": *"[^"]+' "$(wfs_val "$W/snapshot/s/e/info")"
+expect_errno EIO wfs_exec "$W/snapshot/s/e" 'echo no'
+expect_ok "a failed verse can be removed" rmdir "$W/snapshot/s/e"
+
+wfs_umount
+expect_no_qemu "no qemu left after the final unmount" 30

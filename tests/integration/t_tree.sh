@@ -1,0 +1,65 @@
+#!/bin/sh
+# shellcheck source=tests/integration/lib.sh disable=SC2016 # world code is single-quoted on purpose
+# t_tree.sh: the tree as ordinary tools see it (tar, ls -lR, find, cat),
+# operations a worldfs tree does not offer, and permissions between uids.
+. "$(dirname "$0")/lib.sh"
+
+wfs_mount allow_other
+W=$MNT/w
+expect_ok "mkdir w" mkdir "$W" || bail "cannot create a world"
+expect_ok "exec in w" wfs_exec "$W" 'echo out-w; echo err-w >&2'
+expect_ok "w/balance/alice 7" wfs_put "$W/balance/alice" 7
+expect_ok "mkdir w/a" mkdir "$W/a"
+expect_ok "exec in a" wfs_exec "$W/a" 'echo out-a'
+expect_ok "mkdir w/snapshot/s" mkdir "$W/snapshot/s"
+expect_ok "mkdir w/snapshot/s/v" mkdir "$W/snapshot/s/v"
+
+# tar: every st_size must match what read() returns, or tar complains.
+expect_ok "tar cf - MNT | tar tf -" sh -c '
+	set -e
+	tar cf "$2/tree.tar" -C "$1" .
+	tar tf "$2/tree.tar" >"$2/tree.list"' _ "$MNT" "$wfs_tmp"
+for p in ./.worldfs/version ./w/trit ./w/balance/alice ./w/a/stdout ./w/snapshot/s/info \
+	./w/snapshot/s/balance/alice ./w/snapshot/s/v/state; do
+	expect_eq "tar has $p" "$p" "$(grep -x -- "$p" "$wfs_tmp/tree.list")"
+done
+mkdir "$wfs_tmp/x"
+expect_ok "tar xf" tar xf "$wfs_tmp/tree.tar" -C "$wfs_tmp/x"
+expect_eq "w/stdout through tar" out-w "$(cat "$wfs_tmp/x/w/stdout")"
+expect_eq "w/stderr through tar" err-w "$(cat "$wfs_tmp/x/w/stderr")"
+expect_eq "a/trit through tar" -1 "$(cat "$wfs_tmp/x/w/a/trit")"
+expect_eq "balance through tar" 7 "$(cat "$wfs_tmp/x/w/snapshot/s/balance/alice")"
+rm -rf "$wfs_tmp/x" "$wfs_tmp/tree.tar"
+
+expect_ok "ls -lR MNT" ls -lR "$MNT"
+expect_ok "find MNT -type f | xargs cat" sh -c 'find "$1" -type f -print0 | xargs -0 cat >/dev/null' _ "$MNT"
+expect_ok "find MNT -type d" sh -c 'find "$1" -type d >/dev/null' _ "$MNT"
+expect_ok "du -a MNT" sh -c 'du -a "$1" >/dev/null' _ "$MNT"
+expect_eq "find sees every world and verse" "$MNT/w $MNT/w/a $MNT/w/snapshot/s/v" \
+	"$(find "$MNT" -type f -name exec | sed 's|/exec$||' | sort | tr '\n' ' ' | sed 's/ $//')"
+
+# What a world tree does not offer.
+expect_errno EPERM mv "$W/a" "$W/b"
+expect_errno EPERM ln -s x "$W/link"
+expect_errno EPERM ln "$W/trit" "$W/trit2"
+expect_errno EPERM mkfifo "$W/fifo"
+expect_errno EPERM mknod "$W/blk" b 7 0
+expect_eq "w is still running" running "$(wfs_val "$W/state")"
+
+# Another uid (mounted with allow_other, default_permissions).
+as_nobody() { setpriv --reuid=65534 --regid=65534 --clear-groups -- "$@"; }
+expect_ok "nobody can list the mount root" as_nobody ls "$MNT"
+expect_ok "nobody can read .worldfs/version" as_nobody cat "$MNT/.worldfs/version"
+expect_errno EACCES as_nobody ls "$W"
+expect_errno EACCES as_nobody cat "$W/stdout"
+expect_errno EACCES as_nobody sh -c 'echo "echo hi" >"$1"' _ "$W/exec"
+expect_errno EACCES as_nobody mkdir "$W/intruder"
+expect_errno EACCES as_nobody rmdir "$W/a"
+expect_errno EACCES as_nobody cat "$W/a/balance/alice"
+expect_errno EACCES as_nobody mkdir "$W/snapshot/s/intruder"
+expect_eq "the world is unchanged" "out-w a" "$(wfs_val "$W/stdout") $(ls "$W" | grep -x a)"
+
+expect_ok "rmdir w/snapshot/s/v" rmdir "$W/snapshot/s/v"
+expect_ok "rmdir w/a" rmdir "$W/a"
+expect_ok "rmdir w (and its snapshot)" rmdir "$W"
+wfs_umount
