@@ -8,13 +8,15 @@
  *
  * How a run works.  The session is `busybox sh` reading commands from a
  * pipe; its stdout is a second pipe that only carries status lines.  For
- * each EXEC the agent writes the code to DIR/code, checks it with `sh -n`
- * (`.` would run the lines before a syntax error), makes
- * two FIFOs for the run's stdout and stderr, and sends the session one
- * line that sources the code with those redirections and then prints
+ * each EXEC the agent writes the code to DIR/code, makes two FIFOs for the
+ * run's stdout and stderr, and sends the session one line that sources the
+ * code with those redirections and then prints
  * "worldfs-status SEQ STATUS".  The run ends at that line, not at EOF of
  * the FIFOs, so background processes may keep them open: the agent keeps
- * draining them instead of closing them under a writer (SIGPIPE).
+ * draining them instead of closing them under a writer (SIGPIPE).  The code
+ * is not checked with `sh -n` first: a fork and exec per run costs more
+ * than the rest of the run under TCG, and sourcing it gives script
+ * semantics (a syntax error ends the run there, with status 2).
  *
  * Timeouts.  busybox ash without job control keeps every child in the
  * shell's process group and starts `&` children with SIGINT and SIGQUIT
@@ -61,7 +63,6 @@
 #define KILL_TICK_MS 50
 #define KILL_GRACE_MS 1000
 #define OUTPUT_CAP (16u << 20)   /* per stream; two fit in PROTO_FRAME_MAX */
-#define SYNTAX_MSG_MAX 65536
 #define QUEUE_MAX 8              /* EXECs waiting behind the current run */
 #define DRAIN_MAX 64             /* old run FIFOs still held by background jobs */
 #define STATUS_TAG "worldfs-status "
@@ -739,54 +740,6 @@ static void run_finish(struct agent *a, int status, bool died)
 	run_start_next(a);
 }
 
-/* `sh -n`: 0 if the code parses, 1 if not (the message in *msg), -errno. */
-static int syntax_check(struct agent *a, struct buf *msg)
-{
-	int p[2], null, st = 0, ret;
-	size_t keep;
-	ssize_t r;
-	pid_t pid;
-
-	if (pipe2(p, O_CLOEXEC) < 0)
-		return -errno;
-	pid = fork();
-	if (pid < 0) {
-		ret = -errno;
-		close(p[0]);
-		close(p[1]);
-		return ret;
-	}
-	if (pid == 0) {
-		child_reset();
-		null = open("/dev/null", O_RDWR);
-		dup2(null, 0);
-		dup2(null, 1);
-		dup2(p[1], 2);
-		/* Relative name: the message reads "code: line 3: ...". */
-		if (chdir(a->dir) < 0)
-			_exit(127);
-		execl(SHELL_PATH, "sh", "-n", "code", (char *)NULL);
-		_exit(127);
-	}
-	close(p[1]);
-	for (;;) {
-		r = read(p[0], chunk, sizeof(chunk));
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r <= 0)
-			break;
-		keep = SYNTAX_MSG_MAX - (msg->len < SYNTAX_MSG_MAX ? msg->len : SYNTAX_MSG_MAX);
-		buf_add(msg, chunk, (size_t)r < keep ? (size_t)r : keep);
-	}
-	close(p[0]);
-	while (waitpid(pid, &st, 0) < 0)
-		if (errno != EINTR)
-			return -errno;
-	if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
-		return -ENOEXEC;
-	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
-}
-
 static int write_code(struct agent *a, const uint8_t *code, size_t len)
 {
 	char path[PATH_MAX];
@@ -827,14 +780,6 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 	ret = write_code(a, p + 12, len - 12);
 	if (ret < 0)
 		goto fail;
-	step = "check the syntax";
-	ret = syntax_check(a, &msg);
-	if (ret < 0)
-		goto fail;
-	if (ret > 0) {
-		send_early_result(a, r->id, 2, &msg);
-		goto out;
-	}
 	step = "start the session shell";
 	if (!a->sess.pid) {
 		ret = session_start(a);

@@ -98,6 +98,16 @@ expect_errno EACCES wfs_put "$W/stdout" x
 expect_errno EFBIG sh -c 'head -c 16777217 /dev/zero | tr "\0" " " >"$1/exec"' _ "$W"
 expect_eq "session intact after the oversized exec" 42 "$(wfs_run "$W" 'echo $X')"
 
+# A syntax error ends the run where it stands (script semantics), with
+# status 2 and the shell's message; the session lives on.
+expect_ok "exec with a syntax error" wfs_exec "$W" 'Y=ran
+echo first
+if then fi'
+expect_eq "status of a syntax error" 2 "$(wfs_val "$W/status")"
+expect_eq "the lines before it ran" first "$(wfs_val "$W/stdout")"
+expect_match "stderr names the syntax error" 'syntax error' "$(wfs_val "$W/stderr")"
+expect_eq "session intact after a syntax error" "42 ran" "$(wfs_run "$W" 'echo $X $Y')"
+
 # `exit` ends the session; a fresh one starts.
 expect_ok "exec: exit 5" wfs_exec "$W" 'exit 5'
 expect_eq "status of exit 5" 5 "$(wfs_val "$W/status")"
