@@ -6,6 +6,7 @@
 
 static const struct backend_ops *const backends[] = {
 	&vm_backend_ops,
+	&morph_backend_ops,
 };
 
 const struct backend_ops *backend_find(const char *name)

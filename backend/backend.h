@@ -1,5 +1,5 @@
 /* backend.h: the one interface between the file tree (fs/) and the places
- * where worlds run (backend/vm, later backend/morph). */
+ * where worlds run (backend/vm, backend/morph). */
 #ifndef WORLDFS_BACKEND_H
 #define WORLDFS_BACKEND_H
 
@@ -21,6 +21,10 @@ struct backend_config {
 	unsigned exec_timeout_s; /* longest run of one exec */
 	size_t output_max;       /* largest captured stdout/stderr per run */
 	const char *morph_url;   /* morph only */
+	bool branch_copy;        /* vm: branch by copying memory (0.1), not copy-on-write */
+	unsigned pool_size;      /* vm: QEMU processes kept started and waiting; 0: none */
+	const char *morph_snapshot; /* morph: the snapshot new worlds start from, or NULL */
+	const char *morph_image;    /* morph: the image a base snapshot is made from, or NULL */
 };
 
 /* The result of one run in a world's session. out/err are malloc'd and
@@ -115,6 +119,7 @@ struct backend_ops {
 };
 
 extern const struct backend_ops vm_backend_ops;
+extern const struct backend_ops morph_backend_ops;
 
 const struct backend_ops *backend_find(const char *name);
 

@@ -8,13 +8,15 @@
 # unconfigured build dir, and ninja rebuilds only what changed.
 #   build  packages + build/ (worldfs, agent, guest image)
 #   demo   build, then mount worldfs on a temp dir and run contrib/demo.sh
-#   test   build, then the unit and mount suites in build/ and again in
-#          build-asan/ (AddressSanitizer + UBSan); ends with "N passed, N failed"
+#   test   build, then the unit, mount and morph suites in build/ and again
+#          in build-asan/ (AddressSanitizer + UBSan); ends with "N passed, N failed"
+#          (morph: the mount tests with backend=morph against a local stand-in
+#          for the Morph Cloud API, tests/morph/standin.py)
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils busybox-static kmod libfuse3-dev fuse3 meson
 ninja-build pkg-config libcmocka-dev libsqlite3-dev libjansson-dev
-libcurl4-openssl-dev sqlite3 cpio xz-utils gcc libc6-dev"
+libcurl4-openssl-dev sqlite3 cpio xz-utils gcc libc6-dev xfsprogs python3"
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
@@ -199,6 +201,7 @@ EOF
 run_tests() {
 	suite build unit
 	suite build mount
+	suite build morph
 
 	# The same again with AddressSanitizer and UBSan.  UBSan errors are
 	# fatal; leaks fail unit tests and a worldfs that leaks by exit (the
@@ -209,10 +212,11 @@ run_tests() {
 		say "ninja -C build-asan" && ninja -C build-asan; then
 		suite build-asan unit --timeout-multiplier 3
 		suite build-asan mount --timeout-multiplier 2
+		suite build-asan morph --timeout-multiplier 2
 	else
 		say "build-asan did not build: its suites count as failed"
-		failed=$((failed + 2))
-		failures="$failures build-asan/unit build-asan/mount"
+		failed=$((failed + 3))
+		failures="$failures build-asan/unit build-asan/mount build-asan/morph"
 	fi
 
 	[ -z "$failures" ] || say "failed:$failures"

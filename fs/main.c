@@ -17,8 +17,8 @@
 #include "fs/runtime.h"
 
 struct options {
-	char *backend, *accel, *state, *image, *morph_url;
-	unsigned mem, vcpus, exec_timeout;
+	char *backend, *accel, *state, *image, *morph_url, *morph_snapshot, *morph_image, *branch;
+	unsigned mem, vcpus, exec_timeout, pool;
 	unsigned long output_max;
 	int help, version;
 };
@@ -34,6 +34,10 @@ static const struct fuse_opt option_spec[] = {
 	OPT("exec_timeout=%u", exec_timeout),
 	OPT("output_max=%lu", output_max),
 	OPT("morph_url=%s", morph_url),
+	OPT("morph_snapshot=%s", morph_snapshot),
+	OPT("morph_image=%s", morph_image),
+	OPT("branch=%s", branch),
+	OPT("pool=%u", pool),
 	OPT("-h", help),
 	OPT("--help", help),
 	OPT("-V", version),
@@ -59,7 +63,14 @@ static void usage(const char *prog)
 	       "    -o vcpus=N              vCPUs of a new top-level world (default: 1)\n"
 	       "    -o exec_timeout=SEC     longest run of one exec (default: 60)\n"
 	       "    -o output_max=BYTES     largest captured stdout/stderr per run (default: 1048576)\n"
-	       "    -o morph_url=URL        Morph Cloud API base (default: https://cloud.morph.so/api)\n"
+	       "    -o branch=cow|copy      vm: branch copy-on-write (default where the state\n"
+	       "                            directory can clone files, or as root) or by copying memory\n"
+	       "    -o pool=N               vm: QEMU processes kept started for branches (default: 2)\n"
+	       "    -o morph_url=URL        Morph Cloud API base (default: https://cloud.morph.so/api);\n"
+	       "                            the API key comes from $MORPH_API_KEY\n"
+	       "    -o morph_snapshot=ID    morph: the snapshot new worlds start from\n"
+	       "                            (default: one made from morph_image)\n"
+	       "    -o morph_image=ID       morph: the image of that snapshot (default: morphvm-minimal)\n"
 	       "\n", prog);
 }
 
@@ -138,6 +149,18 @@ static int parse_config(struct options *o, struct backend_config *cfg, char **st
 		fprintf(stderr, "worldfs: output_max=%lu: expected 64..16777216 bytes\n", o->output_max);
 		return -EINVAL;
 	}
+	if (!o->branch || strcmp(o->branch, "cow") == 0)
+		cfg->branch_copy = false;
+	else if (strcmp(o->branch, "copy") == 0)
+		cfg->branch_copy = true;
+	else {
+		fprintf(stderr, "worldfs: branch=%s: expected cow or copy\n", o->branch);
+		return -EINVAL;
+	}
+	if (o->pool > 64) {
+		fprintf(stderr, "worldfs: pool=%u: expected 0..64\n", o->pool);
+		return -EINVAL;
+	}
 	if (!o->state && !(o->state = default_state_dir())) {
 		fprintf(stderr, "worldfs: no state directory: give -o state=DIR\n");
 		return -EINVAL;
@@ -157,6 +180,9 @@ static int parse_config(struct options *o, struct backend_config *cfg, char **st
 	cfg->exec_timeout_s = o->exec_timeout;
 	cfg->output_max = o->output_max;
 	cfg->morph_url = o->morph_url;
+	cfg->morph_snapshot = o->morph_snapshot;
+	cfg->morph_image = o->morph_image;
+	cfg->pool_size = o->pool;
 	return 0;
 }
 
@@ -207,7 +233,7 @@ static void report(int fd, char verdict)
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct options o = { .mem = 128, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20 };
+	struct options o = { .mem = 128, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 2 };
 	struct fuse_cmdline_opts copts = { 0 };
 	struct backend_config cfg;
 	const struct backend_ops *ops;
@@ -244,7 +270,7 @@ int main(int argc, char *argv[])
 	if (!o.backend)
 		o.backend = strdup("vm");
 	if (!(ops = backend_find(o.backend))) {
-		fprintf(stderr, "worldfs: backend=%s: not available in this version (available: vm)\n", o.backend);
+		fprintf(stderr, "worldfs: backend=%s: not available in this version (available: vm, morph)\n", o.backend);
 		goto out;
 	}
 
@@ -278,7 +304,8 @@ int main(int argc, char *argv[])
 
 	loop = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_clone_fd(loop, copts.clone_fd);
-	fuse_loop_cfg_set_idle_threads(loop, copts.max_idle_threads);
+	if (copts.max_idle_threads != UINT_MAX)  /* UINT_MAX: not given */
+		fuse_loop_cfg_set_idle_threads(loop, copts.max_idle_threads);
 	/* Runs block their thread for as long as they last: room for many. */
 	fuse_loop_cfg_set_max_threads(loop, copts.max_threads > 10 ? copts.max_threads : 256);
 	rc = copts.singlethread ? fuse_loop(fuse) : fuse_loop_mt(fuse, loop);
@@ -301,6 +328,9 @@ out:
 	free(o.state);
 	free(o.image);
 	free(o.morph_url);
+	free(o.morph_snapshot);
+	free(o.morph_image);
+	free(o.branch);
 	runtime_log_close();
 	return rc;
 }

@@ -177,7 +177,7 @@ static int wfs_mkdir(const char *path, mode_t mode)
 	default:
 		err = -ENOTDIR;
 	}
-	if (err == -EINVAL)
+	if (err == -EINVAL && name_check(name) < 0)
 		runtime_log("mkdir %s: invalid name (1-64 of [A-Za-z0-9._-], no leading '.', not a file name)", path);
 	else if (err && err != -EEXIST)
 		runtime_log("mkdir %s: %s", path, strerror(-err));

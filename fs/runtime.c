@@ -271,8 +271,9 @@ static int sandbox_ensure(struct runtime *rt, struct entity *e)
 		return 0;
 	err = rt->be_ops->resume(rt->be, e->id, e->handle, &sb, handle);
 	if (err) {
-		/* Lost while worldfs was down: back to the latest snapshot, if any. */
-		struct entity *snap = latest_snapshot(rt, e);
+		/* Nothing left to resume (lost while worldfs was down): back to
+		 * the latest snapshot, if any.  Other errors fail the world. */
+		struct entity *snap = err == -ENOENT ? latest_snapshot(rt, e) : NULL;
 		struct branch_info info;
 
 		if (snap) {

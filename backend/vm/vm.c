@@ -1,902 +1,66 @@
 /* vm.c: the "vm" backend: one QEMU microVM per world, driven over QMP
- * (qmp.c), with the world's session in the guest agent, reached over a
- * virtio-serial port (backend/agent/proto.h).
+ * (qmp.c, qemu.c), with the world's session in the guest agent, reached
+ * over a virtio-serial port (agent.c, backend/agent/proto.h).
+ *
+ * Copy-on-write (the default where ram.c finds or makes a RAM directory):
+ * a VM's RAM is a file mapped share=on, so a saved state is QEMU's device
+ * state only (~60 KB) plus a FICLONE of the RAM file: freezing and
+ * branching cost the same whatever the guest's size.  Otherwise (and with
+ * -o branch=copy) a state is QEMU's full migration stream, RAM included.
+ * Each VM and snapshot records which kind it is in its config.
  *
  * Files, all below STATE/vm/:
- *   <id>/config         mem_mib and vcpus, so branch and resume can size the VM
+ *   <id>/config         mem_mib, vcpus, ram=file when cow
  *   <id>/qemu.pid       written by QEMU; -pidfile also marks the process as ours
+ *   <id>/qemu.origin    a former pool member: the dir QEMU was started in
  *   <id>/qmp.sock, <id>/agent.sock, <id>/console.log (guest), <id>/qemu.log (QEMU's stderr)
- *   <id>/suspend.state  the full state saved by suspend()
- *   snapshots/<snap>/{config,state}
+ *   <id>/suspend.state  the state saved by suspend() (device state only when cow)
+ *   snapshots/<snap>/{config,state}     full copy
+ *   snapshots/<snap>/{config,devstate}  cow, with ram/snapshots/<snap>.ram
+ *   golden/, ram/, ram.xfs              golden.c, ram.c
+ *   .pool-<hex>/                        pool.c
  * QEMU runs daemonized in its own session, so it survives worldfs dying and
  * resume() can reattach to it. */
-#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 
-#include "backend/agent/proto.h"
-#include "backend/backend.h"
-#include "backend/vm/qmp.h"
-
-#define ID_MAX 64
-#define SOCK_PATH_MAX ((int)sizeof(((struct sockaddr_un *)0)->sun_path))
-#define QMP_TIMEOUT_MS 10000
-#define LAUNCH_TIMEOUT_MS 30000    /* until `qemu -daemonize` returns */
-#define BOOT_TIMEOUT_MS 60000      /* until the agent answers (TCG boots in ~2 s) */
-#define RESTORE_TIMEOUT_MS 60000
-#define MIGRATE_TIMEOUT_MS 300000
-#define EXEC_GRACE_MS 10000        /* the agent kills a run at its time-out; allow for that */
-#define PING_RETRY_MS 250
-#define QUIT_TIMEOUT_MS 5000
-#define RESEED_BYTES 64
-#define DEFAULT_EXEC_TIMEOUT_S 60
+#include "backend/vm/vm.h"
 
 static const char kernel_append[] =
 	"console=ttyS0 quiet panic=-1 cryptomgr.notests tsc=reliable no_timer_check pci=off mitigations=off";
 
-struct backend {
-	char dir[PATH_MAX];       /* STATE/vm, absolute: QEMU runs with cwd / */
-	char snap_dir[PATH_MAX];  /* STATE/vm/snapshots */
-	char kernel[PATH_MAX];
-	char initrd[PATH_MAX];
-	char qemu[PATH_MAX];
-	char append[sizeof(kernel_append) + 64];  /* kernel command line */
-	bool kvm;
-	unsigned mem_mib;
-	unsigned vcpus;
-	unsigned exec_timeout_s;
-	size_t output_max;
-};
+/* Names in STATE/vm that are not sandboxes. */
+static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs" };
 
-struct sandbox {
-	struct backend *b;
-	char id[ID_MAX + 1];
-	char dir[PATH_MAX];
-	int dirfd;                /* keeps socket paths short: /proc/self/fd/N/qmp.sock */
-	pid_t pid;                /* the daemonized QEMU, 0 when none */
-	struct qmp *qmp;
-	int agent;                /* agent socket, -1 when not connected */
-	unsigned mem_mib;
-	unsigned vcpus;
-	uint32_t next_run;
-	bool bandwidth_set;
-	bool broken;              /* the agent or QEMU failed: later calls get EIO */
-};
-
-/* --- small helpers -------------------------------------------------------- */
-
-static void say(const char *id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void say(const char *id, const char *fmt, ...)
+static bool reserved(const char *name)
 {
-	char msg[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	/* One fprintf per message, so lines of parallel sandboxes don't mix. */
-	fprintf(stderr, "worldfs: vm %s: %s\n", id, msg);
-}
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-/* Milliseconds left until deadline, for poll(2)-style timeouts. */
-static int ms_left(double deadline)
-{
-	double left = deadline - now_ms();
-
-	return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left + 1;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
-static const char *str_or(const char *s, const char *fallback)
-{
-	return s ? s : fallback;
-}
-
-static int pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static int pathf(char out[PATH_MAX], const char *fmt, ...)
-{
-	va_list ap;
-	int n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(out, PATH_MAX, fmt, ap);
-	va_end(ap);
-	return n < 0 || n >= PATH_MAX ? -ENAMETOOLONG : 0;
-}
-
-/* Registry ids and snapshot ids become file names: keep them plain. */
-static int id_check(const char *id)
-{
-	size_t n = strlen(id);
-
-	if (n == 0 || n > ID_MAX || id[0] == '.')
-		return -EINVAL;
-	for (size_t i = 0; i < n; i++)
-		if (!isalnum((unsigned char)id[i]) && id[i] != '-' && id[i] != '_' && id[i] != '.')
-			return -EINVAL;
-	return 0;
-}
-
-static bool exists(const char *path)
-{
-	return access(path, F_OK) == 0;
-}
-
-static int fsync_path(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC), r = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd) < 0)
-		r = -errno;
-	close(fd);
-	return r;
-}
-
-static int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
-}
-
-/* Replace dir/name with text, durably: temp file, fsync, rename, fsync dir. */
-static int write_durable(const char *dir, const char *name, const char *text)
-{
-	char tmp[PATH_MAX], path[PATH_MAX];
-	int fd = -1, r;
-
-	if ((r = pathf(tmp, "%s/.%s.tmp", dir, name)) < 0 || (r = pathf(path, "%s/%s", dir, name)) < 0)
-		return r;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	r = write_all(fd, text, strlen(text));
-	if (r == 0 && fsync(fd) < 0)
-		r = -errno;
-	if (close(fd) < 0 && r == 0)
-		r = -errno;
-	if (r == 0 && rename(tmp, path) < 0)
-		r = -errno;
-	if (r == 0)
-		r = fsync_path(dir);
-	if (r < 0)
-		unlink(tmp);
-	return r;
-}
-
-/* Read up to n-1 bytes of a small file, NUL-terminated.  Bytes or -errno. */
-static ssize_t read_small(const char *path, char *buf, size_t n)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t got;
-
-	if (fd < 0)
-		return -errno;
-	got = read(fd, buf, n - 1);
-	if (got < 0)
-		got = -errno;
-	else
-		buf[got] = '\0';
-	close(fd);
-	return got;
-}
-
-static int rm_tree_at(int parent, const char *name)
-{
-	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	struct dirent *e;
-	DIR *d;
-	int r = 0;
-
-	if (fd < 0) {
-		if (errno == ENOTDIR || errno == ELOOP)
-			return unlinkat(parent, name, 0) < 0 ? -errno : 0;
-		return errno == ENOENT ? 0 : -errno;
-	}
-	d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return -errno;
-	}
-	while ((e = readdir(d))) {
-		int rr;
-
-		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-			continue;
-		if (e->d_type == DT_DIR || e->d_type == DT_UNKNOWN)
-			rr = rm_tree_at(dirfd(d), e->d_name);
-		else
-			rr = unlinkat(dirfd(d), e->d_name, 0) < 0 ? -errno : 0;
-		if (rr < 0 && rr != -ENOENT && r == 0)
-			r = rr;
-	}
-	closedir(d);
-	if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
-		r = -errno;
-	return r;
-}
-
-/* Remove path and everything below it; a missing path is fine. */
-static int rm_tree(const char *path)
-{
-	return rm_tree_at(AT_FDCWD, path);
-}
-
-static int config_write(const char *dir, unsigned mem_mib, unsigned vcpus)
-{
-	char text[64];
-
-	snprintf(text, sizeof(text), "mem_mib=%u\nvcpus=%u\n", mem_mib, vcpus);
-	return write_durable(dir, "config", text);
-}
-
-static int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus)
-{
-	char path[PATH_MAX], text[128];
-	ssize_t n;
-	int r;
-
-	if ((r = pathf(path, "%s/config", dir)) < 0)
-		return r;
-	n = read_small(path, text, sizeof(text));
-	if (n < 0)
-		return (int)n;
-	if (sscanf(text, "mem_mib=%u vcpus=%u", mem_mib, vcpus) != 2 || *mem_mib == 0 || *vcpus == 0)
-		return -EINVAL;
-	return 0;
-}
-
-/* The last lines of a log file on one line, for error messages. */
-static void log_tail(const char *dir, const char *name, char *out, size_t n)
-{
-	char path[PATH_MAX], buf[1024];
-	int fd, lines = 0;
-	off_t size;
-	ssize_t got;
-	char *p;
-
-	snprintf(out, n, "(%s empty)", name);
-	if (pathf(path, "%s/%s", dir, name) < 0 || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return;
-	size = lseek(fd, 0, SEEK_END);
-	got = size < 0 ? -1 : pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
-	close(fd);
-	if (got <= 0)
-		return;
-	buf[got] = '\0';
-	while (got > 0 && isspace((unsigned char)buf[got - 1]))
-		buf[--got] = '\0';
-	for (p = buf + got; p > buf; p--)
-		if (p[-1] == '\n' && ++lines == 4)
-			break;
-	for (char *c = p; *c; c++)
-		if (*c == '\n' || *c == '\r')
-			*c = '|';
-		else if (!isprint((unsigned char)*c))
-			*c = '?';
-	snprintf(out, n, "%s", p);
-}
-
-/* --- the QEMU process ----------------------------------------------------- */
-
-/* Is pid a live QEMU started for dir?  Its -pidfile argument says so; a
- * zombie has an empty cmdline and so is not. */
-static bool pid_is_ours(pid_t pid, const char *dir)
-{
-	char path[64], want[PATH_MAX], args[8192];
-	bool qemu = false, mine = false;
-	ssize_t n;
-
-	if (pid <= 1 || pathf(want, "%s/qemu.pid", dir) < 0)
-		return false;
-	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-	n = read_small(path, args, sizeof(args));
-	if (n <= 0)
-		return false;
-	for (char *a = args; a < args + n; a += strlen(a) + 1) {
-		const char *base = strrchr(a, '/');
-
-		if (a == args)
-			qemu = strncmp(base ? base + 1 : a, "qemu-system", 11) == 0;
-		else if (strcmp(a, want) == 0)
-			mine = true;
-	}
-	return qemu && mine;
-}
-
-static pid_t pid_parse(const char *text)
-{
-	char *end;
-	long v;
-
-	if (!text)
-		return 0;
-	errno = 0;
-	v = strtol(text, &end, 10);
-	if (errno || end == text || (*end && *end != '\n') || v <= 1 || v > INT_MAX)
-		return 0;
-	return (pid_t)v;
-}
-
-static pid_t pid_from_file(const char *dir)
-{
-	char path[PATH_MAX], text[32];
-
-	if (pathf(path, "%s/qemu.pid", dir) < 0 || read_small(path, text, sizeof(text)) <= 0)
-		return 0;
-	return pid_parse(text);
-}
-
-static bool wait_gone(pid_t pid, const char *dir, int timeout_ms)
-{
-	double deadline = now_ms() + timeout_ms;
-
-	while (pid_is_ours(pid, dir)) {
-		if (now_ms() > deadline)
-			return false;
-		sleep_ms(10);
-	}
-	return true;
-}
-
-/* A socket path short enough for sun_path.  QEMU gets the absolute path if
- * it fits, else the bare name (it binds before leaving our cwd, the
- * sandbox dir); we connect through /proc/self/fd/DIRFD when it doesn't. */
-static void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX])
-{
-	int n = snprintf(out, SOCK_PATH_MAX, "%s/%s", s->dir, name);
-
-	if (n > 0 && n < SOCK_PATH_MAX)
-		return;
-	if (for_qemu)
-		snprintf(out, SOCK_PATH_MAX, "%s", name);
-	else
-		snprintf(out, SOCK_PATH_MAX, "/proc/self/fd/%d/%s", s->dirfd, name);
-}
-
-/* QEMU's own words on a failure: qemu.log, then the guest's console. */
-static void say_died(const struct sandbox *s, const char *what)
-{
-	char q[512], c[512];
-
-	log_tail(s->dir, "qemu.log", q, sizeof(q));
-	log_tail(s->dir, "console.log", c, sizeof(c));
-	say(s->id, "%s: qemu.log: %s; console.log: %s", what, q, c);
-}
-
-static int errno_from_log(const struct sandbox *s)
-{
-	char q[1024];
-
-	log_tail(s->dir, "qemu.log", q, sizeof(q));
-	if (strstr(q, "Cannot allocate memory") || strstr(q, "cannot set up guest memory"))
-		return -ENOMEM;
-	if (strstr(q, "No space left on device"))
-		return -ENOSPC;
-	return -EIO;
-}
-
-/* Start QEMU for s, daemonized.  incoming: wait paused (-S) for a state to
- * be loaded with state_load().  On success s->pid and s->qmp are set; on
- * failure nothing is left running. */
-static int qemu_launch(struct sandbox *s, bool incoming)
-{
-	const struct backend *b = s->b;
-	char mem[32], smp[32], name[ID_MAX + 16], pidfile[PATH_MAX], logpath[PATH_MAX];
-	char qmp_sock[SOCK_PATH_MAX], agent_sock[SOCK_PATH_MAX], us[SOCK_PATH_MAX];
-	char qmp_arg[SOCK_PATH_MAX + 48], agent_arg[SOCK_PATH_MAX + 80];
-	const char *argv[64];
-	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
-	int argc = 0, logfd = -1, status = 0, r;
-	sigset_t none;
-	pid_t child, w;
-
-	sock_path(s, "qmp.sock", true, qmp_sock);
-	sock_path(s, "agent.sock", true, agent_sock);
-	snprintf(mem, sizeof(mem), "%u", s->mem_mib);
-	snprintf(smp, sizeof(smp), "%u", s->vcpus);
-	snprintf(name, sizeof(name), "worldfs-%s", s->id);
-	snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", qmp_sock);
-	snprintf(agent_arg, sizeof(agent_arg), "socket,id=agent,path=%s,server=on,wait=off", agent_sock);
-	if ((r = pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = pathf(logpath, "%s/qemu.log", s->dir)) < 0)
-		return r;
-	/* Leftovers of an earlier run would make QEMU's bind() fail. */
-	unlinkat(s->dirfd, "qmp.sock", 0);
-	unlinkat(s->dirfd, "agent.sock", 0);
-	unlinkat(s->dirfd, "qemu.pid", 0);
-
-	argv[argc++] = b->qemu;
-	argv[argc++] = "-name";
-	argv[argc++] = name;
-	argv[argc++] = "-M";
-	argv[argc++] = "microvm,x-option-roms=off,rtc=on,isa-serial=on";
-	argv[argc++] = "-accel";
-	argv[argc++] = b->kvm ? "kvm" : "tcg";
-	argv[argc++] = "-cpu";
-	argv[argc++] = b->kvm ? "host" : "max";
-	argv[argc++] = "-m";
-	argv[argc++] = mem;
-	argv[argc++] = "-smp";
-	argv[argc++] = smp;
-	argv[argc++] = "-nodefaults";
-	argv[argc++] = "-no-user-config";
-	argv[argc++] = "-nographic";
-	argv[argc++] = "-no-reboot";
-	argv[argc++] = "-kernel";
-	argv[argc++] = b->kernel;
-	argv[argc++] = "-initrd";
-	argv[argc++] = b->initrd;
-	argv[argc++] = "-append";
-	argv[argc++] = b->append;
-	argv[argc++] = "-serial";
-	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in our cwd, the sandbox dir */
-	argv[argc++] = "-device";
-	argv[argc++] = "virtio-serial-device";
-	argv[argc++] = "-chardev";
-	argv[argc++] = agent_arg;
-	argv[argc++] = "-device";
-	argv[argc++] = "virtserialport,chardev=agent,name=agent";
-	argv[argc++] = "-qmp";
-	argv[argc++] = qmp_arg;
-	/* -D keeps QEMU's stderr (qemu.log) open after daemonizing, so its
-	 * later errors (a failed migration load) are not lost in /dev/null. */
-	argv[argc++] = "-D";
-	argv[argc++] = logpath;
-	argv[argc++] = "-daemonize";
-	argv[argc++] = "-pidfile";
-	argv[argc++] = pidfile;
-	if (incoming) {
-		argv[argc++] = "-incoming";
-		argv[argc++] = "defer";
-		argv[argc++] = "-S";
-	}
-	argv[argc] = NULL;
-
-	logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-	if (logfd < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", logpath, strerror(-r));
-		return r;
-	}
-	sigemptyset(&none);
-	child = fork();
-	if (child < 0) {
-		r = -errno;
-		close(logfd);
-		say(s->id, "fork: %s", strerror(-r));
-		return r;
-	}
-	if (child == 0) {
-		/* Only async-signal-safe calls here: other threads may hold locks. */
-		int devnull = open("/dev/null", O_RDONLY);
-
-		setsid();
-		if (chdir(s->dir) < 0)
-			_exit(126);
-		if (devnull >= 0)
-			dup2(devnull, 0);
-		dup2(logfd, 1);
-		dup2(logfd, 2);
-		close_range(3, ~0u, 0);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	close(logfd);
-
-	/* The foreground QEMU exits once the daemon is initialized (sockets
-	 * bound, pid file written) or has failed. */
-	for (;;) {
-		w = waitpid(child, &status, WNOHANG);
-		if (w == child || (w < 0 && errno != EINTR))
-			break;
-		if (now_ms() > deadline) {
-			kill(child, SIGKILL);
-			waitpid(child, &status, 0);
-			say(s->id, "qemu did not start within %d s", LAUNCH_TIMEOUT_MS / 1000);
-			r = -ETIMEDOUT;
-			goto fail;
-		}
-		sleep_ms(5);
-	}
-	/* w < 0 (ECHILD) when SIGCHLD is ignored: the pid file tells then. */
-	if (w == child && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-		r = errno_from_log(s);
-		say_died(s, "qemu failed to start");
-		goto fail;
-	}
-	s->pid = pid_from_file(s->dir);
-	if (!pid_is_ours(s->pid, s->dir)) {
-		r = errno_from_log(s);
-		say_died(s, "qemu exited during start");
-		goto fail;
-	}
-	sock_path(s, "qmp.sock", false, us);
-	r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS);
-	if (r < 0) {
-		say(s->id, "%s/qmp.sock: %s", s->dir, strerror(-r));
-		goto fail;
-	}
-	return 0;
-fail:
-	if (s->pid > 0 && pid_is_ours(s->pid, s->dir)) {
-		kill(s->pid, SIGKILL);
-		wait_gone(s->pid, s->dir, QUIT_TIMEOUT_MS);
-	}
-	s->pid = 0;
-	return r;
-}
-
-/* Stop QEMU: quit over QMP, else SIGTERM, else SIGKILL.  Leaves s with no
- * process and no connections. */
-static void qemu_stop(struct sandbox *s)
-{
-	static const int sigs[] = { SIGTERM, SIGKILL };
-	bool quitting = false;
-
-	if (s->agent >= 0)
-		close(s->agent);
-	s->agent = -1;
-	if (s->qmp && s->pid > 0) {
-		int r = qmp_command(s->qmp, "quit", NULL, NULL, QMP_TIMEOUT_MS);
-
-		/* QEMU may close the connection before answering. */
-		quitting = r == 0 || r == -EPIPE;
-		if (!quitting)
-			say(s->id, "qmp quit: %s %s", strerror(-r), qmp_error_desc(s->qmp));
-	}
-	qmp_close(s->qmp);
-	s->qmp = NULL;
-	if (s->pid > 0 && !(quitting && wait_gone(s->pid, s->dir, QUIT_TIMEOUT_MS))) {
-		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
-			/* Signal only what is still our QEMU: the pid may be reused. */
-			if (!pid_is_ours(s->pid, s->dir))
-				break;
-			kill(s->pid, sigs[i]);
-			if (wait_gone(s->pid, s->dir, QUIT_TIMEOUT_MS))
-				break;
-		}
-		if (pid_is_ours(s->pid, s->dir))
-			say(s->id, "qemu pid %d did not exit", (int)s->pid);
-	}
-	s->pid = 0;
-}
-
-/* --- the guest agent ------------------------------------------------------ */
-
-static int agent_connect(struct sandbox *s, double deadline)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-
-	sock_path(s, "agent.sock", false, sa.sun_path);
-	for (;;) {
-		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), err;
-
-		if (fd < 0)
-			return -errno;
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
-			s->agent = fd;
-			return 0;
-		}
-		err = errno;
-		close(fd);
-		if ((err != ENOENT && err != ECONNREFUSED && err != EINTR) || now_ms() > deadline) {
-			say(s->id, "%s/agent.sock: %s", s->dir, strerror(err));
-			return -err;
-		}
-		sleep_ms(10);
-	}
-}
-
-/* The agent stopped answering: say why, and fail this sandbox for good. */
-static int agent_lost(struct sandbox *s, int r, const char *what)
-{
-	s->broken = true;
-	if (!pid_is_ours(s->pid, s->dir))
-		say_died(s, "qemu exited");
-	else
-		say(s->id, "agent %s: %s", what, strerror(-r));
-	return -EIO;
-}
-
-/* Read frames until one of type `type` arrives (for RESULT: with run_id);
- * anything else is stale (extra PONGs of a boot, results of runs
- * given up on) and dropped.  *buf holds the frame's bytes on success.
- * -ETIMEDOUT when no frame starts before idle or none ends before
- * deadline: a frame is never cut in the middle before the deadline, which
- * would leave the stream out of step. */
-static int agent_wait(struct sandbox *s, uint8_t type, uint32_t run_id,
-		      struct proto_frame *f, uint8_t **buf, double idle, double deadline)
-{
-	for (;;) {
-		struct pollfd pfd = { .fd = s->agent, .events = POLLIN };
-		int r = poll(&pfd, 1, ms_left(idle < deadline ? idle : deadline));
-
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ETIMEDOUT;
-		r = proto_read(s->agent, f, buf, ms_left(deadline));
-		if (r < 0)
-			return r;
-		if (f->type == type &&
-		    (type != PROTO_RESULT || (f->len >= 4 && proto_get_u32(f->payload) == run_id)))
-			return 0;
-		free(*buf);
-		*buf = NULL;
-	}
-}
-
-/* Wait until the agent answers PING, then give it fresh entropy and the
- * host's time: a restored or cloned guest has its parent's. */
-static int agent_ready(struct sandbox *s, double deadline)
-{
-	uint8_t seed[8 + RESEED_BYTES];
-	struct proto_frame f;
-	struct timespec ts;
-	uint8_t *buf = NULL;
-	int r;
-
-	for (;;) {
-		double retry = now_ms() + PING_RETRY_MS;
-
-		r = proto_write(s->agent, PROTO_PING, NULL, 0);
-		if (r < 0)
-			return agent_lost(s, r, "ping");
-		/* Before the guest opens its port, PINGs wait in the socket
-		 * or are dropped; resend until one is answered. */
-		r = agent_wait(s, PROTO_PONG, 0, &f, &buf, retry, deadline);
-		if (r == 0)
-			break;
-		if (r != -ETIMEDOUT)
-			return agent_lost(s, r, "ping");
-		if (!pid_is_ours(s->pid, s->dir))
-			return agent_lost(s, -ESRCH, "ping");
-		if (now_ms() > deadline) {
-			say_died(s, "the agent did not answer in time");
-			return -ETIMEDOUT;
-		}
-	}
-	free(buf);
-	buf = NULL;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	proto_put_u64(seed, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-	if (getrandom(seed + 8, RESEED_BYTES, 0) != RESEED_BYTES)
-		return -EIO;
-	r = proto_write(s->agent, PROTO_RESEED, seed, sizeof(seed));
-	if (r == 0)
-		r = agent_wait(s, PROTO_RESEEDED, 0, &f, &buf, deadline, deadline);
-	free(buf);
-	return r < 0 ? agent_lost(s, r, "reseed") : 0;
-}
-
-/* RESULT: u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr. */
-static int result_parse(const struct proto_frame *f, struct run_result *res)
-{
-	uint32_t flags, out_len;
-
-	if (f->len < 16)
-		return -EPROTO;
-	out_len = proto_get_u32(f->payload + 12);
-	if (out_len > f->len - 16)
-		return -EPROTO;
-	flags = proto_get_u32(f->payload + 8);
-	res->status = (int)(int32_t)proto_get_u32(f->payload + 4);
-	res->timed_out = flags & PROTO_F_TIMED_OUT;
-	res->truncated = flags & PROTO_F_TRUNCATED;
-	res->session_reset = flags & PROTO_F_SESSION_RESET;
-	res->out_len = out_len;
-	res->err_len = f->len - 16 - out_len;
-	res->out = malloc(res->out_len + 1);
-	res->err = malloc(res->err_len + 1);
-	if (!res->out || !res->err) {
-		run_result_release(res);
-		return -ENOMEM;
-	}
-	memcpy(res->out, f->payload + 16, res->out_len);
-	res->out[res->out_len] = '\0';
-	memcpy(res->err, f->payload + 16 + out_len, res->err_len);
-	res->err[res->err_len] = '\0';
-	return 0;
-}
-
-/* --- full state files ----------------------------------------------------- *
- * A state is QEMU's whole migration stream, guest RAM included, written to
- * and read from a file descriptor we pass over QMP (no shell, no `cat` to
- * outlive the migration).  Copy-on-write RAM files will replace these two. */
-
-static int migrate_bandwidth(struct sandbox *s)
-{
-	int r;
-
-	if (s->bandwidth_set)
-		return 0;
-	/* The default cap is 32 MiB/s: a 128 MiB guest would stay frozen for seconds. */
-	r = qmp_command(s->qmp, "migrate-set-parameters",
-			json_pack("{s:I}", "max-bandwidth", (json_int_t)INT64_MAX / 2), NULL, QMP_TIMEOUT_MS);
-	if (r == 0)
-		s->bandwidth_set = true;
-	return r;
-}
-
-static int query_status(struct sandbox *s, char *out, size_t n)
-{
-	json_t *ret = NULL;
-	int r = qmp_command(s->qmp, "query-status", NULL, &ret, QMP_TIMEOUT_MS);
-
-	if (r == 0)
-		snprintf(out, n, "%s", str_or(json_string_value(json_object_get(ret, "status")), ""));
-	json_decref(ret);
-	return r;
-}
-
-static int qmp_failed(struct sandbox *s, int r, const char *what)
-{
-	if (r == -EREMOTEIO)
-		say(s->id, "%s: %s: %s", what, qmp_error_class(s->qmp), qmp_error_desc(s->qmp));
-	else if (!pid_is_ours(s->pid, s->dir)) {
-		s->broken = true;
-		say_died(s, what);
-	} else {
-		say(s->id, "%s: %s", what, strerror(-r));
-	}
-	return r == -ETIMEDOUT || r == -ENOMEM ? r : -EIO;
-}
-
-/* Write s's full state to fd.  The VM is stopped meanwhile (*frozen_ms);
- * it runs again afterwards if keep_running, and always on failure. */
-static int state_save(struct sandbox *s, int fd, bool keep_running, double *frozen_ms)
-{
-	double t0, deadline;
-	json_t *ret = NULL;
-	char desc[256] = "";
-	const char *st = "";
-	int r, rc;
-
-	*frozen_ms = 0;
-	if ((r = migrate_bandwidth(s)) < 0)
-		return qmp_failed(s, r, "migrate-set-parameters");
-	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "getfd");
-	t0 = now_ms();
-	if ((r = qmp_command(s->qmp, "stop", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "stop");
-	r = qmp_command(s->qmp, "migrate", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL, QMP_TIMEOUT_MS);
-	if (r < 0) {
-		r = qmp_failed(s, r, "migrate");
-		goto out;
-	}
-	deadline = now_ms() + MIGRATE_TIMEOUT_MS;
-	for (long pause = 1;; pause = pause < 8 ? pause * 2 : pause) {
-		r = qmp_command(s->qmp, "query-migrate", NULL, &ret, QMP_TIMEOUT_MS);
-		if (r < 0) {
-			r = qmp_failed(s, r, "query-migrate");
-			goto out;
-		}
-		st = str_or(json_string_value(json_object_get(ret, "status")), "");
-		if (strcmp(st, "completed") == 0 || strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
-			break;
-		json_decref(ret);
-		ret = NULL;
-		if (now_ms() > deadline) {
-			qmp_command(s->qmp, "migrate_cancel", NULL, NULL, QMP_TIMEOUT_MS);
-			say(s->id, "migration did not complete within %d s", MIGRATE_TIMEOUT_MS / 1000);
-			r = -ETIMEDOUT;
-			goto out;
-		}
-		sleep_ms(pause);
-	}
-	if (strcmp(st, "completed") != 0) {
-		snprintf(desc, sizeof(desc), "%s", str_or(json_string_value(json_object_get(ret, "error-desc")), st));
-		say(s->id, "migration %s: %s", st, desc);
-		r = strstr(desc, "No space left") ? -ENOSPC : -EIO;
-	}
-out:
-	json_decref(ret);
-	if (keep_running || r < 0) {
-		/* After a migration the VM sits in "postmigrate"; cont resumes it. */
-		rc = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
-		if (rc < 0) {
-			s->broken = true;
-			rc = qmp_failed(s, rc, "cont");
-			if (r == 0)
-				r = rc;
-		}
-	}
-	*frozen_ms = now_ms() - t0;
-	return r;
-}
-
-/* Load a state from fd into s's QEMU (launched with incoming) and run it. */
-static int state_load(struct sandbox *s, int fd, double deadline)
-{
-	char st[32] = "inmigrate";
-	int r;
-
-	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "getfd");
-	r = qmp_command(s->qmp, "migrate-incoming", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL,
-			QMP_TIMEOUT_MS);
-	if (r < 0)
-		return qmp_failed(s, r, "migrate-incoming");
-	/* QEMU exits when the load fails: query-status then fails with EPIPE. */
-	for (long pause = 1; strcmp(st, "inmigrate") == 0; pause = pause < 8 ? pause * 2 : pause) {
-		if (now_ms() > deadline) {
-			say(s->id, "loading the state took too long");
-			return -ETIMEDOUT;
-		}
-		sleep_ms(pause);
-		if ((r = query_status(s, st, sizeof(st))) < 0)
-			return qmp_failed(s, r, "loading the state");
-	}
-	if (strcmp(st, "paused") != 0 && strcmp(st, "prelaunch") != 0) {
-		say(s->id, "after loading the state the VM is %s", st);
-		return -EIO;
-	}
-	if ((r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "cont");
-	return 0;
+	for (size_t i = 0; i < sizeof(reserved_names) / sizeof(reserved_names[0]); i++)
+		if (strcmp(name, reserved_names[i]) == 0)
+			return true;
+	return false;
 }
 
 /* --- sandboxes ------------------------------------------------------------ */
 
-static int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus,
-		       struct sandbox **out)
+int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, struct sandbox **out)
 {
 	struct sandbox *s;
 	int r;
 
 	if ((r = id_check(id)) < 0)
 		return r;
+	if (reserved(id))
+		return -EINVAL;
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
@@ -909,13 +73,14 @@ static int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsi
 		free(s);
 		return r;
 	}
+	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
 	if (getrandom(&s->next_run, sizeof(s->next_run), 0) != sizeof(s->next_run))
 		s->next_run = (uint32_t)time(NULL);
 	*out = s;
 	return 0;
 }
 
-static int sandbox_open_dir(struct sandbox *s)
+int sandbox_open_dir(struct sandbox *s)
 {
 	s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	return s->dirfd < 0 ? -errno : 0;
@@ -932,7 +97,7 @@ static int sandbox_make_dir(struct sandbox *s)
 			say(s->id, "%s: %s", s->dir, strerror(-r));
 		return r;
 	}
-	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, s->mem_mib, s->vcpus)) < 0) {
+	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, s->mem_mib, s->vcpus, s->cow, false)) < 0) {
 		say(s->id, "%s: %s", s->dir, strerror(-r));
 		if (s->dirfd >= 0)
 			close(s->dirfd);
@@ -943,7 +108,7 @@ static int sandbox_make_dir(struct sandbox *s)
 }
 
 /* Close what s holds in worldfs; QEMU keeps running if it does. */
-static void sandbox_free(struct sandbox *s)
+void sandbox_free(struct sandbox *s)
 {
 	if (!s)
 		return;
@@ -955,9 +120,10 @@ static void sandbox_free(struct sandbox *s)
 	free(s);
 }
 
-/* Stop QEMU, delete s's files, free s. */
-static int sandbox_discard(struct sandbox *s)
+/* Stop QEMU, delete s's files (its RAM file too), free s. */
+int sandbox_discard(struct sandbox *s)
 {
+	char ram[PATH_MAX];
 	int r;
 
 	qemu_stop(s);
@@ -967,22 +133,32 @@ static int sandbox_discard(struct sandbox *s)
 	r = rm_tree(s->dir);
 	if (r < 0)
 		say(s->id, "%s: %s", s->dir, strerror(-r));
+	if (s->b->ram_ready && ram_path(s->b, s->id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
+		say(s->id, "%s: %s", ram, strerror(errno));
 	sandbox_free(s);
 	return r;
 }
 
-/* Start QEMU for s, fresh (state_fd < 0) or from a state, and wait for the
- * agent.  On failure no process is left. */
-static int sandbox_start(struct sandbox *s, int state_fd, double deadline)
+/* Bring s up: start QEMU unless it is already waiting (launched), load a
+ * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
+ * failure no process is left. */
+static int sandbox_start(struct sandbox *s, int state_fd, bool launched, bool reseed, double deadline)
 {
-	int r = qemu_launch(s, state_fd >= 0);
+	double t = now_ms();
+	int r;
 
-	if (r < 0)
+	if (!launched && (r = qemu_launch(s, state_fd >= 0)) < 0)
 		return r;
+	s->steps.qemu_ms = launched ? 0 : now_ms() - t;
+	t = now_ms();
 	if (state_fd >= 0 && (r = state_load(s, state_fd, deadline)) < 0)
 		goto fail;
-	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ready(s, deadline)) < 0)
+	s->steps.load_ms = now_ms() - t;
+	t = now_ms();
+	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
+	    (reseed && (r = agent_reseed(s, deadline)) < 0))
 		goto fail;
+	s->steps.ready_ms = now_ms() - t;
 	s->broken = false;
 	return 0;
 fail:
@@ -995,22 +171,38 @@ static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
 	snprintf(handle, BACKEND_HANDLE_MAX, "%d", (int)s->pid);
 }
 
-/* --- backend ops ---------------------------------------------------------- */
-
-static int mkdir_p(char *path)
+/* A sandbox for a new world or verse: a QEMU from the pool (*pooled; its
+ * dir and RAM file already renamed to id) if pooled is not NULL, else a
+ * new dir to start one in. */
+static int sandbox_prepare(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, bool cow,
+			   struct sandbox **out, bool *pooled)
 {
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-			*p = '/';
-			return -errno;
+	struct sandbox *s;
+	int r;
+
+	if (pooled)
+		*pooled = false;
+	if (pooled && cow) {
+		r = pool_take(b, id, mem_mib, vcpus, out);
+		if (r == 0) {
+			*pooled = (*out)->steps.pooled = true;
+			return 0;
 		}
-		*p = '/';
+		if (r != -ENOENT)
+			return r;
 	}
-	return mkdir(path, 0700) < 0 && errno != EEXIST ? -errno : 0;
+	if ((r = sandbox_new(b, id, mem_mib, vcpus, &s)) < 0)
+		return r;
+	s->cow = cow;
+	if ((r = sandbox_make_dir(s)) < 0) {
+		sandbox_free(s);
+		return r;
+	}
+	*out = s;
+	return 0;
 }
+
+/* --- backend ops ---------------------------------------------------------- */
 
 static bool cpu_has_virt(void)
 {
@@ -1081,42 +273,6 @@ static unsigned long host_tsc_khz(void)
 #endif
 }
 
-static int find_program(const char *name, char out[PATH_MAX])
-{
-	const char *path = getenv("PATH");
-
-	if (!path || !*path)
-		path = "/usr/local/bin:/usr/bin:/bin";
-	while (*path) {
-		size_t n = strcspn(path, ":");
-
-		if (n > 0 && snprintf(out, PATH_MAX, "%.*s/%s", (int)n, path, name) < PATH_MAX &&
-		    access(out, X_OK) == 0)
-			return 0;
-		path += n;
-		if (*path == ':')
-			path++;
-	}
-	return -ENOENT;
-}
-
-/* Temporary snapshot dirs (.NAME.tmp) are what a crash mid-snapshot leaves. */
-static void snapshots_sweep(const struct backend *b)
-{
-	DIR *d = opendir(b->snap_dir);
-	struct dirent *e;
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		size_t n = strlen(e->d_name);
-
-		if (e->d_name[0] == '.' && n > 5 && strcmp(e->d_name + n - 4, ".tmp") == 0)
-			rm_tree_at(dirfd(d), e->d_name);
-	}
-	closedir(d);
-}
-
 static int vm_init(struct backend **out, const struct backend_config *cfg, char *err, size_t errlen)
 {
 	char path[PATH_MAX], image[PATH_MAX];
@@ -1179,7 +335,17 @@ static int vm_init(struct backend **out, const struct backend_config *cfg, char 
 		if (khz)
 			snprintf(b->append, sizeof(b->append), "%s tsc_early_khz=%lu", kernel_append, khz);
 	}
-	snapshots_sweep(b);
+	pthread_mutex_init(&b->golden_lock, NULL);
+	ram_init(b, !cfg->branch_copy);
+	if ((r = golden_init(b, kernel_append)) < 0) {
+		fprintf(stderr, "worldfs: vm: %s/golden: %s: every create boots cold\n", b->dir, strerror(-r));
+		b->golden_id[0] = '\0';
+	}
+	tmp_sweep(b->snap_dir);
+	tmp_sweep(b->golden_dir);
+	pool_sweep(b);
+	if (b->cow && cfg->pool_size > 0 && (r = pool_start(b, cfg->pool_size)) < 0)
+		fprintf(stderr, "worldfs: vm: warm pool: %s: none\n", strerror(-r));
 	*out = b;
 	return 0;
 fail:
@@ -1189,71 +355,127 @@ fail:
 
 static void vm_fini(struct backend *b)
 {
+	pool_stop(b);
+	ram_fini(b);
+	pthread_mutex_destroy(&b->golden_lock);
 	free(b);
+}
+
+/* A fresh world booted from the kernel; reseeded unless golden (the
+ * caller freezes it first, then reseeds). */
+static int create_cold(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, bool golden,
+		       struct sandbox **out, double deadline)
+{
+	char ram[PATH_MAX];
+	struct sandbox *s;
+	int r;
+
+	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, b->cow, &s, NULL)) < 0)
+		return r;
+	if (b->cow && ((r = ram_path(b, id, ram)) < 0 || (r = ram_create(ram, s->mem_mib)) < 0)) {
+		say(id, "%s: %s", ram, strerror(-r));
+		goto fail;
+	}
+	s->steps.from = "boot";
+	if ((r = sandbox_start(s, -1, false, !golden, deadline)) < 0)
+		goto fail;
+	*out = s;
+	return 0;
+fail:
+	sandbox_discard(s);
+	return r;
+}
+
+/* A fresh world as a branch of the golden state (-ENOENT: none yet;
+ * *unusable: there is one, but it did not come up). */
+static int create_from_golden(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus,
+			      struct sandbox **out, double deadline, bool *unusable)
+{
+	char gram[PATH_MAX], ram[PATH_MAX];
+	struct sandbox *s = NULL;
+	bool pooled;
+	double t;
+	int fd, r;
+
+	*unusable = false;
+	fd = golden_open(b, mem_mib, vcpus, gram);
+	if (fd < 0)
+		return fd;
+	t = now_ms();
+	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, true, &s, &pooled)) < 0) {
+		close(fd);
+		return r;
+	}
+	s->steps.prepare_ms = now_ms() - t;
+	t = now_ms();
+	if ((r = ram_path(b, id, ram)) == 0 && (r = ram_clone(gram, ram)) < 0)
+		say(id, "%s -> %s: %s", gram, ram, strerror(-r));
+	s->steps.clone_ms = now_ms() - t;
+	s->steps.from = "golden";
+	/* Other creates may clone it meanwhile; only golden_drop() must wait. */
+	pthread_mutex_unlock(&b->golden_lock);
+	if (r == 0)
+		r = sandbox_start(s, fd, pooled, true, deadline);
+	pthread_mutex_lock(&b->golden_lock);
+	close(fd);
+	if (r < 0) {
+		sandbox_discard(s);
+		*unusable = true;
+		return r;
+	}
+	*out = s;
+	return 0;
 }
 
 static int vm_create(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus,
 		     struct sandbox **out, char handle[BACKEND_HANDLE_MAX], double *boot_ms)
 {
-	double t0 = now_ms();
-	struct sandbox *s;
+	double t0 = now_ms(), deadline = t0 + BOOT_TIMEOUT_MS;
+	struct sandbox *s = NULL;
+	bool unusable = false;
 	int r;
 
-	if ((r = sandbox_new(b, id, mem_mib, vcpus, &s)) < 0)
-		return r;
-	if ((r = sandbox_make_dir(s)) < 0) {
-		sandbox_free(s);
-		return r;
+	mem_mib = mem_mib ? mem_mib : b->mem_mib;
+	vcpus = vcpus ? vcpus : b->vcpus;
+	if (!b->cow || !b->golden_id[0]) {
+		r = create_cold(b, id, mem_mib, vcpus, false, &s, deadline);
+		goto done;
 	}
-	r = sandbox_start(s, -1, t0 + BOOT_TIMEOUT_MS);
-	if (r < 0) {
-		sandbox_discard(s);
-		return r;
+	/* Held while the first create of a size boots and freezes the golden
+	 * state, so that the creates beside it wait and branch from it. */
+	pthread_mutex_lock(&b->golden_lock);
+	r = create_from_golden(b, id, mem_mib, vcpus, &s, deadline, &unusable);
+	if (unusable) {
+		say(id, "the golden state did not come up (%s): dropped; booting cold", strerror(-r));
+		golden_drop(b, mem_mib, vcpus);
 	}
+	if (r == -ENOENT || unusable) {
+		r = create_cold(b, id, mem_mib, vcpus, true, &s, deadline);
+		if (r == 0)
+			golden_bake(s);
+		pthread_mutex_unlock(&b->golden_lock);
+		if (r == 0 && (r = agent_reseed(s, deadline)) < 0) {
+			sandbox_discard(s);
+			s = NULL;
+		}
+	} else {
+		pthread_mutex_unlock(&b->golden_lock);
+	}
+done:
+	if (r < 0)
+		return r;
+	s->steps.total_ms = now_ms() - t0;
 	handle_set(s, handle);
 	if (boot_ms)
-		*boot_ms = now_ms() - t0;
+		*boot_ms = s->steps.total_ms;
+	pool_hold(b);
 	*out = s;
 	return 0;
 }
 
 static int vm_exec(struct sandbox *s, const char *code, size_t len, struct run_result *res)
 {
-	uint32_t timeout_ms = s->b->exec_timeout_s > UINT32_MAX / 1000 ? UINT32_MAX : s->b->exec_timeout_s * 1000u;
-	uint32_t run_id = s->next_run++;
-	uint32_t output_max = s->b->output_max > UINT32_MAX ? UINT32_MAX : (uint32_t)s->b->output_max;
-	double deadline = now_ms() + timeout_ms + EXEC_GRACE_MS;
-	uint8_t head[12], *buf = NULL;
-	struct iovec iov[2] = {
-		{ .iov_base = head, .iov_len = sizeof(head) },
-		{ .iov_base = (void *)code, .iov_len = len },
-	};
-	struct proto_frame f;
-	int r;
-
-	memset(res, 0, sizeof(*res));
-	if (s->broken || s->agent < 0)
-		return -EIO;
-	if (len > PROTO_FRAME_MAX - 1 - sizeof(head))
-		return -E2BIG;
-	proto_put_u32(head, run_id);
-	proto_put_u32(head + 4, timeout_ms);
-	proto_put_u32(head + 8, output_max);
-	r = proto_writev(s->agent, PROTO_EXEC, iov, 2);
-	if (r < 0)
-		return agent_lost(s, r, "exec");
-	r = agent_wait(s, PROTO_RESULT, run_id, &f, &buf, deadline, deadline);
-	if (r == -ETIMEDOUT) {
-		say(s->id, "the agent gave no result %u s after the run's time-out", EXEC_GRACE_MS / 1000);
-		return agent_lost(s, r, "exec");
-	}
-	if (r < 0)
-		return agent_lost(s, r, "exec");
-	r = result_parse(&f, res);
-	free(buf);
-	if (r == -EPROTO)
-		return agent_lost(s, r, "result");
-	return r;
+	return agent_exec(s, code, len, res);
 }
 
 static int snapshot_paths(const struct backend *b, const char *snap_id, char dir[PATH_MAX], char tmp[PATH_MAX])
@@ -1268,15 +490,23 @@ static int snapshot_paths(const struct backend *b, const char *snap_id, char dir
 }
 
 /* Snapshot into a temporary directory, renamed into place once durable:
- * a crash leaves either no snapshot or a whole one. */
+ * a crash leaves either no snapshot or a whole one (a frozen RAM file
+ * without its dir is garbage, collected at the next mount). */
 static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_info *info)
 {
-	char dir[PATH_MAX], tmp[PATH_MAX], state[PATH_MAX];
+	char dir[PATH_MAX], tmp[PATH_MAX], state[PATH_MAX], ram[PATH_MAX] = "", ram_tmp[PATH_MAX] = "";
+	char ram_parent[PATH_MAX];
+	bool ram_placed = false;
 	double frozen = 0;
 	struct stat st;
-	int fd = -1, r;
+	int fd = -1, ram_fd = -1, r;
 
-	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0 || (r = pathf(state, "%s/state", tmp)) < 0)
+	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0 ||
+	    (r = pathf(state, "%s/%s", tmp, s->cow ? "devstate" : "state")) < 0)
+		return r;
+	if (s->cow && ((r = ram_snapshot_path(s->b, snap_id, ram)) < 0 ||
+		       (r = pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0 ||
+		       (r = pathf(ram_parent, "%s/snapshots", s->b->ram_dir)) < 0))
 		return r;
 	if (s->broken)
 		return -EIO;
@@ -1294,14 +524,31 @@ static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_i
 		say(s->id, "%s: %s", state, strerror(-r));
 		goto out;
 	}
-	if ((r = state_save(s, fd, true, &frozen)) < 0)
+	if (s->cow && (ram_fd = open(ram_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
+		r = -errno;
+		say(s->id, "%s: %s", ram_tmp, strerror(-r));
+		goto out;
+	}
+	if ((r = state_save(s, fd, ram_fd, true, &frozen)) < 0)
 		goto out;
 	if (fsync(fd) < 0 || fstat(fd, &st) < 0) {
 		r = -errno;
 		say(s->id, "%s: %s", state, strerror(-r));
 		goto out;
 	}
-	if ((r = config_write(tmp, s->mem_mib, s->vcpus)) < 0 || (r = fsync_path(tmp)) < 0) {
+	if (s->cow) {
+		if (fsync(ram_fd) < 0 || rename(ram_tmp, ram) < 0) {
+			r = -errno;
+			say(s->id, "%s: %s", ram, strerror(-r));
+			goto out;
+		}
+		ram_placed = true;
+		if ((r = fsync_path(ram_parent)) < 0) {
+			say(s->id, "%s: %s", ram_parent, strerror(-r));
+			goto out;
+		}
+	}
+	if ((r = config_write(tmp, s->mem_mib, s->vcpus, s->cow, true)) < 0 || (r = fsync_path(tmp)) < 0) {
 		say(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
@@ -1312,35 +559,47 @@ static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_i
 	}
 	if ((r = fsync_path(s->b->snap_dir)) < 0)
 		say(s->id, "%s: %s", s->b->snap_dir, strerror(-r));
-	info->size_bytes = (uint64_t)st.st_size;
+	/* What the snapshot holds; the RAM's blocks are shared until written. */
+	info->size_bytes = (uint64_t)st.st_size + (s->cow ? (uint64_t)s->mem_mib << 20 : 0);
 	info->snapshot_time_ms = frozen;
 out:
 	if (fd >= 0)
 		close(fd);
-	if (r < 0)
+	if (ram_fd >= 0)
+		close(ram_fd);
+	if (r < 0) {
 		rm_tree(tmp);
+		if (ram_tmp[0])
+			unlink(ram_tmp);
+		if (ram_placed)
+			unlink(ram);
+	}
 	return r;
 }
 
 static int vm_snapshot_delete(struct backend *b, const char *snap_id)
 {
-	char dir[PATH_MAX];
+	char dir[PATH_MAX], ram[PATH_MAX];
 	int r;
 
 	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
 	if (!exists(dir))
 		return -ENOENT;
+	/* The dir is the snapshot: its RAM file goes after it. */
 	if ((r = rm_tree(dir)) == 0)
 		r = fsync_path(b->snap_dir);
 	if (r < 0)
 		fprintf(stderr, "worldfs: vm: %s: %s\n", dir, strerror(-r));
+	if (r == 0 && b->ram_ready && ram_snapshot_path(b, snap_id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
+		fprintf(stderr, "worldfs: vm: %s: %s\n", ram, strerror(errno));
 	return r;
 }
 
 /* The parent's live state for a branch: an unnamed file in the child's
- * directory, so nothing is left to clean up whatever happens. */
-static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child, double *frozen)
+ * directory, so nothing is left to clean up whatever happens.  A cow
+ * parent's RAM is cloned into ram_to while it is stopped. */
+static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child, int ram_to, double *frozen)
 {
 	int fd = openat(child->dirfd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600), r;
 
@@ -1349,7 +608,7 @@ static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child,
 		say(child->id, "%s: temporary state file: %s", child->dir, strerror(-r));
 		return r;
 	}
-	r = state_save(parent, fd, true, frozen);
+	r = state_save(parent, fd, ram_to, true, frozen);
 	if (r == 0 && lseek(fd, 0, SEEK_SET) < 0)
 		r = -errno;
 	if (r < 0) {
@@ -1359,17 +618,28 @@ static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child,
 	return fd;
 }
 
-static int branch_state_of_snapshot(struct backend *b, const char *snap_id, unsigned *mem_mib, unsigned *vcpus)
+/* A snapshot's state file (and its RAM file, ram[0] == 0 when it has none). */
+static int branch_state_of_snapshot(struct backend *b, const char *snap_id, unsigned *mem_mib, unsigned *vcpus,
+				    bool *cow, char ram[PATH_MAX])
 {
 	char dir[PATH_MAX], state[PATH_MAX];
 	int r, fd;
 
-	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0 || (r = pathf(state, "%s/state", dir)) < 0)
+	ram[0] = '\0';
+	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
-	if ((r = config_read(dir, mem_mib, vcpus)) < 0) {
+	if ((r = config_read(dir, mem_mib, vcpus, cow)) < 0) {
 		if (r != -ENOENT)
 			fprintf(stderr, "worldfs: vm: %s/config: %s\n", dir, strerror(-r));
 		return r;
+	}
+	if ((r = pathf(state, "%s/%s", dir, *cow ? "devstate" : "state")) < 0 ||
+	    (*cow && (r = ram_snapshot_path(b, snap_id, ram)) < 0))
+		return r;
+	if (*cow && !b->ram_ready) {
+		fprintf(stderr, "worldfs: vm: snapshot %s: its RAM is in %s, which is not available\n", snap_id,
+			b->ram_dir);
+		return -EIO;
 	}
 	fd = open(state, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
@@ -1384,45 +654,77 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 		     const char *child_id, struct sandbox **out,
 		     char handle[BACKEND_HANDLE_MAX], struct branch_info *info)
 {
-	double t0 = now_ms(), frozen = 0;
+	double t0 = now_ms(), t, frozen = 0;
+	char src_ram[PATH_MAX] = "", ram[PATH_MAX];
 	unsigned mem_mib = 0, vcpus = 0;
 	struct sandbox *s = NULL;
-	int fd = -1, r;
+	bool cow = false, pooled = false;
+	int fd = -1, ram_to = -1, r;
 
 	if (parent) {
 		if (parent->broken)
 			return -EIO;
 		mem_mib = parent->mem_mib;
 		vcpus = parent->vcpus;
+		cow = parent->cow;
 	} else {
 		if (!snap_id)
 			return -EINVAL;
-		fd = branch_state_of_snapshot(b, snap_id, &mem_mib, &vcpus);
+		fd = branch_state_of_snapshot(b, snap_id, &mem_mib, &vcpus, &cow, src_ram);
 		if (fd < 0)
 			return fd;
 	}
-	if ((r = sandbox_new(b, child_id, mem_mib, vcpus, &s)) < 0)
-		goto out;
-	if ((r = sandbox_make_dir(s)) < 0) {
-		sandbox_free(s);
+	t = now_ms();
+	if ((r = sandbox_prepare(b, child_id, mem_mib, vcpus, cow, &s, &pooled)) < 0) {
 		s = NULL;
 		goto out;
 	}
-	if (parent && (fd = r = branch_state_of_parent(parent, s, &frozen)) < 0)
+	s->steps.prepare_ms = now_ms() - t;
+	s->steps.from = parent ? "parent" : "snapshot";
+	if (cow) {
+		if ((r = ram_path(b, child_id, ram)) < 0 || (ram_to = r = ram_open_dest(ram)) < 0) {
+			say(child_id, "%s: %s", ram, strerror(-r));
+			goto fail;
+		}
+	}
+	t = now_ms();
+	if (parent) {
+		if ((fd = r = branch_state_of_parent(parent, s, ram_to, &frozen)) < 0)
+			goto fail;
+		s->steps.freeze_ms = frozen;
+		s->steps.clone_ms = cow ? parent->clone_in_freeze_ms : 0;
+	} else if (cow) {
+		int src = open(src_ram, O_RDONLY | O_CLOEXEC);
+
+		r = src < 0 ? -errno : ram_clone_fd(src, ram_to);
+		if (src >= 0)
+			close(src);
+		if (r < 0) {
+			say(child_id, "%s -> %s: %s", src_ram, ram, strerror(-r));
+			goto fail;
+		}
+		s->steps.clone_ms = now_ms() - t;
+	}
+	if (ram_to >= 0)
+		close(ram_to);
+	ram_to = -1;
+	if ((r = sandbox_start(s, fd, pooled, true, now_ms() + RESTORE_TIMEOUT_MS)) < 0)
 		goto fail;
-	if ((r = sandbox_start(s, fd, now_ms() + RESTORE_TIMEOUT_MS)) < 0)
-		goto fail;
+	s->steps.total_ms = now_ms() - t0;
 	handle_set(s, handle);
 	if (info) {
 		info->snapshot_time_ms = frozen;
-		info->total_ms = now_ms() - t0;
+		info->total_ms = s->steps.total_ms;
 	}
+	pool_hold(b);
 	*out = s;
 	r = 0;
 	goto out;
 fail:
 	sandbox_discard(s);
 out:
+	if (ram_to >= 0)
+		close(ram_to);
 	if (fd >= 0)
 		close(fd);
 	return r;
@@ -1430,18 +732,25 @@ out:
 
 static int vm_destroy(struct sandbox *s)
 {
-	return sandbox_discard(s);
+	struct backend *b = s->b;
+	int r = sandbox_discard(s);
+
+	pool_release(b);
+	return r;
 }
 
 /* Save to suspend.state and quit.  On failure QEMU keeps running, so the
- * next mount reattaches to it instead of losing the world. */
+ * next mount reattaches to it instead of losing the world.  A cow VM's
+ * RAM file is made durable before the state that goes with it. */
 static int vm_suspend(struct sandbox *s)
 {
-	char tmp[PATH_MAX], path[PATH_MAX];
+	char tmp[PATH_MAX], path[PATH_MAX], ram[PATH_MAX], config[PATH_MAX];
+	struct backend *b = s->b;
 	double frozen;
 	int fd = -1, r;
 
-	if ((r = pathf(tmp, "%s/suspend.state.tmp", s->dir)) < 0 || (r = pathf(path, "%s/suspend.state", s->dir)) < 0)
+	if ((r = pathf(tmp, "%s/suspend.state.tmp", s->dir)) < 0 || (r = pathf(path, "%s/suspend.state", s->dir)) < 0 ||
+	    (r = pathf(config, "%s/config", s->dir)) < 0 || (r = ram_path(b, s->id, ram)) < 0)
 		goto out;
 	if (!s->qmp) {
 		r = -EIO;
@@ -1453,10 +762,11 @@ static int vm_suspend(struct sandbox *s)
 		say(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
-	if ((r = state_save(s, fd, false, &frozen)) < 0)
+	if ((r = state_save(s, fd, -1, false, &frozen)) < 0)
 		goto out;
-	if (fsync(fd) < 0 || rename(tmp, path) < 0 || fsync(s->dirfd) < 0) {
-		r = -errno;
+	if ((s->cow && (r = fsync_path(ram)) < 0) || (r = fsync_path(config)) < 0 || fsync(fd) < 0 ||
+	    rename(tmp, path) < 0 || fsync(s->dirfd) < 0) {
+		r = r < 0 ? r : -errno;
 		say(s->id, "%s: %s", path, strerror(-r));
 		qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
 		goto out;
@@ -1470,6 +780,7 @@ out:
 		say(s->id, "suspend failed (%s); qemu left running for the next mount", strerror(-r));
 	}
 	sandbox_free(s);
+	pool_release(b);
 	return r;
 }
 
@@ -1492,7 +803,8 @@ static int resume_reattach(struct sandbox *s, pid_t pid)
 	if (strcmp(st, "running") != 0 && (r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
 		return qmp_failed(s, r, "cont");
 	/* A run may still be going on: PING waits for it (exec_timeout). */
-	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ready(s, deadline)) < 0)
+	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
+	    (r = agent_reseed(s, deadline)) < 0)
 		return r;
 	s->broken = false;
 	return 0;
@@ -1500,17 +812,26 @@ static int resume_reattach(struct sandbox *s, pid_t pid)
 
 static int resume_from_file(struct sandbox *s, const char *path)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC), r;
+	char ram[PATH_MAX];
+	double t0 = now_ms();
+	int fd, r;
 
+	if (s->cow && (!s->b->ram_ready || ram_path(s->b, s->id, ram) < 0 || !exists(ram))) {
+		say(s->id, "%s: its RAM file %s/%s.ram is missing", path, s->b->ram_dir, s->id);
+		return -ENOENT;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
 		say(s->id, "%s: %s", path, strerror(-r));
 		return r;
 	}
-	r = sandbox_start(s, fd, now_ms() + RESTORE_TIMEOUT_MS);
+	s->steps.from = "suspend";
+	r = sandbox_start(s, fd, false, true, now_ms() + RESTORE_TIMEOUT_MS);
 	close(fd);
 	if (r < 0)
 		return r;
+	s->steps.total_ms = now_ms() - t0;
 	/* Running now: the saved state is older than the world and must not come back. */
 	if (unlink(path) < 0 || fsync(s->dirfd) < 0)
 		say(s->id, "%s: %s", path, strerror(errno));
@@ -1523,12 +844,13 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 	char path[PATH_MAX];
 	struct sandbox *s;
 	unsigned mem_mib, vcpus;
+	bool cow;
 	pid_t pid;
 	int r;
 
 	if ((r = sandbox_new(b, id, 0, 0, &s)) < 0)
 		return r;
-	if ((r = config_read(s->dir, &mem_mib, &vcpus)) < 0 || (r = sandbox_open_dir(s)) < 0) {
+	if ((r = config_read(s->dir, &mem_mib, &vcpus, &cow)) < 0 || (r = sandbox_open_dir(s)) < 0) {
 		if (r != -ENOENT)
 			say(id, "%s: %s", s->dir, strerror(-r));
 		sandbox_free(s);
@@ -1536,13 +858,15 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 	}
 	s->mem_mib = mem_mib;
 	s->vcpus = vcpus;
+	s->cow = cow;
+	qemu_origin(s->dir, s->qdir);
 	if ((r = pathf(path, "%s/suspend.state", s->dir)) < 0)
 		goto fail;
 
 	pid = pid_parse(handle);
-	if (!pid_is_ours(pid, s->dir))
+	if (!pid_is_ours(pid, s->qdir))
 		pid = pid_from_file(s->dir);
-	if (pid_is_ours(pid, s->dir)) {
+	if (pid_is_ours(pid, s->qdir)) {
 		r = resume_reattach(s, pid);
 		if (r == 0) {
 			unlink(path);  /* older than the running VM */
@@ -1563,6 +887,7 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 	return -ENOENT;
 done:
 	handle_set(s, new_handle);
+	pool_hold(b);
 	*out = s;
 	return 0;
 fail:
@@ -1573,18 +898,27 @@ fail:
 
 static enum sandbox_presence vm_probe(struct backend *b, const char *id, const char *handle)
 {
-	char dir[PATH_MAX], path[PATH_MAX];
+	char dir[PATH_MAX], qdir[PATH_MAX], path[PATH_MAX], ram[PATH_MAX];
+	unsigned mem_mib, vcpus;
+	bool cow = false;
 
-	if (id_check(id) < 0 || pathf(dir, "%s/%s", b->dir, id) < 0 || pathf(path, "%s/suspend.state", dir) < 0)
+	if (id_check(id) < 0 || reserved(id) || pathf(dir, "%s/%s", b->dir, id) < 0 ||
+	    pathf(path, "%s/suspend.state", dir) < 0)
 		return SANDBOX_GONE;
-	if (pid_is_ours(pid_parse(handle), dir) || pid_is_ours(pid_from_file(dir), dir))
+	qemu_origin(dir, qdir);
+	if (pid_is_ours(pid_parse(handle), qdir) || pid_is_ours(pid_from_file(dir), qdir))
 		return SANDBOX_RUNNING;
-	return exists(path) ? SANDBOX_SAVED : SANDBOX_GONE;
+	if (!exists(path) || config_read(dir, &mem_mib, &vcpus, &cow) < 0)
+		return SANDBOX_GONE;
+	if (cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !exists(ram)))
+		return SANDBOX_GONE;
+	return SANDBOX_SAVED;
 }
 
 /* Kill whatever QEMU still runs for id and delete its files. */
 static int vm_discard(struct backend *b, const char *id, const char *handle)
 {
+	char ram[PATH_MAX];
 	struct sandbox *s;
 	pid_t pid;
 	int r;
@@ -1592,13 +926,16 @@ static int vm_discard(struct backend *b, const char *id, const char *handle)
 	if ((r = sandbox_new(b, id, 0, 0, &s)) < 0)
 		return r;
 	if (!exists(s->dir)) {
+		if (b->ram_ready && ram_path(b, id, ram) == 0)
+			unlink(ram);
 		sandbox_free(s);
 		return 0;
 	}
+	qemu_origin(s->dir, s->qdir);
 	pid = pid_parse(handle);
-	if (!pid_is_ours(pid, s->dir))
+	if (!pid_is_ours(pid, s->qdir))
 		pid = pid_from_file(s->dir);
-	s->pid = pid_is_ours(pid, s->dir) ? pid : 0;
+	s->pid = pid_is_ours(pid, s->qdir) ? pid : 0;
 	return sandbox_discard(s);
 }
 
@@ -1610,35 +947,46 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 	if (!d)
 		return;
 	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.' || strcmp(e->d_name, "snapshots") == 0 || known(ctx, e->d_name))
+		if (e->d_name[0] == '.' || reserved(e->d_name) || known(ctx, e->d_name))
 			continue;
 		say(e->d_name, "not in the registry (left by a crash while being made): deleted");
 		vm_discard(b, e->d_name, "");
 	}
 	closedir(d);
 	d = opendir(b->snap_dir);
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.' || known(ctx, e->d_name))
-			continue;
-		say(e->d_name, "snapshot not in the registry: deleted");
-		rm_tree_at(dirfd(d), e->d_name);
+	if (d) {
+		while ((e = readdir(d))) {
+			if (e->d_name[0] == '.' || known(ctx, e->d_name))
+				continue;
+			say(e->d_name, "snapshot not in the registry: deleted");
+			rm_tree_at(dirfd(d), e->d_name);
+		}
+		closedir(d);
 	}
-	closedir(d);
+	ram_collect_garbage(b, known, ctx);
 }
 
 static char *vm_describe(struct sandbox *s)
 {
-	json_t *o = json_pack("{s:s, s:i, s:s, s:i, s:i, s:s}",
+	const struct start_steps *st = &s->steps;
+	json_t *o = json_pack("{s:s, s:i, s:s, s:i, s:i, s:s, s:s}",
 			      "backend", "vm",
 			      "pid", (int)s->pid,
 			      "accel", s->b->kvm ? "kvm" : "tcg",
 			      "mem_mib", (int)s->mem_mib,
 			      "vcpus", (int)s->vcpus,
-			      "status", s->broken ? "failed" : pid_is_ours(s->pid, s->dir) ? "up" : "down");
-	char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+			      "ram", s->cow ? "cow" : "copy",
+			      "status", s->broken ? "failed" : pid_is_ours(s->pid, s->qdir) ? "up" : "down");
+	char *text;
 
+	/* Where the last start's time went, in ms. */
+	if (o && st->from)
+		json_object_set_new(o, "start",
+				    json_pack("{s:s, s:b, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "from", st->from,
+					      "pooled", st->pooled, "prepare_ms", st->prepare_ms, "freeze_ms", st->freeze_ms, "clone_ms",
+					      st->clone_ms, "qemu_ms", st->qemu_ms, "load_ms", st->load_ms,
+					      "ready_ms", st->ready_ms, "total_ms", st->total_ms));
+	text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(4)) : NULL;
 	json_decref(o);
 	return text;
 }

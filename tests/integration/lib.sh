@@ -4,8 +4,10 @@
 #
 # Environment: WORLDFS (the binary, required), WORLDFS_SRC (source root),
 # WORLDFS_OPTS (extra -o options for every mount), WFS_KEEP=1 (keep the
-# temp dir for inspection).  Exit status: 0 all passed, 1 something failed,
-# 77 skipped because FUSE is not usable here (the reason is printed).
+# temp dir for inspection); with backend=morph, WFS_MORPH_URL and
+# WFS_MORPH_CTL (the API stand-in and its client; tests/morph/run.sh sets
+# them).  Exit status: 0 all passed, 1 something failed, 77 skipped because
+# FUSE is not usable here (the reason is printed).
 #
 # The tests drive worldfs through plain file operations only.
 
@@ -19,6 +21,14 @@ wfs_nmount=0     # mounts so far (one log file each)
 wfs_pid=         # our worldfs, while it runs
 wfs_tmp=
 wfs_name=${0##*/}
+
+# The backend every mount uses (backend= in WORLDFS_OPTS): vm or morph.
+# Tests that look at the sandboxes themselves (qemu pids, Morph instances)
+# branch on it.
+case ,${WORLDFS_OPTS:-}, in
+*,backend=morph,*) WFS_BACKEND=morph ;;
+*) WFS_BACKEND=vm ;;
+esac
 
 # ---- TAP-ish output --------------------------------------------------------
 
@@ -98,6 +108,7 @@ wfs_strerror() {
 	ETIMEDOUT) echo 'Connection timed out' ;;
 	EIO) echo 'Input/output error' ;;
 	EACCES) echo 'Permission denied' ;;
+	EBUSY) echo 'Device or resource busy' ;;
 	EPERM) echo 'Operation not permitted' ;;
 	EFBIG) echo 'File too large' ;;
 	ENOTDIR) echo 'Not a directory' ;;
@@ -177,6 +188,12 @@ wfs_qemu_pids() {
 			echo "${wfs_p#/proc/}"
 		fi
 	done
+}
+
+# wfs_morph METHOD PATH [JSON]: one request to the Morph API stand-in, with
+# the key from MORPH_API_KEY; prints the reply; fails unless it is a 2xx.
+wfs_morph() {
+	python3 "${WFS_MORPH_CTL:?not run by tests/morph/run.sh}" ctl "${WFS_MORPH_URL:?}" "$@"
 }
 
 # ---- mount / unmount -------------------------------------------------------

@@ -1,8 +1,9 @@
 #!/bin/sh
 # shellcheck source=tests/integration/lib.sh disable=SC2016 # world code is single-quoted on purpose
 # t_recovery.sh: what survives a clean unmount (everything, sessions too),
-# and a kill -9 of worldfs (running VMs are reattached; a world whose VM
-# died meanwhile reads failed, with the reason in info).
+# and a kill -9 of worldfs (running sandboxes are reattached; a world whose
+# sandbox died meanwhile reads failed, with the reason in info).  The
+# sandbox is a qemu process (vm) or a Morph instance on the stand-in (morph).
 . "$(dirname "$0")/lib.sh"
 
 # fingerprint: path and content of every value file, in a stable order.
@@ -25,6 +26,33 @@ qemu_pid() {
 	fi
 	echo "$qp"
 }
+
+# sandbox_id DIR: what runs a world that is up: its qemu pid or its Morph
+# instance id.  sandbox_alive ID: it still runs.  sandbox_kill ID: it dies
+# behind worldfs's back.
+sandbox_id() {
+	if [ "$WFS_BACKEND" = morph ]; then
+		sed -n 's/.*"instance_id": *"\([^"]*\)".*/\1/p' "$1/info"
+	else
+		qemu_pid "$1"
+	fi
+}
+sandbox_alive() {
+	if [ "$WFS_BACKEND" = morph ]; then
+		wfs_morph GET "/instance/$1" >/dev/null
+	else
+		kill -0 "$1"
+	fi
+}
+sandbox_kill() {
+	if [ "$WFS_BACKEND" = morph ]; then
+		wfs_morph DELETE "/instance/$1" >/dev/null
+	else
+		kill -9 "$1"
+	fi
+}
+sandbox_re='^[0-9]+$'
+[ "$WFS_BACKEND" = morph ] && sandbox_re='^[A-Za-z0-9_-]+$'
 
 wfs_mount
 W=$MNT/w
@@ -70,16 +98,16 @@ expect_errno EROFS wfs_exec "$W/a" 'echo no'
 expect_ok "mkdir w/snapshot/s/e (a snapshot from before the unmount)" mkdir "$W/snapshot/s/e"
 expect_eq "e sees the snapshot's session" "before none" "$(wfs_run "$W/snapshot/s/e" 'echo "$R ${R2:-none}"')"
 
-# ---- kill -9 worldfs; one VM dies while worldfs is down ------------------
+# ---- kill -9 worldfs; one sandbox dies while worldfs is down -------------
 expect_ok "exec in w before the crash" wfs_exec "$W" 'K=prekill'
 tree_before=$(cd "$MNT" && find . | sort)
-w_pid=$(qemu_pid "$W")
-e_pid=$(qemu_pid "$W/snapshot/s/e")
-expect_match "w's qemu pid is known ($w_pid)" '^[0-9]+$' "$w_pid"
-expect_match "e's qemu pid is known ($e_pid)" '^[0-9]+$' "$e_pid"
+w_sb=$(sandbox_id "$W")
+e_sb=$(sandbox_id "$W/snapshot/s/e")
+expect_match "w's sandbox is known ($w_sb)" "$sandbox_re" "$w_sb"
+expect_match "e's sandbox is known ($e_sb)" "$sandbox_re" "$e_sb"
 wfs_kill9
-expect_ok "w's qemu survives the death of worldfs" kill -0 "$w_pid"
-[ -n "$e_pid" ] && kill -9 "$e_pid"
+expect_ok "w's sandbox survives the death of worldfs" sandbox_alive "$w_sb"
+[ -n "$e_sb" ] && sandbox_kill "$e_sb"
 wfs_mount
 expect_eq "the tree is back after kill -9" "$tree_before" "$(cd "$MNT" && find . | sort)"
 expect_eq "balances after kill -9" "42 7" "$(wfs_val "$W/balance/alice") $(wfs_val "$W/balance/bob")"
@@ -88,11 +116,11 @@ expect_eq "resolution after kill -9" "c collapsed collapsed won" \
 	"$(wfs_vals "$W/resolve" "$W/a/state" "$W/b/state" "$W/c/state")"
 expect_eq "w is reattached: its session kept what it had before the crash" "prekill before" \
 	"$(wfs_run "$W" 'echo "$K $R"')"
-expect_eq "w runs in the same qemu as before the crash" "$w_pid" "$(qemu_pid "$W")"
+expect_eq "w runs in the same sandbox as before the crash" "$w_sb" "$(sandbox_id "$W")"
 expect_eq "d is reattached" ind "$(wfs_run "$W/snapshot/s/d" 'echo $RD')"
 # c (won) is left unused after this remount on purpose: the unmount below
-# must still suspend or stop its surviving qemu.
-expect_eq "e, whose qemu was killed, reads failed" failed "$(wfs_val "$W/snapshot/s/e/state")"
+# must still suspend or stop its surviving sandbox.
+expect_eq "e, whose sandbox was killed, reads failed" failed "$(wfs_val "$W/snapshot/s/e/state")"
 expect_match "e's info gives the reason" '"failure": *"[^"]+' "$(wfs_val "$W/snapshot/s/e/info")"
 expect_errno EIO wfs_exec "$W/snapshot/s/e" 'echo no'
 expect_ok "a failed verse can be removed" rmdir "$W/snapshot/s/e"

@@ -1,0 +1,197 @@
+/* agent.c: the host side of the guest agent's session (frames of
+ * backend/agent/proto.h over the virtio-serial port's unix socket). */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend/agent/proto.h"
+#include "backend/vm/vm.h"
+
+int agent_connect(struct sandbox *s, double deadline)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+	sock_path(s, "agent.sock", false, sa.sun_path);
+	for (;;) {
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), err;
+
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			s->agent = fd;
+			return 0;
+		}
+		err = errno;
+		close(fd);
+		if ((err != ENOENT && err != ECONNREFUSED && err != EINTR) || now_ms() > deadline) {
+			say(s->id, "%s/agent.sock: %s", s->dir, strerror(err));
+			return -err;
+		}
+		sleep_ms(10);
+	}
+}
+
+/* The agent stopped answering: say why, and fail this sandbox for good. */
+static int agent_lost(struct sandbox *s, int r, const char *what)
+{
+	s->broken = true;
+	if (!pid_is_ours(s->pid, s->qdir))
+		say_died(s, "qemu exited");
+	else
+		say(s->id, "agent %s: %s", what, strerror(-r));
+	return -EIO;
+}
+
+/* Read frames until one of type `type` arrives (for RESULT: with run_id);
+ * anything else is stale (extra PONGs of a boot, results of runs
+ * given up on) and dropped.  *buf holds the frame's bytes on success.
+ * -ETIMEDOUT when no frame starts before idle or none ends before
+ * deadline: a frame is never cut in the middle before the deadline, which
+ * would leave the stream out of step. */
+static int agent_wait(struct sandbox *s, uint8_t type, uint32_t run_id,
+		      struct proto_frame *f, uint8_t **buf, double idle, double deadline)
+{
+	for (;;) {
+		struct pollfd pfd = { .fd = s->agent, .events = POLLIN };
+		int r = poll(&pfd, 1, ms_left(idle < deadline ? idle : deadline));
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+		r = proto_read(s->agent, f, buf, ms_left(deadline));
+		if (r < 0)
+			return r;
+		if (f->type == type &&
+		    (type != PROTO_RESULT || (f->len >= 4 && proto_get_u32(f->payload) == run_id)))
+			return 0;
+		free(*buf);
+		*buf = NULL;
+	}
+}
+
+int agent_ping(struct sandbox *s, double deadline)
+{
+	struct proto_frame f;
+	uint8_t *buf = NULL;
+	int r;
+
+	for (;;) {
+		double retry = now_ms() + PING_RETRY_MS;
+
+		r = proto_write(s->agent, PROTO_PING, NULL, 0);
+		if (r < 0)
+			return agent_lost(s, r, "ping");
+		/* Before the guest opens its port, PINGs wait in the socket
+		 * or are dropped; resend until one is answered. */
+		r = agent_wait(s, PROTO_PONG, 0, &f, &buf, retry, deadline);
+		if (r == 0)
+			break;
+		if (r != -ETIMEDOUT)
+			return agent_lost(s, r, "ping");
+		if (!pid_is_ours(s->pid, s->qdir))
+			return agent_lost(s, -ESRCH, "ping");
+		if (now_ms() > deadline) {
+			say_died(s, "the agent did not answer in time");
+			return -ETIMEDOUT;
+		}
+	}
+	free(buf);
+	return 0;
+}
+
+int agent_reseed(struct sandbox *s, double deadline)
+{
+	uint8_t seed[8 + RESEED_BYTES];
+	struct proto_frame f;
+	struct timespec ts;
+	uint8_t *buf = NULL;
+	int r;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	proto_put_u64(seed, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+	if (getrandom(seed + 8, RESEED_BYTES, 0) != RESEED_BYTES)
+		return -EIO;
+	r = proto_write(s->agent, PROTO_RESEED, seed, sizeof(seed));
+	if (r == 0)
+		r = agent_wait(s, PROTO_RESEEDED, 0, &f, &buf, deadline, deadline);
+	free(buf);
+	return r < 0 ? agent_lost(s, r, "reseed") : 0;
+}
+
+/* RESULT: u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr. */
+static int result_parse(const struct proto_frame *f, struct run_result *res)
+{
+	uint32_t flags, out_len;
+
+	if (f->len < 16)
+		return -EPROTO;
+	out_len = proto_get_u32(f->payload + 12);
+	if (out_len > f->len - 16)
+		return -EPROTO;
+	flags = proto_get_u32(f->payload + 8);
+	res->status = (int)(int32_t)proto_get_u32(f->payload + 4);
+	res->timed_out = flags & PROTO_F_TIMED_OUT;
+	res->truncated = flags & PROTO_F_TRUNCATED;
+	res->session_reset = flags & PROTO_F_SESSION_RESET;
+	res->out_len = out_len;
+	res->err_len = f->len - 16 - out_len;
+	res->out = malloc(res->out_len + 1);
+	res->err = malloc(res->err_len + 1);
+	if (!res->out || !res->err) {
+		run_result_release(res);
+		return -ENOMEM;
+	}
+	memcpy(res->out, f->payload + 16, res->out_len);
+	res->out[res->out_len] = '\0';
+	memcpy(res->err, f->payload + 16 + out_len, res->err_len);
+	res->err[res->err_len] = '\0';
+	return 0;
+}
+
+int agent_exec(struct sandbox *s, const char *code, size_t len, struct run_result *res)
+{
+	uint32_t timeout_ms = s->b->exec_timeout_s > UINT32_MAX / 1000 ? UINT32_MAX : s->b->exec_timeout_s * 1000u;
+	uint32_t run_id = s->next_run++;
+	uint32_t output_max = s->b->output_max > UINT32_MAX ? UINT32_MAX : (uint32_t)s->b->output_max;
+	double deadline = now_ms() + timeout_ms + EXEC_GRACE_MS;
+	uint8_t head[12], *buf = NULL;
+	struct iovec iov[2] = {
+		{ .iov_base = head, .iov_len = sizeof(head) },
+		{ .iov_base = (void *)code, .iov_len = len },
+	};
+	struct proto_frame f;
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	if (s->broken || s->agent < 0)
+		return -EIO;
+	if (len > PROTO_FRAME_MAX - 1 - sizeof(head))
+		return -E2BIG;
+	proto_put_u32(head, run_id);
+	proto_put_u32(head + 4, timeout_ms);
+	proto_put_u32(head + 8, output_max);
+	r = proto_writev(s->agent, PROTO_EXEC, iov, 2);
+	if (r < 0)
+		return agent_lost(s, r, "exec");
+	r = agent_wait(s, PROTO_RESULT, run_id, &f, &buf, deadline, deadline);
+	if (r == -ETIMEDOUT) {
+		say(s->id, "the agent gave no result %u s after the run's time-out", EXEC_GRACE_MS / 1000);
+		return agent_lost(s, r, "exec");
+	}
+	if (r < 0)
+		return agent_lost(s, r, "exec");
+	r = result_parse(&f, res);
+	free(buf);
+	if (r == -EPROTO)
+		return agent_lost(s, r, "result");
+	return r;
+}

@@ -1,0 +1,308 @@
+/* files.c: the small file helpers of the vm backend: paths, durable
+ * writes, trees, the per-VM config file, log tails for error messages. */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend/vm/vm.h"
+
+void say(const char *id, const char *fmt, ...)
+{
+	char msg[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* One fprintf per message, so lines of parallel sandboxes don't mix. */
+	fprintf(stderr, "worldfs: vm %s: %s\n", id, msg);
+}
+
+double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+/* Milliseconds left until deadline, for poll(2)-style timeouts. */
+int ms_left(double deadline)
+{
+	double left = deadline - now_ms();
+
+	return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left + 1;
+}
+
+void sleep_ms(long ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000 };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+const char *str_or(const char *s, const char *fallback)
+{
+	return s ? s : fallback;
+}
+
+int pathf(char out[PATH_MAX], const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(out, PATH_MAX, fmt, ap);
+	va_end(ap);
+	return n < 0 || n >= PATH_MAX ? -ENAMETOOLONG : 0;
+}
+
+/* Registry ids and snapshot ids become file names: keep them plain. */
+int id_check(const char *id)
+{
+	size_t n = strlen(id);
+
+	if (n == 0 || n > ID_MAX || id[0] == '.')
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (!isalnum((unsigned char)id[i]) && id[i] != '-' && id[i] != '_' && id[i] != '.')
+			return -EINVAL;
+	return 0;
+}
+
+bool exists(const char *path)
+{
+	return access(path, F_OK) == 0;
+}
+
+int fsync_path(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+int write_all(int fd, const void *buf, size_t len)
+{
+	const char *p = buf;
+
+	while (len > 0) {
+		ssize_t n = write(fd, p, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Replace dir/name with text, atomically (temp file, rename) and, if
+ * durable, durably (fsync the file before and the dir after the rename). */
+int write_file(const char *dir, const char *name, const char *text, bool durable)
+{
+	char tmp[PATH_MAX], path[PATH_MAX];
+	int fd = -1, r;
+
+	if ((r = pathf(tmp, "%s/.%s.tmp", dir, name)) < 0 || (r = pathf(path, "%s/%s", dir, name)) < 0)
+		return r;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	r = write_all(fd, text, strlen(text));
+	if (r == 0 && durable && fsync(fd) < 0)
+		r = -errno;
+	if (close(fd) < 0 && r == 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r == 0 && durable)
+		r = fsync_path(dir);
+	if (r < 0)
+		unlink(tmp);
+	return r;
+}
+
+/* Read up to n-1 bytes of a small file, NUL-terminated.  Bytes or -errno. */
+ssize_t read_small(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t got;
+
+	if (fd < 0)
+		return -errno;
+	got = read(fd, buf, n - 1);
+	if (got < 0)
+		got = -errno;
+	else
+		buf[got] = '\0';
+	close(fd);
+	return got;
+}
+
+int rm_tree_at(int parent, const char *name)
+{
+	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct dirent *e;
+	DIR *d;
+	int r = 0;
+
+	if (fd < 0) {
+		if (errno == ENOTDIR || errno == ELOOP)
+			return unlinkat(parent, name, 0) < 0 ? -errno : 0;
+		return errno == ENOENT ? 0 : -errno;
+	}
+	d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	while ((e = readdir(d))) {
+		int rr;
+
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		if (e->d_type == DT_DIR || e->d_type == DT_UNKNOWN)
+			rr = rm_tree_at(dirfd(d), e->d_name);
+		else
+			rr = unlinkat(dirfd(d), e->d_name, 0) < 0 ? -errno : 0;
+		if (rr < 0 && rr != -ENOENT && r == 0)
+			r = rr;
+	}
+	closedir(d);
+	if (unlinkat(parent, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
+		r = -errno;
+	return r;
+}
+
+/* Remove path and everything below it; a missing path is fine. */
+int rm_tree(const char *path)
+{
+	return rm_tree_at(AT_FDCWD, path);
+}
+
+int mkdir_p(char *path)
+{
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+			*p = '/';
+			return -errno;
+		}
+		*p = '/';
+	}
+	return mkdir(path, 0700) < 0 && errno != EEXIST ? -errno : 0;
+}
+
+/* name in PATH, then in the sbin directories a non-login root shell may lack. */
+int find_program(const char *name, char out[PATH_MAX])
+{
+	const char *path = getenv("PATH");
+	char all[8192];
+
+	snprintf(all, sizeof(all), "%s:/usr/local/sbin:/usr/sbin:/sbin",
+		 path && *path ? path : "/usr/local/bin:/usr/bin:/bin");
+	for (const char *p = all; *p;) {
+		size_t n = strcspn(p, ":");
+
+		if (n > 0 && snprintf(out, PATH_MAX, "%.*s/%s", (int)n, p, name) < PATH_MAX &&
+		    access(out, X_OK) == 0)
+			return 0;
+		p += n;
+		if (*p == ':')
+			p++;
+	}
+	return -ENOENT;
+}
+
+int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, bool durable)
+{
+	char text[96];
+
+	snprintf(text, sizeof(text), "mem_mib=%u\nvcpus=%u\n%s", mem_mib, vcpus, cow ? "ram=file\n" : "");
+	return write_file(dir, "config", text, durable);
+}
+
+/* A config without a ram= line is a full-copy VM (worldfs 0.1). */
+int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow)
+{
+	char path[PATH_MAX], text[128];
+	ssize_t n;
+	int r;
+
+	if ((r = pathf(path, "%s/config", dir)) < 0)
+		return r;
+	n = read_small(path, text, sizeof(text));
+	if (n < 0)
+		return (int)n;
+	if (sscanf(text, "mem_mib=%u vcpus=%u", mem_mib, vcpus) != 2 || *mem_mib == 0 || *vcpus == 0)
+		return -EINVAL;
+	*cow = strstr(text, "\nram=file\n") != NULL;
+	return 0;
+}
+
+/* The last lines of a log file on one line, for error messages. */
+void log_tail(const char *dir, const char *name, char *out, size_t n)
+{
+	char path[PATH_MAX], buf[1024];
+	int fd, lines = 0;
+	off_t size;
+	ssize_t got;
+	char *p;
+
+	snprintf(out, n, "(%s empty)", name);
+	if (pathf(path, "%s/%s", dir, name) < 0 || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return;
+	size = lseek(fd, 0, SEEK_END);
+	got = size < 0 ? -1 : pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
+	close(fd);
+	if (got <= 0)
+		return;
+	buf[got] = '\0';
+	while (got > 0 && isspace((unsigned char)buf[got - 1]))
+		buf[--got] = '\0';
+	for (p = buf + got; p > buf; p--)
+		if (p[-1] == '\n' && ++lines == 4)
+			break;
+	for (char *c = p; *c; c++)
+		if (*c == '\n' || *c == '\r')
+			*c = '|';
+		else if (!isprint((unsigned char)*c))
+			*c = '?';
+	snprintf(out, n, "%s", p);
+}
+
+/* Temporary files and dirs (.NAME.tmp) are what a crash mid-freeze leaves. */
+void tmp_sweep(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		size_t n = strlen(e->d_name);
+
+		if (e->d_name[0] == '.' && n > 5 && strcmp(e->d_name + n - 4, ".tmp") == 0)
+			rm_tree_at(dirfd(d), e->d_name);
+	}
+	closedir(d);
+}

@@ -1,0 +1,537 @@
+/* qemu.c: the QEMU process behind a sandbox: starting it daemonized,
+ * knowing it again by its command line, stopping it, and moving its state
+ * in and out through migration to a file descriptor passed over QMP. */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "backend/vm/vm.h"
+
+/* --- identity ------------------------------------------------------------- */
+
+/* Is pid a live QEMU started in qdir?  Its -pidfile argument says so; a
+ * zombie has an empty cmdline and so is not. */
+bool pid_is_ours(pid_t pid, const char *qdir)
+{
+	char path[64], want[PATH_MAX], args[8192];
+	bool qemu = false, mine = false;
+	ssize_t n;
+
+	if (pid <= 1 || pathf(want, "%s/qemu.pid", qdir) < 0)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+	n = read_small(path, args, sizeof(args));
+	if (n <= 0)
+		return false;
+	for (char *a = args; a < args + n; a += strlen(a) + 1) {
+		const char *base = strrchr(a, '/');
+
+		if (a == args)
+			qemu = strncmp(base ? base + 1 : a, "qemu-system", 11) == 0;
+		else if (strcmp(a, want) == 0)
+			mine = true;
+	}
+	return qemu && mine;
+}
+
+pid_t pid_parse(const char *text)
+{
+	char *end;
+	long v;
+
+	if (!text)
+		return 0;
+	errno = 0;
+	v = strtol(text, &end, 10);
+	if (errno || end == text || (*end && *end != '\n') || v <= 1 || v > INT_MAX)
+		return 0;
+	return (pid_t)v;
+}
+
+pid_t pid_from_file(const char *dir)
+{
+	char path[PATH_MAX], text[32];
+
+	if (pathf(path, "%s/qemu.pid", dir) < 0 || read_small(path, text, sizeof(text)) <= 0)
+		return 0;
+	return pid_parse(text);
+}
+
+void qemu_origin(const char *dir, char qdir[PATH_MAX])
+{
+	char path[PATH_MAX];
+	ssize_t n = -1;
+
+	if (pathf(path, "%s/qemu.origin", dir) == 0)
+		n = read_small(path, qdir, PATH_MAX);
+	if (n > 0 && qdir[n - 1] == '\n')
+		qdir[n - 1] = '\0';
+	if (n <= 1)
+		snprintf(qdir, PATH_MAX, "%s", dir);
+}
+
+static bool wait_gone(pid_t pid, const char *qdir, int timeout_ms)
+{
+	double deadline = now_ms() + timeout_ms;
+
+	while (pid_is_ours(pid, qdir)) {
+		if (now_ms() > deadline)
+			return false;
+		sleep_ms(5);
+	}
+	return true;
+}
+
+/* A socket path short enough for sun_path.  QEMU gets the absolute path if
+ * it fits, else the bare name (it binds before leaving our cwd, the
+ * sandbox dir); we connect through /proc/self/fd/DIRFD when it doesn't. */
+void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX])
+{
+	int n = snprintf(out, SOCK_PATH_MAX, "%s/%s", s->dir, name);
+
+	if (n > 0 && n < SOCK_PATH_MAX)
+		return;
+	if (for_qemu)
+		snprintf(out, SOCK_PATH_MAX, "%s", name);
+	else
+		snprintf(out, SOCK_PATH_MAX, "/proc/self/fd/%d/%s", s->dirfd, name);
+}
+
+/* QEMU's own words on a failure: qemu.log, then the guest's console. */
+void say_died(const struct sandbox *s, const char *what)
+{
+	char q[512], c[512];
+
+	log_tail(s->dir, "qemu.log", q, sizeof(q));
+	log_tail(s->dir, "console.log", c, sizeof(c));
+	say(s->id, "%s: qemu.log: %s; console.log: %s", what, q, c);
+}
+
+static int errno_from_log(const struct sandbox *s)
+{
+	char q[1024];
+
+	log_tail(s->dir, "qemu.log", q, sizeof(q));
+	if (strstr(q, "Cannot allocate memory") || strstr(q, "cannot set up guest memory"))
+		return -ENOMEM;
+	if (strstr(q, "No space left on device"))
+		return -ENOSPC;
+	return -EIO;
+}
+
+/* --- start and stop ------------------------------------------------------- */
+
+/* QEMU's option lists split at commas: a comma in a value is doubled. */
+static int opt_value(char *out, size_t n, const char *prefix, const char *value)
+{
+	size_t o = strlen(prefix);
+
+	if (o >= n)
+		return -ENAMETOOLONG;
+	memcpy(out, prefix, o);
+	for (const char *c = value; *c; c++) {
+		if (o + 3 > n)
+			return -ENAMETOOLONG;
+		if (*c == ',')
+			out[o++] = ',';
+		out[o++] = *c;
+	}
+	out[o] = '\0';
+	return 0;
+}
+
+/* On success s->pid and s->qmp are set; on failure nothing is left running. */
+int qemu_launch(struct sandbox *s, bool incoming)
+{
+	const struct backend *b = s->b;
+	char mem[32], smp[32], name[ID_MAX + 16], pidfile[PATH_MAX], logpath[PATH_MAX];
+	char qmp_sock[SOCK_PATH_MAX], agent_sock[SOCK_PATH_MAX], us[SOCK_PATH_MAX];
+	char qmp_arg[SOCK_PATH_MAX + 48], agent_arg[SOCK_PATH_MAX + 80], accel[64];
+	char ram[PATH_MAX], ram_arg[2 * PATH_MAX + 96], machine[160];
+	const char *argv[64];
+	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
+	int argc = 0, logfd = -1, status = 0, r;
+	sigset_t none;
+	pid_t child, w;
+
+	sock_path(s, "qmp.sock", true, qmp_sock);
+	sock_path(s, "agent.sock", true, agent_sock);
+	snprintf(mem, sizeof(mem), "%u", s->mem_mib);
+	snprintf(smp, sizeof(smp), "%u", s->vcpus);
+	snprintf(name, sizeof(name), "worldfs-%s", s->id);
+	snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", qmp_sock);
+	snprintf(agent_arg, sizeof(agent_arg), "socket,id=agent,path=%s,server=on,wait=off", agent_sock);
+	snprintf(machine, sizeof(machine), "microvm,x-option-roms=off,rtc=on,isa-serial=on%s",
+		 s->cow ? ",memory-backend=mem" : "");
+	if (b->kvm)
+		snprintf(accel, sizeof(accel), "kvm");
+	else
+		snprintf(accel, sizeof(accel), "tcg,tb-size=%u", TCG_TB_MIB);
+	if ((r = pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = pathf(logpath, "%s/qemu.log", s->dir)) < 0)
+		return r;
+	if (s->cow) {
+		char prefix[64];
+
+		snprintf(prefix, sizeof(prefix), "memory-backend-file,id=mem,share=on,size=%uM,mem-path=", s->mem_mib);
+		if ((r = ram_path(b, s->id, ram)) < 0 || (r = opt_value(ram_arg, sizeof(ram_arg), prefix, ram)) < 0)
+			return r;
+	}
+	/* Leftovers of an earlier run would make QEMU's bind() fail. */
+	unlinkat(s->dirfd, "qmp.sock", 0);
+	unlinkat(s->dirfd, "agent.sock", 0);
+	unlinkat(s->dirfd, "qemu.pid", 0);
+	unlinkat(s->dirfd, "qemu.origin", 0);
+	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
+
+	argv[argc++] = b->qemu;
+	argv[argc++] = "-name";
+	argv[argc++] = name;
+	argv[argc++] = "-M";
+	argv[argc++] = machine;
+	argv[argc++] = "-accel";
+	argv[argc++] = accel;
+	argv[argc++] = "-cpu";
+	argv[argc++] = b->kvm ? "host" : "max";
+	argv[argc++] = "-m";
+	argv[argc++] = mem;
+	if (s->cow) {
+		argv[argc++] = "-object";
+		argv[argc++] = ram_arg;
+	}
+	argv[argc++] = "-smp";
+	argv[argc++] = smp;
+	argv[argc++] = "-nodefaults";
+	argv[argc++] = "-no-user-config";
+	argv[argc++] = "-nographic";
+	argv[argc++] = "-no-reboot";
+	argv[argc++] = "-kernel";
+	argv[argc++] = b->kernel;
+	argv[argc++] = "-initrd";
+	argv[argc++] = b->initrd;
+	argv[argc++] = "-append";
+	argv[argc++] = b->append;
+	argv[argc++] = "-serial";
+	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in our cwd, the sandbox dir */
+	argv[argc++] = "-device";
+	argv[argc++] = "virtio-serial-device";
+	argv[argc++] = "-chardev";
+	argv[argc++] = agent_arg;
+	argv[argc++] = "-device";
+	argv[argc++] = "virtserialport,chardev=agent,name=agent";
+	argv[argc++] = "-qmp";
+	argv[argc++] = qmp_arg;
+	/* -D keeps QEMU's stderr (qemu.log) open after daemonizing, so its
+	 * later errors (a failed migration load) are not lost in /dev/null. */
+	argv[argc++] = "-D";
+	argv[argc++] = logpath;
+	argv[argc++] = "-daemonize";
+	argv[argc++] = "-pidfile";
+	argv[argc++] = pidfile;
+	if (incoming) {
+		argv[argc++] = "-incoming";
+		argv[argc++] = "defer";
+		argv[argc++] = "-S";
+	}
+	argv[argc] = NULL;
+
+	logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	if (logfd < 0) {
+		r = -errno;
+		say(s->id, "%s: %s", logpath, strerror(-r));
+		return r;
+	}
+	sigemptyset(&none);
+	child = fork();
+	if (child < 0) {
+		r = -errno;
+		close(logfd);
+		say(s->id, "fork: %s", strerror(-r));
+		return r;
+	}
+	if (child == 0) {
+		/* Only async-signal-safe calls here: other threads may hold locks. */
+		int devnull = open("/dev/null", O_RDONLY);
+
+		setsid();
+		if (chdir(s->dir) < 0)
+			_exit(126);
+		if (devnull >= 0)
+			dup2(devnull, 0);
+		dup2(logfd, 1);
+		dup2(logfd, 2);
+		close_range(3, ~0u, 0);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	close(logfd);
+
+	/* The foreground QEMU exits once the daemon is initialized (sockets
+	 * bound, pid file written) or has failed. */
+	for (long pause = 1;; pause = pause < 4 ? pause * 2 : pause) {
+		w = waitpid(child, &status, WNOHANG);
+		if (w == child || (w < 0 && errno != EINTR))
+			break;
+		if (now_ms() > deadline) {
+			kill(child, SIGKILL);
+			waitpid(child, &status, 0);
+			say(s->id, "qemu did not start within %d s", LAUNCH_TIMEOUT_MS / 1000);
+			r = -ETIMEDOUT;
+			goto fail;
+		}
+		sleep_ms(pause);
+	}
+	/* w < 0 (ECHILD) when SIGCHLD is ignored: the pid file tells then. */
+	if (w == child && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+		r = errno_from_log(s);
+		say_died(s, "qemu failed to start");
+		goto fail;
+	}
+	s->pid = pid_from_file(s->dir);
+	if (!pid_is_ours(s->pid, s->qdir)) {
+		r = errno_from_log(s);
+		say_died(s, "qemu exited during start");
+		goto fail;
+	}
+	sock_path(s, "qmp.sock", false, us);
+	r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS);
+	if (r < 0) {
+		say(s->id, "%s/qmp.sock: %s", s->dir, strerror(-r));
+		goto fail;
+	}
+	s->migrate_ready = false;
+	/* The incoming side must know x-ignore-shared before the state comes. */
+	if (incoming && (r = migrate_prepare(s)) < 0)
+		goto fail;
+	return 0;
+fail:
+	qmp_close(s->qmp);
+	s->qmp = NULL;
+	if (s->pid > 0 && pid_is_ours(s->pid, s->qdir)) {
+		kill(s->pid, SIGKILL);
+		wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS);
+	}
+	s->pid = 0;
+	return r;
+}
+
+/* Stop QEMU: quit over QMP, else SIGTERM, else SIGKILL.  Leaves s with no
+ * process and no connections. */
+void qemu_stop(struct sandbox *s)
+{
+	static const int sigs[] = { SIGTERM, SIGKILL };
+	bool quitting = false;
+
+	if (s->agent >= 0)
+		close(s->agent);
+	s->agent = -1;
+	if (s->qmp && s->pid > 0) {
+		int r = qmp_command(s->qmp, "quit", NULL, NULL, QMP_TIMEOUT_MS);
+
+		/* QEMU may close the connection before answering. */
+		quitting = r == 0 || r == -EPIPE;
+		if (!quitting)
+			say(s->id, "qmp quit: %s %s", strerror(-r), qmp_error_desc(s->qmp));
+	}
+	qmp_close(s->qmp);
+	s->qmp = NULL;
+	if (s->pid > 0 && !(quitting && wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))) {
+		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+			/* Signal only what is still our QEMU: the pid may be reused. */
+			if (!pid_is_ours(s->pid, s->qdir))
+				break;
+			kill(s->pid, sigs[i]);
+			if (wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))
+				break;
+		}
+		if (pid_is_ours(s->pid, s->qdir))
+			say(s->id, "qemu pid %d did not exit", (int)s->pid);
+	}
+	s->pid = 0;
+}
+
+/* --- migration ------------------------------------------------------------ */
+
+int query_status(struct sandbox *s, char *out, size_t n)
+{
+	json_t *ret = NULL;
+	int r = qmp_command(s->qmp, "query-status", NULL, &ret, QMP_TIMEOUT_MS);
+
+	if (r == 0)
+		snprintf(out, n, "%s", str_or(json_string_value(json_object_get(ret, "status")), ""));
+	json_decref(ret);
+	return r;
+}
+
+int qmp_failed(struct sandbox *s, int r, const char *what)
+{
+	if (r == -EREMOTEIO)
+		say(s->id, "%s: %s: %s", what, qmp_error_class(s->qmp), qmp_error_desc(s->qmp));
+	else if (!pid_is_ours(s->pid, s->qdir)) {
+		s->broken = true;
+		say_died(s, what);
+	} else {
+		say(s->id, "%s: %s", what, strerror(-r));
+	}
+	return r == -ETIMEDOUT || r == -ENOMEM ? r : -EIO;
+}
+
+int migrate_prepare(struct sandbox *s)
+{
+	int r;
+
+	if (s->migrate_ready)
+		return 0;
+	/* The default cap is 32 MiB/s: a 128 MiB guest would stay frozen for seconds. */
+	r = qmp_command(s->qmp, "migrate-set-parameters",
+			json_pack("{s:I}", "max-bandwidth", (json_int_t)INT64_MAX / 2), NULL, QMP_TIMEOUT_MS);
+	if (r < 0)
+		return qmp_failed(s, r, "migrate-set-parameters");
+	/* RAM shared with a file (share=on) stays out of the stream: the
+	 * file is the RAM.  Both ends must agree: it changes the format. */
+	if (s->cow) {
+		r = qmp_command(s->qmp, "migrate-set-capabilities",
+				json_pack("{s:[{s:s, s:b}]}", "capabilities", "capability", "x-ignore-shared",
+					  "state", 1),
+				NULL, QMP_TIMEOUT_MS);
+		if (r < 0)
+			return qmp_failed(s, r, "migrate-set-capabilities x-ignore-shared");
+	}
+	s->migrate_ready = true;
+	return 0;
+}
+
+static int migrate_wait(struct sandbox *s)
+{
+	double deadline = now_ms() + MIGRATE_TIMEOUT_MS;
+	json_t *ret = NULL;
+	char desc[256] = "";
+	const char *st = "";
+	int r;
+
+	for (long pause = 1;; pause = pause < 8 ? pause * 2 : pause) {
+		r = qmp_command(s->qmp, "query-migrate", NULL, &ret, QMP_TIMEOUT_MS);
+		if (r < 0)
+			return qmp_failed(s, r, "query-migrate");
+		st = str_or(json_string_value(json_object_get(ret, "status")), "");
+		if (strcmp(st, "completed") == 0 || strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
+			break;
+		json_decref(ret);
+		ret = NULL;
+		if (now_ms() > deadline) {
+			qmp_command(s->qmp, "migrate_cancel", NULL, NULL, QMP_TIMEOUT_MS);
+			say(s->id, "migration did not complete within %d s", MIGRATE_TIMEOUT_MS / 1000);
+			return -ETIMEDOUT;
+		}
+		sleep_ms(pause);
+	}
+	if (strcmp(st, "completed") != 0) {
+		snprintf(desc, sizeof(desc), "%s", str_or(json_string_value(json_object_get(ret, "error-desc")), st));
+		say(s->id, "migration %s: %s", st, desc);
+		r = strstr(desc, "No space left") ? -ENOSPC : -EIO;
+	}
+	json_decref(ret);
+	return r;
+}
+
+int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double *frozen_ms)
+{
+	char ram[PATH_MAX];
+	int ram_fd = -1, r, rc;
+	double t0;
+
+	*frozen_ms = 0;
+	if ((r = migrate_prepare(s)) < 0)
+		return r;
+	if (s->cow) {
+		if ((r = ram_path(s->b, s->id, ram)) < 0)
+			return r;
+		/* Most dirty pages go to disk while the guest still runs; a
+		 * second pass takes what a busy guest wrote during the first. */
+		ram_preflush(ram);
+		ram_preflush(ram);
+		if (ram_to >= 0 && (ram_fd = open(ram, O_RDONLY | O_CLOEXEC)) < 0) {
+			r = -errno;
+			say(s->id, "%s: %s", ram, strerror(-r));
+			return r;
+		}
+	}
+	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0) {
+		r = qmp_failed(s, r, "getfd");
+		goto out_fd;
+	}
+	t0 = now_ms();
+	if ((r = qmp_command(s->qmp, "stop", NULL, NULL, QMP_TIMEOUT_MS)) < 0) {
+		r = qmp_failed(s, r, "stop");
+		goto out_fd;
+	}
+	r = qmp_command(s->qmp, "migrate", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL, QMP_TIMEOUT_MS);
+	if (r < 0)
+		r = qmp_failed(s, r, "migrate");
+	else
+		r = migrate_wait(s);
+	/* The guest is stopped: its RAM file is what the state goes with. */
+	if (r == 0 && ram_fd >= 0) {
+		double t = now_ms();
+
+		if ((r = ram_clone_fd(ram_fd, ram_to)) < 0)
+			say(s->id, "%s: clone: %s", ram, strerror(-r));
+		s->clone_in_freeze_ms = now_ms() - t;
+	}
+	if (keep_running || r < 0) {
+		/* After a migration the VM sits in "postmigrate"; cont resumes it. */
+		rc = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
+		if (rc < 0) {
+			s->broken = true;
+			rc = qmp_failed(s, rc, "cont");
+			if (r == 0)
+				r = rc;
+		}
+	}
+	*frozen_ms = now_ms() - t0;
+out_fd:
+	if (ram_fd >= 0)
+		close(ram_fd);
+	return r;
+}
+
+int state_load(struct sandbox *s, int fd, double deadline)
+{
+	char st[32] = "inmigrate";
+	int r;
+
+	if ((r = migrate_prepare(s)) < 0)
+		return r;
+	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0)
+		return qmp_failed(s, r, "getfd");
+	r = qmp_command(s->qmp, "migrate-incoming", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL,
+			QMP_TIMEOUT_MS);
+	if (r < 0)
+		return qmp_failed(s, r, "migrate-incoming");
+	/* QEMU exits when the load fails: query-status then fails with EPIPE. */
+	for (long pause = 1; strcmp(st, "inmigrate") == 0; pause = pause < 8 ? pause * 2 : pause) {
+		if (now_ms() > deadline) {
+			say(s->id, "loading the state took too long");
+			return -ETIMEDOUT;
+		}
+		sleep_ms(pause);
+		if ((r = query_status(s, st, sizeof(st))) < 0)
+			return qmp_failed(s, r, "loading the state");
+	}
+	if (strcmp(st, "paused") != 0 && strcmp(st, "prelaunch") != 0) {
+		say(s->id, "after loading the state the VM is %s", st);
+		return -EIO;
+	}
+	if ((r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
+		return qmp_failed(s, r, "cont");
+	return 0;
+}

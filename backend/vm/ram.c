@@ -1,0 +1,363 @@
+/* ram.c: the RAM directory, STATE/vm/ram: guest RAM as files on a
+ * filesystem that clones a file in O(extents) (FICLONE), so freezing or
+ * branching a world costs the same for 128 MiB as for 2 GiB.  When
+ * STATE/vm is on a filesystem without reflink (ext4), root gets one: a
+ * sparse XFS image, STATE/vm/ram.xfs, loop-mounted on the directory.
+ *
+ *   ram/<id>.ram              a VM's RAM, mapped share=on by its QEMU
+ *   ram/snapshots/<snap>.ram  a frozen RAM (never written again)
+ *   ram/golden/<key>.ram      the frozen just-booted world (golden.c) */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backend/vm/mountinfo.h"
+#include "backend/vm/vm.h"
+
+#define RAM_IMAGE_MAX (256ull << 30)  /* apparent size; only used blocks cost disk */
+#define RAM_IMAGE_MIN (1ull << 30)
+#define UMOUNT_TRIES 40               /* x 50 ms: QEMUs that just quit let go */
+
+int ram_path(const struct backend *b, const char *name, char out[PATH_MAX])
+{
+	return pathf(out, "%s/%s.ram", b->ram_dir, name);
+}
+
+int ram_snapshot_path(const struct backend *b, const char *snap_id, char out[PATH_MAX])
+{
+	return pathf(out, "%s/snapshots/%s.ram", b->ram_dir, snap_id);
+}
+
+int ram_create(const char *path, unsigned mem_mib)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)mem_mib << 20) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+int ram_open_dest(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+
+	return fd < 0 ? -errno : fd;
+}
+
+int ram_clone_fd(int src_fd, int dst_fd)
+{
+	/* The filesystem writes back src's dirty pages first, then shares
+	 * its extents; dst's old data and page cache are dropped (a QEMU
+	 * that maps dst sees the new data on its next access). */
+	return ioctl(dst_fd, FICLONE, src_fd) < 0 ? -errno : 0;
+}
+
+int ram_clone(const char *src, const char *dst)
+{
+	int s = open(src, O_RDONLY | O_CLOEXEC), d, r;
+
+	if (s < 0)
+		return -errno;
+	d = ram_open_dest(dst);
+	if (d < 0) {
+		close(s);
+		return d;
+	}
+	r = ram_clone_fd(s, d);
+	close(d);
+	close(s);
+	return r;
+}
+
+void ram_preflush(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+	close(fd);
+}
+
+/* Does dir clone files?  Two small temp files and one FICLONE. */
+static bool reflink_works(const char *dir)
+{
+	char a[PATH_MAX], c[PATH_MAX], page[4096];
+	int fa = -1, fc = -1;
+	bool ok = false;
+
+	if (pathf(a, "%s/.probe-%d.a", dir, (int)getpid()) < 0 || pathf(c, "%s/.probe-%d.b", dir, (int)getpid()) < 0)
+		return false;
+	memset(page, 'w', sizeof(page));
+	fa = open(a, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fc = open(c, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fa >= 0 && fc >= 0 && write_all(fa, page, sizeof(page)) == 0)
+		ok = ram_clone_fd(fa, fc) == 0;
+	if (fa >= 0)
+		close(fa);
+	if (fc >= 0)
+		close(fc);
+	unlink(a);
+	unlink(c);
+	return ok;
+}
+
+/* Run argv (a system tool); 0 if it exited 0.  Its stderr is ours (the log). */
+static int run_tool(const char *const argv[])
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		int devnull = open("/dev/null", O_RDWR);
+
+		if (devnull >= 0) {
+			dup2(devnull, 0);
+			dup2(devnull, 1);
+		}
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
+}
+
+/* Is the filesystem mounted on dir the loop mount of image? */
+static bool mounted_here(const char *dir, const char *image, bool *ours)
+{
+	char source[PATH_MAX], type[PATH_MAX], sys[PATH_MAX], backing[PATH_MAX], real[PATH_MAX];
+	size_t cap = 1 << 20;
+	char *text = malloc(cap);
+	bool found;
+	ssize_t n;
+	const char *dev;
+
+	*ours = false;
+	if (!text)
+		return false;
+	n = read_small("/proc/self/mountinfo", text, cap);
+	found = n > 0 && mountinfo_find(text, dir, source, type, sizeof(source));
+	free(text);
+	if (!found)
+		return false;
+	dev = strrchr(source, '/');
+	dev = dev ? dev + 1 : source;
+	if (strncmp(dev, "loop", 4) == 0 && realpath(image, real) &&
+	    pathf(sys, "/sys/block/%s/loop/backing_file", dev) == 0 &&
+	    (n = read_small(sys, backing, sizeof(backing))) > 0) {
+		if (backing[n - 1] == '\n')
+			backing[n - 1] = '\0';
+		*ours = strcmp(backing, real) == 0;
+	}
+	return true;
+}
+
+static bool image_is_xfs(const char *image)
+{
+	char head[4];
+	int fd = open(image, O_RDONLY | O_CLOEXEC);
+	bool yes;
+
+	if (fd < 0)
+		return false;
+	yes = pread(fd, head, sizeof(head), 0) == (ssize_t)sizeof(head) && xfs_magic(head, sizeof(head));
+	close(fd);
+	return yes;
+}
+
+/* Make STATE/vm/ram.xfs (once) and loop-mount it on the RAM directory. */
+static int image_mount(struct backend *b)
+{
+	char mkfs[PATH_MAX], mount_bin[PATH_MAX];
+	struct statvfs vfs;
+	int r;
+
+	if (!image_is_xfs(b->ram_image)) {
+		unsigned long long size = RAM_IMAGE_MAX;
+		int fd;
+
+		if ((r = find_program("mkfs.xfs", mkfs)) < 0) {
+			fprintf(stderr, "worldfs: mkfs.xfs: not found (Debian: apt install xfsprogs)\n");
+			return r;
+		}
+		/* No bigger than the disk under it: a loop device that cannot
+		 * write fails I/O, where XFS itself would say ENOSPC. */
+		if (statvfs(b->dir, &vfs) == 0) {
+			unsigned long long avail = (unsigned long long)vfs.f_bavail * vfs.f_frsize / 10 * 9;
+
+			if (avail < RAM_IMAGE_MIN) {
+				fprintf(stderr, "worldfs: %s: only %llu MiB free for an XFS image\n", b->dir, avail >> 20);
+				return -ENOSPC;
+			}
+			if (avail < size)
+				size = avail;
+		}
+		fd = open(b->ram_image, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0 || ftruncate(fd, (off_t)size) < 0) {
+			r = -errno;
+			if (fd >= 0)
+				close(fd);
+			fprintf(stderr, "worldfs: %s: %s\n", b->ram_image, strerror(-r));
+			return r;
+		}
+		close(fd);
+		const char *argv[] = { mkfs, "-q", "-K", "-m", "reflink=1", b->ram_image, NULL };
+
+		if ((r = run_tool(argv)) < 0) {
+			fprintf(stderr, "worldfs: mkfs.xfs %s failed\n", b->ram_image);
+			unlink(b->ram_image);
+			return r;
+		}
+		fprintf(stderr, "worldfs: %s: made an XFS image (%llu GiB, sparse) for guest RAM\n",
+			b->ram_image, size >> 30);
+	}
+	if ((r = find_program("mount", mount_bin)) < 0) {
+		fprintf(stderr, "worldfs: mount: not found\n");
+		return r;
+	}
+	/* -o loop: the loop device goes away with the unmount (autoclear). */
+	const char *argv[] = { mount_bin, "-o", "loop,discard", b->ram_image, b->ram_dir, NULL };
+
+	if ((r = run_tool(argv)) < 0) {
+		fprintf(stderr, "worldfs: mount -o loop %s %s failed\n", b->ram_image, b->ram_dir);
+		return r;
+	}
+	return 0;
+}
+
+/* For the message that says why branching copies. */
+static const char *fs_name(const char *dir)
+{
+	struct statfs f;
+
+	if (statfs(dir, &f) < 0)
+		return "unknown filesystem";
+	switch ((unsigned long)f.f_type) {
+	case 0xEF53: return "ext4";
+	case 0x01021994: return "tmpfs";
+	case 0x58465342: return "xfs without reflink";
+	case 0x6969: return "nfs";
+	case 0x794c7630: return "overlayfs";
+	default: return "no reflink";
+	}
+}
+
+void ram_init(struct backend *b, bool want)
+{
+	const char *why = NULL;
+	char sub[PATH_MAX];
+	bool here, ours;
+
+	if (pathf(b->ram_dir, "%s/ram", b->dir) < 0 || pathf(b->ram_image, "%s/ram.xfs", b->dir) < 0)
+		return;
+	if (mkdir(b->ram_dir, 0700) < 0 && errno != EEXIST) {
+		fprintf(stderr, "worldfs: %s: %s\n", b->ram_dir, strerror(errno));
+		return;
+	}
+	here = mounted_here(b->ram_dir, b->ram_image, &ours);
+	/* branch=copy: only what earlier mounts left (RAM files to resume). */
+	if (!want && !here && !exists(b->ram_image))
+		return;
+	if (reflink_works(b->ram_dir)) {
+		b->ram_ready = true;
+		b->ram_mounted = ours;  /* left mounted by a worldfs that was killed */
+	} else if (here) {
+		why = "a filesystem without reflink is mounted there";
+	} else if (geteuid() != 0) {
+		why = "not root";
+	} else if (image_mount(b) < 0) {
+		why = "no XFS image";
+	} else if (!reflink_works(b->ram_dir)) {
+		why = "the XFS image does not clone";
+		umount2(b->ram_dir, 0);
+	} else {
+		b->ram_ready = b->ram_mounted = true;
+	}
+	if (why && want)
+		fprintf(stderr, "worldfs: %s: no reflink (%s) and %s: branching copies memory\n", b->ram_dir,
+			fs_name(b->ram_dir), why);
+	if (!b->ram_ready)
+		return;
+	if ((pathf(sub, "%s/snapshots", b->ram_dir) == 0 && mkdir(sub, 0700) < 0 && errno != EEXIST) ||
+	    (pathf(sub, "%s/golden", b->ram_dir) == 0 && mkdir(sub, 0700) < 0 && errno != EEXIST)) {
+		fprintf(stderr, "worldfs: %s: %s: branching copies memory\n", sub, strerror(errno));
+		b->ram_ready = false;
+		return;
+	}
+	tmp_sweep(b->ram_dir);
+	if (pathf(sub, "%s/snapshots", b->ram_dir) == 0)
+		tmp_sweep(sub);
+	if (pathf(sub, "%s/golden", b->ram_dir) == 0)
+		tmp_sweep(sub);
+	b->cow = want;
+}
+
+void ram_fini(struct backend *b)
+{
+	if (!b->ram_mounted)
+		return;
+	for (int i = 0;; i++) {
+		if (umount2(b->ram_dir, 0) == 0 || errno == EINVAL || errno == ENOENT)
+			break;
+		if (errno != EBUSY || i == UMOUNT_TRIES) {
+			fprintf(stderr, "worldfs: umount %s: %s (left mounted for the VMs still using it)\n",
+				b->ram_dir, strerror(errno));
+			return;
+		}
+		sleep_ms(50);
+	}
+	b->ram_mounted = false;
+}
+
+/* Unlink dir/<name>.ram where name is not known (or, with known == NULL, always). */
+static void collect_dir(const char *dir, bool (*known)(void *ctx, const char *id), void *ctx, const char *what)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	if (!d)
+		return;
+	while ((e = readdir(d))) {
+		char id[ID_MAX + 8];
+		size_t n = strlen(e->d_name);
+
+		if (e->d_name[0] == '.' || n <= 4 || n - 4 > ID_MAX || strcmp(e->d_name + n - 4, ".ram") != 0)
+			continue;
+		memcpy(id, e->d_name, n - 4);
+		id[n - 4] = '\0';
+		if (known(ctx, id))
+			continue;
+		say(id, "%s RAM file not in the registry: deleted", what);
+		unlinkat(dirfd(d), e->d_name, 0);
+	}
+	closedir(d);
+}
+
+void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char *id), void *ctx)
+{
+	char sub[PATH_MAX];
+
+	if (!b->ram_ready)
+		return;
+	collect_dir(b->ram_dir, known, ctx, "a world's");
+	if (pathf(sub, "%s/snapshots", b->ram_dir) == 0)
+		collect_dir(sub, known, ctx, "a snapshot's");
+}

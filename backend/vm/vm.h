@@ -1,0 +1,223 @@
+/* vm.h: what the files of the vm backend share: the backend and sandbox
+ * structs, and the functions each file offers the others.  Private to
+ * backend/vm/; backend.h is the interface to the rest of worldfs.
+ *
+ *   files.c   small file helpers (durable writes, trees, config files, logs)
+ *   qemu.c    the QEMU process: start, stop, identity, migration over QMP
+ *   agent.c   the guest agent: connect, ping, reseed, exec
+ *   ram.c     the RAM directory (files that clone with FICLONE) and its
+ *             loop-mounted XFS image
+ *   golden.c  the frozen just-booted world every create branches from
+ *   pool.c    QEMU processes started ahead, waiting for a state
+ *   vm.c      the backend ops */
+#ifndef WORLDFS_VM_H
+#define WORLDFS_VM_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+
+#include "backend/backend.h"
+#include "backend/vm/qmp.h"
+
+#define ID_MAX 64
+#define SOCK_PATH_MAX ((int)sizeof(((struct sockaddr_un *)0)->sun_path))
+#define QMP_TIMEOUT_MS 10000
+#define LAUNCH_TIMEOUT_MS 30000    /* until `qemu -daemonize` returns */
+#define BOOT_TIMEOUT_MS 60000      /* until the agent answers (TCG boots in ~2 s) */
+#define RESTORE_TIMEOUT_MS 60000
+#define MIGRATE_TIMEOUT_MS 300000
+#define EXEC_GRACE_MS 10000        /* the agent kills a run at its time-out; allow for that */
+#define PING_RETRY_MS 250
+#define QUIT_TIMEOUT_MS 5000
+#define RESEED_BYTES 64
+#define DEFAULT_EXEC_TIMEOUT_S 60
+#define TCG_TB_MIB 32              /* TCG code cache per VM (QEMU's default: 1 GiB, grown on demand) */
+
+struct pool;
+
+struct backend {
+	char dir[PATH_MAX];        /* STATE/vm, absolute: QEMU runs with cwd / */
+	char snap_dir[PATH_MAX];   /* STATE/vm/snapshots */
+	char golden_dir[PATH_MAX]; /* STATE/vm/golden */
+	char kernel[PATH_MAX];
+	char initrd[PATH_MAX];
+	char qemu[PATH_MAX];
+	char append[256];          /* kernel command line */
+	bool kvm;
+	unsigned mem_mib;
+	unsigned vcpus;
+	unsigned exec_timeout_s;
+	size_t output_max;
+
+	/* Copy-on-write memory (ram.c). */
+	bool cow;                  /* new worlds keep their RAM in ram_dir */
+	bool ram_ready;            /* ram_dir clones files (FICLONE) */
+	bool ram_mounted;          /* ram_dir is our loop mount of ram_image */
+	char ram_dir[PATH_MAX];    /* STATE/vm/ram */
+	char ram_image[PATH_MAX];  /* STATE/vm/ram.xfs */
+
+	char golden_id[40];        /* identity of qemu + kernel + initrd (golden.c) */
+	pthread_mutex_t golden_lock;
+	struct pool *pool;         /* NULL: none */
+};
+
+/* Where the time of the last start went (create, branch, resume), for info. */
+struct start_steps {
+	const char *from;         /* "boot", "golden", "parent", "snapshot", "suspend" */
+	bool pooled;              /* QEMU came from the warm pool */
+	double prepare_ms;        /* its dir and config (or taking a pool member) */
+	double freeze_ms;         /* parent stopped: device state + RAM clone */
+	double clone_ms;          /* RAM clone (from a frozen state, or within freeze_ms) */
+	double qemu_ms;           /* QEMU start-up (0 when pooled) */
+	double load_ms;           /* migrate-incoming of the device state, cont */
+	double ready_ms;          /* until the agent answered and was reseeded */
+	double total_ms;
+};
+
+struct sandbox {
+	struct backend *b;
+	char id[ID_MAX + 1];
+	char dir[PATH_MAX];
+	char qdir[PATH_MAX];      /* the dir QEMU was started in, which its -pidfile
+	                           * names: a pool member's, once adopted, differs */
+	int dirfd;                /* keeps socket paths short: /proc/self/fd/N/qmp.sock */
+	pid_t pid;                /* the daemonized QEMU, 0 when none */
+	struct qmp *qmp;
+	int agent;                /* agent socket, -1 when not connected */
+	unsigned mem_mib;
+	unsigned vcpus;
+	bool cow;                 /* guest RAM is the file ram_dir/<id>.ram, shared */
+	uint32_t next_run;
+	bool migrate_ready;       /* migration parameters and capabilities set */
+	bool broken;              /* the agent or QEMU failed: later calls get EIO */
+	double clone_in_freeze_ms; /* the RAM clone's part of the last freeze */
+	struct start_steps steps;
+};
+
+/* --- files.c --------------------------------------------------------------- */
+
+void say(const char *id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+double now_ms(void);
+int ms_left(double deadline);
+void sleep_ms(long ms);
+const char *str_or(const char *s, const char *fallback);
+int pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int id_check(const char *id);
+bool exists(const char *path);
+int fsync_path(const char *path);
+int write_all(int fd, const void *buf, size_t len);
+int write_file(const char *dir, const char *name, const char *text, bool durable);
+ssize_t read_small(const char *path, char *buf, size_t n);
+int rm_tree_at(int parent, const char *name);
+/* Delete the .NAME.tmp entries of dir (left by a crash mid-freeze). */
+void tmp_sweep(const char *dir);
+int rm_tree(const char *path);
+int mkdir_p(char *path);
+int find_program(const char *name, char out[PATH_MAX]);
+void log_tail(const char *dir, const char *name, char *out, size_t n);
+
+/* dir/config: the VM's size, and whether its RAM is a file (cow).  A
+ * running VM's config need not be durable: a host crash loses the VM
+ * anyway; suspend() makes it durable with the state. */
+int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, bool durable);
+int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow);
+
+/* --- qemu.c ---------------------------------------------------------------- */
+
+bool pid_is_ours(pid_t pid, const char *qdir);
+pid_t pid_parse(const char *text);
+pid_t pid_from_file(const char *dir);
+/* The dir a QEMU running for dir was started in: dir/qemu.origin, else dir. */
+void qemu_origin(const char *dir, char qdir[PATH_MAX]);
+void say_died(const struct sandbox *s, const char *what);
+void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX]);
+
+/* Start QEMU for s, daemonized; incoming: wait paused for state_load().
+ * A cow sandbox maps ram_dir/<id>.ram, which must exist with its size. */
+int qemu_launch(struct sandbox *s, bool incoming);
+void qemu_stop(struct sandbox *s);
+int qmp_failed(struct sandbox *s, int r, const char *what);
+int query_status(struct sandbox *s, char *out, size_t n);
+/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
+int migrate_prepare(struct sandbox *s);
+
+/* Stop the guest, write QEMU's state to fd (device state only when cow:
+ * its RAM is the file), and, if ram_to is given, clone the RAM file to it
+ * while stopped.  The guest runs again afterwards if keep_running, and
+ * always on failure.  *frozen_ms: how long it was stopped. */
+int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double *frozen_ms);
+/* Load a state from fd into s's QEMU (launched incoming) and run it. */
+int state_load(struct sandbox *s, int fd, double deadline);
+
+/* --- agent.c --------------------------------------------------------------- */
+
+int agent_connect(struct sandbox *s, double deadline);
+/* Until the agent answers PING. */
+int agent_ping(struct sandbox *s, double deadline);
+/* Fresh entropy and the host's time: a restored or cloned guest has its parent's. */
+int agent_reseed(struct sandbox *s, double deadline);
+int agent_exec(struct sandbox *s, const char *code, size_t len, struct run_result *res);
+
+/* --- ram.c ----------------------------------------------------------------- */
+
+/* Find or make a RAM directory that clones files; sets b->ram_*.
+ * want: the mount asked for cow (else only an existing one is reused). */
+void ram_init(struct backend *b, bool want);
+/* Unmount our loop mount if nothing uses it any more. */
+void ram_fini(struct backend *b);
+int ram_path(const struct backend *b, const char *name, char out[PATH_MAX]);
+int ram_snapshot_path(const struct backend *b, const char *snap_id, char out[PATH_MAX]);
+/* An empty (sparse) RAM file of mem_mib at path. */
+int ram_create(const char *path, unsigned mem_mib);
+/* Open path for FICLONE (write), creating it. */
+int ram_open_dest(const char *path);
+/* dst_fd's data becomes a copy-on-write clone of src_fd's. */
+int ram_clone_fd(int src_fd, int dst_fd);
+int ram_clone(const char *src, const char *dst);
+/* Write back the dirty pages of a RAM file (before a freeze, so that the
+ * clone in the freeze has little left to flush). */
+void ram_preflush(const char *path);
+/* Remove the RAM files of ids and snapshots that known() does not claim. */
+void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char *id), void *ctx);
+
+/* --- golden.c -------------------------------------------------------------- */
+
+/* Compute b->golden_id from the files a booted world depends on. */
+int golden_init(struct backend *b, const char *kernel_args);
+/* The golden state for mem_mib/vcpus: its devstate (an fd) and its RAM
+ * file path; -ENOENT if none is baked yet. */
+int golden_open(struct backend *b, unsigned mem_mib, unsigned vcpus, char ram[PATH_MAX]);
+/* Freeze s (cold-booted, agent answering, not yet reseeded) as the golden
+ * state for its size.  s keeps running. */
+int golden_bake(struct sandbox *s);
+/* Forget the golden state for this size (it failed to load). */
+void golden_drop(struct backend *b, unsigned mem_mib, unsigned vcpus);
+
+/* --- pool.c ---------------------------------------------------------------- */
+
+int pool_start(struct backend *b, unsigned size);
+void pool_stop(struct backend *b);
+/* A waiting QEMU of mem_mib/vcpus, renamed to id (its dir, its RAM file):
+ * -ENOENT if none.  The caller clones the state's RAM into its RAM file,
+ * then loads the device state. */
+int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, struct sandbox **out);
+/* Remove what a crashed worldfs's pool left (QEMUs and files). */
+void pool_sweep(struct backend *b);
+/* Live sandboxes come and go: with none left the pool idles empty. */
+void pool_hold(struct backend *b);
+void pool_release(struct backend *b);
+
+/* --- vm.c ------------------------------------------------------------------ */
+
+int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, struct sandbox **out);
+int sandbox_open_dir(struct sandbox *s);
+void sandbox_free(struct sandbox *s);
+int sandbox_discard(struct sandbox *s);
+
+#endif
