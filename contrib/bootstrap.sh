@@ -201,6 +201,7 @@ EOF
 run_tests() {
 	suite build unit
 	suite build mount
+	suite build mount-copy
 	suite build morph
 
 	# The same again with AddressSanitizer and UBSan.  UBSan errors are
