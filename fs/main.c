@@ -222,11 +222,12 @@ static void report(int fd, char verdict)
 	}
 	close(fd);
 	if (verdict == 0 && (null = open("/dev/null", O_RDWR)) >= 0) {
+		/* stderr is the log's pipe; only the terminal echo stops. */
 		dup2(null, 0);
 		dup2(null, 1);
-		dup2(null, 2);
 		if (null > 2)
 			close(null);
+		runtime_log_echo(false);
 	}
 }
 
@@ -275,11 +276,13 @@ int main(int argc, char *argv[])
 	}
 
 	snprintf(log_path, sizeof(log_path), "%s/worldfs.log", state);
-	runtime_log_open(log_path);
 	if (!copts.foreground && background(&report_fd) < 0) {
 		perror("worldfs: fork");
 		goto out;
 	}
+	/* Until the mount is up the terminal sees every line too; in the
+	 * background it stops there (report()), with -f it goes on. */
+	runtime_log_open(log_path, true);
 	if (runtime_open(&rt, ops, &cfg, err, sizeof(err)) < 0) {
 		runtime_log("%s", err);
 		goto out;

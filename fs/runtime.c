@@ -3,10 +3,13 @@
  * without it (under the entity's oplock), then commit to the registry and
  * publish in memory under the tree lock again. */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,35 +24,112 @@ static double now_ms(void)
 	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static FILE *log_file;
+/* The log.  Everything written to stderr in this process (ours, the
+ * backends', libfuse's, SQLite's) goes through a pipe to one thread that
+ * stamps each line into STATE/worldfs.log and, while echoing, copies it to
+ * the terminal worldfs was started from. */
+static struct {
+	FILE *file;
+	int echo_fd;          /* the original stderr, or -1 */
+	pthread_t thread;
+	bool running;
+	pthread_mutex_t lock;
+} log_sink = { .echo_fd = -1, .lock = PTHREAD_MUTEX_INITIALIZER };
 
-void runtime_log_open(const char *path)
+static void *log_pump(void *arg)
 {
-	log_file = fopen(path, "a");
-	if (log_file)
-		setvbuf(log_file, NULL, _IOLBF, 0);
+	FILE *in = fdopen((int)(intptr_t)arg, "r");
+	char *line = NULL, now[32];
+	size_t cap = 0;
+	ssize_t n;
+
+	if (!in)
+		return NULL;
+	while ((n = getline(&line, &cap, in)) > 0) {
+		registry_now(now);
+		pthread_mutex_lock(&log_sink.lock);
+		if (log_sink.file)
+			fprintf(log_sink.file, "%s %s%s", now, line, line[n - 1] == '\n' ? "" : "\n");
+		if (log_sink.echo_fd >= 0 && write(log_sink.echo_fd, line, (size_t)n) < 0) {
+			/* the terminal is gone: the file still has it */
+		}
+		pthread_mutex_unlock(&log_sink.lock);
+	}
+	free(line);
+	fclose(in);
+	return NULL;
+}
+
+void runtime_log_open(const char *path, bool echo)
+{
+	int p[2];
+
+	log_sink.file = fopen(path, "a");
+	if (log_sink.file)
+		setvbuf(log_sink.file, NULL, _IOLBF, 0);
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return;
+	log_sink.echo_fd = echo ? fcntl(2, F_DUPFD_CLOEXEC, 3) : -1;
+	fflush(stderr);
+	dup2(p[1], 2);
+	close(p[1]);
+	setvbuf(stderr, NULL, _IOLBF, 0);
+	log_sink.running = pthread_create(&log_sink.thread, NULL, log_pump, (void *)(intptr_t)p[0]) == 0;
+	if (!log_sink.running) {
+		close(p[0]);
+		if (log_sink.echo_fd >= 0)
+			dup2(log_sink.echo_fd, 2);
+	}
+}
+
+void runtime_log_echo(bool echo)
+{
+	pthread_mutex_lock(&log_sink.lock);
+	if (!echo && log_sink.echo_fd >= 0) {
+		close(log_sink.echo_fd);
+		log_sink.echo_fd = -1;
+	}
+	pthread_mutex_unlock(&log_sink.lock);
 }
 
 void runtime_log_close(void)
 {
-	if (log_file)
-		fclose(log_file);
-	log_file = NULL;
+	int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+
+	fflush(stderr);
+	/* The pipe's last writer is fd 2: replacing it ends the pump. */
+	if (log_sink.echo_fd >= 0)
+		dup2(log_sink.echo_fd, 2);
+	else if (null >= 0)
+		dup2(null, 2);
+	if (null >= 0)
+		close(null);
+	if (log_sink.running) {
+		/* A child that kept a copy of fd 2 would hold the pipe open:
+		 * wait a little, then leave the pump to the process exit. */
+		struct timespec deadline;
+
+		clock_gettime(CLOCK_REALTIME, &deadline);
+		deadline.tv_sec += 2;
+		if (pthread_timedjoin_np(log_sink.thread, NULL, &deadline) != 0)
+			return;
+	}
+	log_sink.running = false;
+	runtime_log_echo(false);
+	if (log_sink.file)
+		fclose(log_sink.file);
+	log_sink.file = NULL;
 }
 
 void runtime_log(const char *fmt, ...)
 {
 	va_list ap;
-	char line[1024], now[32];
+	char line[1024];
 
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "worldfs: %s\n", line);
-	if (log_file) {
-		registry_now(now);
-		fprintf(log_file, "%s worldfs: %s\n", now, line);
-	}
 }
 
 /* ---- entities and references ---- */
@@ -1016,6 +1096,38 @@ static bool known_id(void *ctx, const char *id)
 	return find_loaded(c, id) != NULL;
 }
 
+/* One worldfs per state directory: two would each believe their registry
+ * and drive the same sandboxes.  The lock dies with the process. */
+static int state_lock(struct runtime *rt, const char *dir, char *err, size_t errlen)
+{
+	char path[4096], pid[32] = "";
+	ssize_t n;
+	int fd, rc;
+
+	snprintf(path, sizeof(path), "%s/worldfs.lock", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return rc;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+		n = pread(fd, pid, sizeof(pid) - 1, 0);
+		pid[n > 0 ? n : 0] = '\0';
+		pid[strcspn(pid, "\n")] = '\0';
+		snprintf(err, errlen, "%s: in use by another worldfs (pid %s)", dir, pid[0] ? pid : "?");
+		close(fd);
+		return rc;
+	}
+	n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)n, 0) < 0) {
+		/* the pid is only a hint for the message above */
+	}
+	rt->lock_fd = fd;
+	return 0;
+}
+
 int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct backend_config *cfg,
 		 char *err, size_t errlen)
 {
@@ -1024,6 +1136,7 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 	int rc;
 
 	pthread_mutex_init(&rt->lock, NULL);
+	rt->lock_fd = -1;
 	rt->cfg = *cfg;
 	rt->be_ops = ops;
 	if (mkdir(cfg->state_dir, 0700) < 0 && errno != EEXIST) {
@@ -1031,10 +1144,13 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 		snprintf(err, errlen, "%s: %s", cfg->state_dir, strerror(errno));
 		return rc;
 	}
+	rc = state_lock(rt, cfg->state_dir, err, errlen);
+	if (rc)
+		return rc;
 	snprintf(path, sizeof(path), "%s/worldfs.db", cfg->state_dir);
 	rc = registry_open(&rt->reg, path, err, errlen);
 	if (rc)
-		return rc;
+		goto fail;
 	rc = rt->be_ops->init(&rt->be, cfg, err, errlen);
 	if (rc)
 		goto fail;
@@ -1075,6 +1191,8 @@ fail:
 	rt->be = NULL;
 	registry_close(rt->reg);
 	rt->reg = NULL;
+	close(rt->lock_fd);
+	rt->lock_fd = -1;
 	return rc;
 }
 
@@ -1152,5 +1270,8 @@ void runtime_close(struct runtime *rt)
 	if (rt->be)
 		rt->be_ops->fini(rt->be);
 	registry_close(rt->reg);
+	if (rt->lock_fd >= 0)
+		close(rt->lock_fd);
+	rt->lock_fd = -1;
 	pthread_mutex_destroy(&rt->lock);
 }

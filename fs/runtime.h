@@ -17,6 +17,7 @@
 struct runtime {
 	pthread_mutex_t lock;          /* the tree and the registry */
 	struct registry *reg;
+	int lock_fd;                   /* flock on STATE/worldfs.lock */
 	const struct backend_ops *be_ops;
 	struct backend *be;
 	struct backend_config cfg;
@@ -62,9 +63,13 @@ int runtime_gf3(const struct entity *e);
 void runtime_path(const struct entity *e, char *out, size_t len);
 char *runtime_info_json(struct runtime *rt, struct entity *e);
 
-/* One line to stderr and to the log file (STATE/worldfs.log) once opened. */
+/* One line to stderr.  After runtime_log_open, stderr (of the whole
+ * process) feeds the log file STATE/worldfs.log, each line timestamped, and
+ * is echoed to the original stderr while echo is on.  Call it after any
+ * fork: it starts a thread. */
 void runtime_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void runtime_log_open(const char *path);
+void runtime_log_open(const char *path, bool echo);
+void runtime_log_echo(bool echo);
 void runtime_log_close(void);
 
 #endif

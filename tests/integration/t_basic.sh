@@ -19,6 +19,17 @@ expect_eq ".worldfs modes" "555 444 444 444 444 444" \
 		"$MNT/.worldfs/metrics" "$MNT/.worldfs/resolutions" "$MNT/.worldfs/version" | tr '\n' ' ' | sed 's/ $//')"
 expect_eq "mount root mode (any user may create worlds; sticky)" 1777 "$(stat -c %a "$MNT")"
 
+# One worldfs per state directory: a second mount of the same state fails.
+MNT2=$(mktemp -d)
+second=$("$WORLDFS" -o "state=$STATE${WORLDFS_OPTS:+,$WORLDFS_OPTS}" "$MNT2" 2>&1)
+second_rc=$?
+if mountpoint -q "$MNT2"; then
+	fusermount3 -u "$MNT2"
+fi
+rmdir "$MNT2"
+expect_eq "a second mount of the same state= fails" 1 "$second_rc"
+expect_match "and says the state is in use" 'in use by another worldfs' "$second"
+
 # A world.
 W=$MNT/w
 expect_ok "mkdir w (boot a world)" mkdir "$W"
