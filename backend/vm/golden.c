@@ -129,53 +129,24 @@ static void drop_stale(struct backend *b, unsigned mem_mib, unsigned vcpus)
 int golden_bake(struct sandbox *s)
 {
 	struct backend *b = s->b;
-	char dir[PATH_MAX], ram[PATH_MAX], tmp[PATH_MAX], ram_tmp[PATH_MAX], devstate[PATH_MAX], key[80];
+	char dir[PATH_MAX], ram[PATH_MAX], tmp[PATH_MAX], ram_tmp[PATH_MAX], key[80];
 	double t0 = now_ms(), frozen = 0;
-	int fd = -1, ram_fd = -1, r;
+	uint64_t bytes;
+	int r;
 
 	golden_key(b, s->mem_mib, s->vcpus, key, sizeof(key));
 	if ((r = golden_paths(b, s->mem_mib, s->vcpus, dir, ram)) < 0 ||
 	    (r = pathf(tmp, "%s/.%s.tmp", b->golden_dir, key)) < 0 ||
-	    (r = pathf(ram_tmp, "%s/golden/.%s.ram.tmp", b->ram_dir, key)) < 0 ||
-	    (r = pathf(devstate, "%s/devstate", tmp)) < 0)
+	    (r = pathf(ram_tmp, "%s/golden/.%s.ram.tmp", b->ram_dir, key)) < 0)
 		return r;
-	rm_tree(tmp);
-	if (mkdir(tmp, 0700) < 0) {
-		r = -errno;
-		goto out;
+	/* A golden state of the same key is replaced, never added beside. */
+	r = state_freeze(s, dir, tmp, ram, ram_tmp, true, &frozen, &bytes);
+	if (r < 0) {
+		say(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
+		return r;
 	}
-	fd = open(devstate, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	ram_fd = open(ram_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0 || ram_fd < 0) {
-		r = -errno;
-		goto out;
-	}
-	if ((r = state_save(s, fd, ram_fd, true, &frozen)) < 0)
-		goto out;
-	if (fsync(fd) < 0 || fsync(ram_fd) < 0 || rename(ram_tmp, ram) < 0) {
-		r = -errno;
-		goto out;
-	}
-	if ((r = config_write(tmp, s->mem_mib, s->vcpus, true, true)) < 0 || (r = fsync_path(tmp)) < 0)
-		goto out;
-	rm_tree(dir);
-	if (rename(tmp, dir) < 0) {
-		r = -errno;
-		goto out;
-	}
-	fsync_path(b->golden_dir);
 	drop_stale(b, s->mem_mib, s->vcpus);
 	fprintf(stderr, "worldfs: vm: golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it\n",
 		key, frozen, now_ms() - t0);
-out:
-	if (fd >= 0)
-		close(fd);
-	if (ram_fd >= 0)
-		close(ram_fd);
-	if (r < 0) {
-		say(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
-		rm_tree(tmp);
-		unlink(ram_tmp);
-	}
-	return r;
+	return 0;
 }

@@ -492,25 +492,33 @@ static int snapshot_paths(const struct backend *b, const char *snap_id, char dir
 /* Snapshot into a temporary directory, renamed into place once durable:
  * a crash leaves either no snapshot or a whole one (a frozen RAM file
  * without its dir is garbage, collected at the next mount). */
-static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_info *info)
+/* The directory that holds path (path without its last component). */
+static int parent_of(const char *path, char out[PATH_MAX])
 {
-	char dir[PATH_MAX], tmp[PATH_MAX], state[PATH_MAX], ram[PATH_MAX] = "", ram_tmp[PATH_MAX] = "";
-	char ram_parent[PATH_MAX];
-	bool ram_placed = false;
-	double frozen = 0;
+	const char *slash = strrchr(path, '/');
+
+	if (!slash || slash == path || (size_t)(slash - path) >= PATH_MAX)
+		return -EINVAL;
+	memcpy(out, path, (size_t)(slash - path));
+	out[slash - path] = '\0';
+	return 0;
+}
+
+int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
+		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes)
+{
+	char state[PATH_MAX], ram_parent[PATH_MAX], parent[PATH_MAX];
+	bool ram_placed = false, dir_placed = false;
 	struct stat st;
 	int fd = -1, ram_fd = -1, r;
 
-	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0 ||
-	    (r = pathf(state, "%s/%s", tmp, s->cow ? "devstate" : "state")) < 0)
-		return r;
-	if (s->cow && ((r = ram_snapshot_path(s->b, snap_id, ram)) < 0 ||
-		       (r = pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0 ||
-		       (r = pathf(ram_parent, "%s/snapshots", s->b->ram_dir)) < 0))
+	if ((r = pathf(state, "%s/%s", tmp, s->cow ? "devstate" : "state")) < 0 ||
+	    (r = parent_of(dir, parent)) < 0 ||
+	    (s->cow && (r = parent_of(ram, ram_parent)) < 0))
 		return r;
 	if (s->broken)
 		return -EIO;
-	if (exists(dir))
+	if (!replace && exists(dir))
 		return -EEXIST;
 	rm_tree(tmp);
 	if (mkdir(tmp, 0700) < 0) {
@@ -529,7 +537,7 @@ static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_i
 		say(s->id, "%s: %s", ram_tmp, strerror(-r));
 		goto out;
 	}
-	if ((r = state_save(s, fd, ram_fd, true, &frozen)) < 0)
+	if ((r = state_save(s, fd, ram_fd, true, frozen)) < 0)
 		goto out;
 	if (fsync(fd) < 0 || fstat(fd, &st) < 0) {
 		r = -errno;
@@ -552,29 +560,50 @@ static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_i
 		say(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
+	if (replace)
+		rm_tree(dir);
 	if (rename(tmp, dir) < 0) {
 		r = errno == ENOTEMPTY ? -EEXIST : -errno;
 		say(s->id, "%s: %s", dir, strerror(-r));
 		goto out;
 	}
-	if ((r = fsync_path(s->b->snap_dir)) < 0)
-		say(s->id, "%s: %s", s->b->snap_dir, strerror(-r));
-	/* What the snapshot holds; the RAM's blocks are shared until written. */
-	info->size_bytes = (uint64_t)st.st_size + (s->cow ? (uint64_t)s->mem_mib << 20 : 0);
-	info->snapshot_time_ms = frozen;
+	dir_placed = true;
+	if ((r = fsync_path(parent)) < 0)
+		say(s->id, "%s: %s", parent, strerror(-r));
+	*state_bytes = (uint64_t)st.st_size;
 out:
 	if (fd >= 0)
 		close(fd);
 	if (ram_fd >= 0)
 		close(ram_fd);
 	if (r < 0) {
-		rm_tree(tmp);
-		if (ram_tmp[0])
+		rm_tree(dir_placed ? dir : tmp);
+		if (s->cow)
 			unlink(ram_tmp);
 		if (ram_placed)
 			unlink(ram);
 	}
 	return r;
+}
+
+static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_info *info)
+{
+	char dir[PATH_MAX], tmp[PATH_MAX], ram[PATH_MAX] = "", ram_tmp[PATH_MAX] = "";
+	uint64_t bytes = 0;
+	double frozen = 0;
+	int r;
+
+	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0)
+		return r;
+	if (s->cow && ((r = ram_snapshot_path(s->b, snap_id, ram)) < 0 ||
+		       (r = pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0))
+		return r;
+	if ((r = state_freeze(s, dir, tmp, ram, ram_tmp, false, &frozen, &bytes)) < 0)
+		return r;
+	/* What the snapshot holds; the RAM's blocks are shared until written. */
+	info->size_bytes = bytes + (s->cow ? (uint64_t)s->mem_mib << 20 : 0);
+	info->snapshot_time_ms = frozen;
+	return 0;
 }
 
 static int vm_snapshot_delete(struct backend *b, const char *snap_id)

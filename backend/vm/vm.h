@@ -152,6 +152,13 @@ int migrate_prepare(struct sandbox *s);
  * while stopped.  The guest runs again afterwards if keep_running, and
  * always on failure.  *frozen_ms: how long it was stopped. */
 int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double *frozen_ms);
+/* Freeze s's full state durably into the directory dir (device state, or
+ * the whole state when s is not cow, and its config) and, cow, its RAM
+ * cloned to ram.  Built under the temp names tmp and ram_tmp and renamed
+ * into place, so a crash leaves a whole state or none; on failure nothing
+ * is left.  An existing dir is -EEXIST unless replace.  s keeps running. */
+int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
+		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes);
 /* Load a state from fd into s's QEMU (launched incoming) and run it. */
 int state_load(struct sandbox *s, int fd, double deadline);
 
