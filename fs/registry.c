@@ -14,6 +14,7 @@
 
 struct registry {
 	sqlite3 *db;
+	bool lazy;  /* the open transaction commits with synchronous=NORMAL */
 };
 
 static const char schema[] =
@@ -136,8 +137,48 @@ static int exec_sql(struct registry *r, const char *sql)
 }
 
 int registry_begin(struct registry *r) { return exec_sql(r, "BEGIN IMMEDIATE"); }
-int registry_commit(struct registry *r) { return exec_sql(r, "COMMIT"); }
-void registry_rollback(struct registry *r) { sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL); }
+
+/* A transaction whose commit is not flushed to disk: it survives worldfs
+ * being killed and a clean reboot, and a power loss takes it only together
+ * with everything after it (WAL order).  For what a run leaves (its output,
+ * its time): the run's effects in the guest are not durable either until
+ * a snapshot, and after a crash the world comes back from that snapshot,
+ * so the record and the state are lost together.  The next durable commit
+ * flushes it too.  SQLite takes the level only outside a transaction. */
+int registry_begin_lazy(struct registry *r)
+{
+	int rc = exec_sql(r, "PRAGMA synchronous=NORMAL");
+
+	if (rc == 0)
+		r->lazy = true;
+	if (rc == 0 && (rc = exec_sql(r, "BEGIN IMMEDIATE")) < 0)
+		registry_rollback(r);
+	return rc;
+}
+
+static void end_lazy(struct registry *r)
+{
+	if (r->lazy && exec_sql(r, "PRAGMA synchronous=FULL") == 0)
+		r->lazy = false;
+}
+
+/* A failed COMMIT leaves the transaction open: roll it back, or every
+ * later BEGIN would fail. */
+int registry_commit(struct registry *r)
+{
+	int rc = exec_sql(r, "COMMIT");
+
+	if (rc < 0)
+		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+	end_lazy(r);
+	return rc;
+}
+
+void registry_rollback(struct registry *r)
+{
+	sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+	end_lazy(r);
+}
 
 /* Prepare, bind with a tiny format ("t" text or NULL, "i" int64, "d" double,
  * "b" blob+len), step to completion. */

@@ -26,6 +26,7 @@ void registry_close(struct registry *r);
 /* Group several changes into one durable transaction. */
 int registry_begin(struct registry *r);
 int registry_commit(struct registry *r);
+int registry_begin_lazy(struct registry *r);
 void registry_rollback(struct registry *r);
 
 /* The entity row (and for snapshots the snapshots row); insert or update. */

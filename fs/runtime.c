@@ -725,7 +725,7 @@ int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t 
 	pthread_mutex_lock(&rt->lock);
 	if (!e->removed) {
 		double ms = now_ms() - t0;
-		err = registry_begin(rt->reg);
+		err = registry_begin_lazy(rt->reg);
 		if (!err)
 			err = registry_output_put(rt->reg, e->id, res->status, res->out, res->out_len,
 						  res->err, res->err_len, ms);

@@ -140,8 +140,9 @@ static int run_tool(const char *const argv[])
 	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -EIO;
 }
 
-/* Is the filesystem mounted on dir the loop mount of image? */
-static bool mounted_here(const char *dir, const char *image, bool *ours)
+/* Is the filesystem mounted on dir the loop mount of image?  dev gets
+ * the device's name ("loop3") when it is ours. */
+static bool mounted_here(const char *dir, const char *image, bool *ours, char dev_out[32])
 {
 	char source[PATH_MAX], type[PATH_MAX], sys[PATH_MAX], backing[PATH_MAX], real[PATH_MAX];
 	size_t cap = 1 << 20;
@@ -166,6 +167,8 @@ static bool mounted_here(const char *dir, const char *image, bool *ours)
 		if (backing[n - 1] == '\n')
 			backing[n - 1] = '\0';
 		*ours = strcmp(backing, real) == 0;
+		if (*ours && strlen(dev) < 32)
+			memcpy(dev_out, dev, strlen(dev) + 1);
 	}
 	return true;
 }
@@ -181,6 +184,25 @@ static bool image_is_xfs(const char *image)
 	yes = pread(fd, head, sizeof(head), 0) == (ssize_t)sizeof(head) && xfs_magic(head, sizeof(head));
 	close(fd);
 	return yes;
+}
+
+/* No read-ahead on our loop device.  A VM's first touch of a guest page
+ * then brings in that page, not a 128 KiB folio around it (or, with
+ * read-ahead, large folios that a 4 KiB guest write dirties whole): both
+ * the VM's memory (PSS) and what a snapshot must write back stay the
+ * pages the guest used.  The image's own file on the disk below keeps
+ * its read-ahead, so a cold restore still reads in large pieces. */
+static void loop_tune(const char *dev)
+{
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/dev/%s", dev);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || ioctl(fd, BLKRASET, 0UL) < 0)
+		fprintf(stderr, "worldfs: %s: read-ahead left on: %s\n", path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
 }
 
 /* Make STATE/vm/ram.xfs (once) and loop-mount it on the RAM directory. */
@@ -263,7 +285,7 @@ static const char *fs_name(const char *dir)
 void ram_init(struct backend *b, bool want)
 {
 	const char *why = NULL;
-	char sub[PATH_MAX];
+	char sub[PATH_MAX], dev[32] = "";
 	bool here, ours;
 
 	if (pathf(b->ram_dir, "%s/ram", b->dir) < 0 || pathf(b->ram_image, "%s/ram.xfs", b->dir) < 0)
@@ -272,7 +294,7 @@ void ram_init(struct backend *b, bool want)
 		fprintf(stderr, "worldfs: %s: %s\n", b->ram_dir, strerror(errno));
 		return;
 	}
-	here = mounted_here(b->ram_dir, b->ram_image, &ours);
+	here = mounted_here(b->ram_dir, b->ram_image, &ours, dev);
 	/* branch=copy: only what earlier mounts left (RAM files to resume). */
 	if (!want && !here && !exists(b->ram_image))
 		return;
@@ -290,7 +312,10 @@ void ram_init(struct backend *b, bool want)
 		umount2(b->ram_dir, 0);
 	} else {
 		b->ram_ready = b->ram_mounted = true;
+		mounted_here(b->ram_dir, b->ram_image, &ours, dev);
 	}
+	if (b->ram_mounted && dev[0])
+		loop_tune(dev);
 	if (why && want)
 		fprintf(stderr, "worldfs: %s: no reflink (%s) and %s: branching copies memory\n", b->ram_dir,
 			fs_name(b->ram_dir), why);

@@ -45,6 +45,20 @@ expect_eq "c does not see the parent's later writes" "pre pre" "$(wfs_run "$W/c"
 expect_eq "each verse has its own stdout" "a a|pre pre|w2" \
 	"$(wfs_val "$W/a/stdout")|$(wfs_val "$W/c/stdout")|$(wfs_run "$W" 'echo $V')"
 
+# Copy-on-write memory: a verse holds only the guest pages it touched (no
+# huge pages, no read-ahead around them), so a verse that ran a little costs
+# a few MiB of its RAM file, not most of its 128 MiB.
+if [ "${WFS_BACKEND:-vm}" = vm ] && grep -q '"ram": *"cow"' "$W/a/info"; then
+	qa=$(wfs_json_num "$W/a/info" pid)
+	ram_kib=$(awk '/\.ram$/ { m = 1; next } /^[0-9a-f]+-[0-9a-f]+ / { m = 0 }
+		m && /^Rss:/ { print $2 }' "/proc/$qa/smaps" 2>/dev/null)
+	hg=$(awk '/\.ram$/ { m = 1; next } m && /^VmFlags:/ { print / hg/ ? "hg" : "none"; m = 0 }' \
+		"/proc/$qa/smaps" 2>/dev/null)
+	expect_eq "a verse's guest RAM is not in huge pages" none "$hg"
+	expect_ok "a verse holds under 16 MiB of its guest RAM (${ram_kib:-?} KiB)" \
+		test "${ram_kib:-999999}" -lt 16384
+fi
+
 # Balances are inherited and then independent.
 expect_eq "a inherits alice" 10 "$(wfs_val "$W/a/balance/alice")"
 expect_ok "a/balance/alice 20" wfs_put "$W/a/balance/alice" 20

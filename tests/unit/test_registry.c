@@ -158,11 +158,48 @@ static void history_and_metrics(void **state)
 	sqlite3_close(db);
 }
 
+/* A run's record is committed lazily; the transactions around it still
+ * work, and both kinds survive a reopen. */
+static void lazy_and_durable_commits(void **state)
+{
+	struct registry *r;
+	char err[128], *buf = NULL;
+	size_t len = 0;
+	(void)state;
+
+	assert_int_equal(registry_open(&r, path, err, sizeof(err)), 0);
+	assert_int_equal(registry_begin_lazy(r), 0);
+	assert_int_equal(registry_output_put(r, "w-1", 3, "out", 3, "err!", 4, 1.5), 0);
+	assert_int_equal(registry_metric_add(r, "w-1", "exec", 1.5), 0);
+	assert_int_equal(registry_commit(r), 0);
+	/* a lazy transaction that is rolled back leaves nothing behind */
+	assert_int_equal(registry_begin_lazy(r), 0);
+	assert_int_equal(registry_metric_add(r, "w-1", "exec", 99), 0);
+	registry_rollback(r);
+	assert_int_equal(registry_begin(r), 0);
+	assert_int_equal(registry_branch_add(r, "w-1", "v-1", "live", 4.5, 0), 0);
+	assert_int_equal(registry_commit(r), 0);
+	registry_close(r);
+
+	assert_int_equal(registry_open(&r, path, err, sizeof(err)), 0);
+	assert_int_equal(registry_output_get(r, "w-1", 1, &buf, &len), 0);
+	assert_int_equal(len, 3);
+	assert_memory_equal(buf, "out", 3);
+	free(buf);
+	json_t *m = registry_metrics(r);
+	json_t *o = json_object_get(json_object_get(m, "timings_ms"), "exec");
+	assert_int_equal(json_integer_value(json_object_get(o, "n")), 1);
+	assert_int_equal(json_integer_value(json_object_get(json_object_get(m, "counts"), "branches")), 1);
+	json_decref(m);
+	registry_close(r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(entities_roundtrip, setup, teardown),
 		cmocka_unit_test_setup_teardown(history_and_metrics, setup, teardown),
+		cmocka_unit_test_setup_teardown(lazy_and_durable_commits, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
