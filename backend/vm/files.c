@@ -233,16 +233,18 @@ int find_program(const char *name, char out[PATH_MAX])
 	return -ENOENT;
 }
 
-int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, bool durable)
+int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, unsigned machine, bool durable)
 {
-	char text[96];
+	char text[128];
 
-	snprintf(text, sizeof(text), "mem_mib=%u\nvcpus=%u\n%s", mem_mib, vcpus, cow ? "ram=file\n" : "");
+	snprintf(text, sizeof(text), "mem_mib=%u\nvcpus=%u\n%smachine=%u\n", mem_mib, vcpus,
+		 cow ? "ram=file\n" : "", machine);
 	return write_file(dir, "config", text, durable);
 }
 
-/* A config without a ram= line is a full-copy VM (worldfs 0.1). */
-int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow)
+/* A config without a ram= line is a full-copy VM, one without a machine=
+ * line machine 1 (worldfs 0.1). */
+int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow, unsigned *machine)
 {
 	char path[PATH_MAX], text[128];
 	ssize_t n;
@@ -256,6 +258,11 @@ int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow)
 	if (sscanf(text, "mem_mib=%u vcpus=%u", mem_mib, vcpus) != 2 || *mem_mib == 0 || *vcpus == 0)
 		return -EINVAL;
 	*cow = strstr(text, "\nram=file\n") != NULL;
+	const char *m = strstr(text, "\nmachine=");
+
+	*machine = MACHINE_PIT;
+	if (m && (sscanf(m, "\nmachine=%u", machine) != 1 || *machine < MACHINE_PIT || *machine > MACHINE_CURRENT))
+		return -EINVAL;  /* a newer worldfs made it */
 	return 0;
 }
 

@@ -56,7 +56,8 @@ int golden_init(struct backend *b, const char *kernel_args)
 		h = fnv1a(h, part);
 	}
 	/* What else the frozen guest was made with; format 1. */
-	snprintf(extra, sizeof(extra), "golden-1;%s;%s;tb=%u;", kernel_args, b->kvm ? "kvm" : "tcg", TCG_TB_MIB);
+	snprintf(extra, sizeof(extra), "golden-1;%s;%s;tb=%u;machine=%u;", kernel_args, b->kvm ? "kvm" : "tcg",
+		 TCG_TB_MIB, MACHINE_CURRENT);
 	h = fnv1a(h, extra);
 	snprintf(b->golden_id, sizeof(b->golden_id), "%016llx", (unsigned long long)h);
 	return 0;

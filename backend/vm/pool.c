@@ -59,6 +59,7 @@ static int member_start(struct backend *b, struct sandbox **out)
 	s->mem_mib = b->mem_mib;
 	s->vcpus = b->vcpus;
 	s->cow = true;
+	s->machine = MACHINE_CURRENT;
 	snprintf(s->id, sizeof(s->id), ".pool-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
 		 rnd[4], rnd[5], rnd[6], rnd[7]);
 	if ((r = pathf(s->dir, "%s/%s", b->dir, s->id)) < 0 || (r = ram_path(b, s->id, ram)) < 0) {
@@ -247,7 +248,7 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 		say(id, "%s: %s", ram_to, strerror(-r));
 		goto fail;
 	}
-	if ((r = config_write(s->dir, mem_mib, vcpus, true, false)) < 0) {
+	if ((r = config_write(s->dir, mem_mib, vcpus, true, s->machine, false)) < 0) {
 		say(id, "%s/config: %s", s->dir, strerror(-r));
 		goto fail;
 	}

@@ -209,8 +209,8 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	snprintf(name, sizeof(name), "worldfs-%s", s->id);
 	snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", qmp_sock);
 	snprintf(agent_arg, sizeof(agent_arg), "socket,id=agent,path=%s,server=on,wait=off", agent_sock);
-	snprintf(machine, sizeof(machine), "microvm,x-option-roms=off,rtc=on,isa-serial=on%s",
-		 s->cow ? ",memory-backend=mem" : "");
+	snprintf(machine, sizeof(machine), "microvm,x-option-roms=off,rtc=on,isa-serial=on%s%s",
+		 s->machine >= MACHINE_NO_PIT ? ",pit=off" : "", s->cow ? ",memory-backend=mem" : "");
 	if (b->kvm)
 		snprintf(accel, sizeof(accel), "kvm");
 	else

@@ -37,7 +37,8 @@
 #include "backend/vm/vm.h"
 
 static const char kernel_append[] =
-	"console=ttyS0 quiet panic=-1 cryptomgr.notests tsc=reliable no_timer_check pci=off mitigations=off";
+	"console=ttyS0 quiet panic=-1 cryptomgr.notests tsc=reliable no_timer_check pci=off mitigations=off "
+	"nowatchdog";
 
 /* Names in STATE/vm that are not sandboxes. */
 static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs" };
@@ -68,6 +69,7 @@ int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsigned vc
 	s->dirfd = s->agent = -1;
 	s->mem_mib = mem_mib ? mem_mib : b->mem_mib;
 	s->vcpus = vcpus ? vcpus : b->vcpus;
+	s->machine = MACHINE_CURRENT;
 	snprintf(s->id, sizeof(s->id), "%s", id);
 	if ((r = pathf(s->dir, "%s/%s", b->dir, id)) < 0) {
 		free(s);
@@ -97,7 +99,7 @@ static int sandbox_make_dir(struct sandbox *s)
 			say(s->id, "%s: %s", s->dir, strerror(-r));
 		return r;
 	}
-	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, s->mem_mib, s->vcpus, s->cow, false)) < 0) {
+	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, s->mem_mib, s->vcpus, s->cow, s->machine, false)) < 0) {
 		say(s->id, "%s: %s", s->dir, strerror(-r));
 		if (s->dirfd >= 0)
 			close(s->dirfd);
@@ -151,12 +153,17 @@ static int sandbox_start(struct sandbox *s, int state_fd, bool launched, bool re
 		return r;
 	s->steps.qemu_ms = launched ? 0 : now_ms() - t;
 	t = now_ms();
+	/* Connect before the state comes: the saved state has the host
+	 * connected, and a port found unconnected at load makes the guest
+	 * see a hang-up and then a new connection, which its agent only
+	 * notices on its next look at the port. */
+	if ((r = agent_connect(s, deadline)) < 0)
+		goto fail;
 	if (state_fd >= 0 && (r = state_load(s, state_fd, deadline)) < 0)
 		goto fail;
 	s->steps.load_ms = now_ms() - t;
 	t = now_ms();
-	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
-	    (reseed && (r = agent_reseed(s, deadline)) < 0))
+	if ((r = agent_ping(s, deadline)) < 0 || (reseed && (r = agent_reseed(s, deadline)) < 0))
 		goto fail;
 	s->steps.ready_ms = now_ms() - t;
 	s->broken = false;
@@ -173,16 +180,16 @@ static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
 
 /* A sandbox for a new world or verse: a QEMU from the pool (*pooled; its
  * dir and RAM file already renamed to id) if pooled is not NULL, else a
- * new dir to start one in. */
+ * new dir to start one in.  The pool's QEMUs are all MACHINE_CURRENT. */
 static int sandbox_prepare(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, bool cow,
-			   struct sandbox **out, bool *pooled)
+			   unsigned machine, struct sandbox **out, bool *pooled)
 {
 	struct sandbox *s;
 	int r;
 
 	if (pooled)
 		*pooled = false;
-	if (pooled && cow) {
+	if (pooled && cow && machine == MACHINE_CURRENT) {
 		r = pool_take(b, id, mem_mib, vcpus, out);
 		if (r == 0) {
 			*pooled = (*out)->steps.pooled = true;
@@ -194,6 +201,7 @@ static int sandbox_prepare(struct backend *b, const char *id, unsigned mem_mib, 
 	if ((r = sandbox_new(b, id, mem_mib, vcpus, &s)) < 0)
 		return r;
 	s->cow = cow;
+	s->machine = machine;
 	if ((r = sandbox_make_dir(s)) < 0) {
 		sandbox_free(s);
 		return r;
@@ -370,7 +378,7 @@ static int create_cold(struct backend *b, const char *id, unsigned mem_mib, unsi
 	struct sandbox *s;
 	int r;
 
-	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, b->cow, &s, NULL)) < 0)
+	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
 		return r;
 	if (b->cow && ((r = ram_path(b, id, ram)) < 0 || (r = ram_create(ram, s->mem_mib)) < 0)) {
 		say(id, "%s: %s", ram, strerror(-r));
@@ -402,7 +410,7 @@ static int create_from_golden(struct backend *b, const char *id, unsigned mem_mi
 	if (fd < 0)
 		return fd;
 	t = now_ms();
-	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, true, &s, &pooled)) < 0) {
+	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, true, MACHINE_CURRENT, &s, &pooled)) < 0) {
 		close(fd);
 		return r;
 	}
@@ -556,7 +564,7 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 			goto out;
 		}
 	}
-	if ((r = config_write(tmp, s->mem_mib, s->vcpus, s->cow, true)) < 0 || (r = fsync_path(tmp)) < 0) {
+	if ((r = config_write(tmp, s->mem_mib, s->vcpus, s->cow, s->machine, true)) < 0 || (r = fsync_path(tmp)) < 0) {
 		say(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
@@ -649,7 +657,7 @@ static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child,
 
 /* A snapshot's state file (and its RAM file, ram[0] == 0 when it has none). */
 static int branch_state_of_snapshot(struct backend *b, const char *snap_id, unsigned *mem_mib, unsigned *vcpus,
-				    bool *cow, char ram[PATH_MAX])
+				    bool *cow, unsigned *machine, char ram[PATH_MAX])
 {
 	char dir[PATH_MAX], state[PATH_MAX];
 	int r, fd;
@@ -657,7 +665,7 @@ static int branch_state_of_snapshot(struct backend *b, const char *snap_id, unsi
 	ram[0] = '\0';
 	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
-	if ((r = config_read(dir, mem_mib, vcpus, cow)) < 0) {
+	if ((r = config_read(dir, mem_mib, vcpus, cow, machine)) < 0) {
 		if (r != -ENOENT)
 			fprintf(stderr, "worldfs: vm: %s/config: %s\n", dir, strerror(-r));
 		return r;
@@ -685,7 +693,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 {
 	double t0 = now_ms(), t, frozen = 0;
 	char src_ram[PATH_MAX] = "", ram[PATH_MAX];
-	unsigned mem_mib = 0, vcpus = 0;
+	unsigned mem_mib = 0, vcpus = 0, machine = MACHINE_CURRENT;
 	struct sandbox *s = NULL;
 	bool cow = false, pooled = false;
 	int fd = -1, ram_to = -1, r;
@@ -696,15 +704,16 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 		mem_mib = parent->mem_mib;
 		vcpus = parent->vcpus;
 		cow = parent->cow;
+		machine = parent->machine;
 	} else {
 		if (!snap_id)
 			return -EINVAL;
-		fd = branch_state_of_snapshot(b, snap_id, &mem_mib, &vcpus, &cow, src_ram);
+		fd = branch_state_of_snapshot(b, snap_id, &mem_mib, &vcpus, &cow, &machine, src_ram);
 		if (fd < 0)
 			return fd;
 	}
 	t = now_ms();
-	if ((r = sandbox_prepare(b, child_id, mem_mib, vcpus, cow, &s, &pooled)) < 0) {
+	if ((r = sandbox_prepare(b, child_id, mem_mib, vcpus, cow, machine, &s, &pooled)) < 0) {
 		s = NULL;
 		goto out;
 	}
@@ -872,14 +881,14 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 {
 	char path[PATH_MAX];
 	struct sandbox *s;
-	unsigned mem_mib, vcpus;
+	unsigned mem_mib, vcpus, machine;
 	bool cow;
 	pid_t pid;
 	int r;
 
 	if ((r = sandbox_new(b, id, 0, 0, &s)) < 0)
 		return r;
-	if ((r = config_read(s->dir, &mem_mib, &vcpus, &cow)) < 0 || (r = sandbox_open_dir(s)) < 0) {
+	if ((r = config_read(s->dir, &mem_mib, &vcpus, &cow, &machine)) < 0 || (r = sandbox_open_dir(s)) < 0) {
 		if (r != -ENOENT)
 			say(id, "%s: %s", s->dir, strerror(-r));
 		sandbox_free(s);
@@ -888,6 +897,7 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 	s->mem_mib = mem_mib;
 	s->vcpus = vcpus;
 	s->cow = cow;
+	s->machine = machine;
 	qemu_origin(s->dir, s->qdir);
 	if ((r = pathf(path, "%s/suspend.state", s->dir)) < 0)
 		goto fail;
@@ -928,7 +938,7 @@ fail:
 static enum sandbox_presence vm_probe(struct backend *b, const char *id, const char *handle)
 {
 	char dir[PATH_MAX], qdir[PATH_MAX], path[PATH_MAX], ram[PATH_MAX];
-	unsigned mem_mib, vcpus;
+	unsigned mem_mib, vcpus, machine;
 	bool cow = false;
 
 	if (id_check(id) < 0 || reserved(id) || pathf(dir, "%s/%s", b->dir, id) < 0 ||
@@ -937,7 +947,7 @@ static enum sandbox_presence vm_probe(struct backend *b, const char *id, const c
 	qemu_origin(dir, qdir);
 	if (pid_is_ours(pid_parse(handle), qdir) || pid_is_ours(pid_from_file(dir), qdir))
 		return SANDBOX_RUNNING;
-	if (!exists(path) || config_read(dir, &mem_mib, &vcpus, &cow) < 0)
+	if (!exists(path) || config_read(dir, &mem_mib, &vcpus, &cow, &machine) < 0)
 		return SANDBOX_GONE;
 	if (cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !exists(ram)))
 		return SANDBOX_GONE;

@@ -93,6 +93,7 @@ struct sandbox {
 	unsigned mem_mib;
 	unsigned vcpus;
 	bool cow;                 /* guest RAM is the file ram_dir/<id>.ram, shared */
+	unsigned machine;         /* the QEMU machine a saved state needs (MACHINE_*) */
 	uint32_t next_run;
 	bool migrate_ready;       /* migration parameters and capabilities set */
 	bool broken;              /* the agent or QEMU failed: later calls get EIO */
@@ -125,8 +126,15 @@ void log_tail(const char *dir, const char *name, char *out, size_t n);
 /* dir/config: the VM's size, and whether its RAM is a file (cow).  A
  * running VM's config need not be durable: a host crash loses the VM
  * anyway; suspend() makes it durable with the state. */
-int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, bool durable);
-int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow);
+/* The machine a VM is started as; its device state only loads into the same.
+ * 1: worldfs 0.1 (microvm with the i8254 PIT); 2: no PIT, whose 37 Hz timer
+ * woke every idle QEMU (half of an idle VM's CPU). */
+#define MACHINE_PIT 1
+#define MACHINE_NO_PIT 2
+#define MACHINE_CURRENT MACHINE_NO_PIT
+/* A VM's config file: memory, vCPUs, RAM kind, machine (absent: 1). */
+int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, unsigned machine, bool durable);
+int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow, unsigned *machine);
 
 /* --- qemu.c ---------------------------------------------------------------- */
 
