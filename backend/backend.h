@@ -55,8 +55,14 @@ struct snapshot_info {
 	double snapshot_time_ms;  /* how long the world was frozen */
 };
 
-/* What a branch cost. */
+/* A branch: what the caller lets go early, and what it cost. */
 struct branch_info {
+	/* In: called at most once, as soon as the parent's state has been
+	 * taken; from then on the backend does not touch the parent, which
+	 * may run, be branched again or go away.  May be NULL. */
+	void (*parent_done)(void *arg);
+	void *parent_done_arg;
+	/* Out. */
 	double snapshot_time_ms;  /* how long the parent was paused (0 from a named snapshot) */
 	double total_ms;          /* until the child's session answered */
 };

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -231,6 +232,19 @@ static void report(int fd, char verdict)
 	}
 }
 
+/* Each live VM holds a few descriptors (its directory, QMP, the agent):
+ * hundreds of verses need more than the usual soft limit of 1024. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			fprintf(stderr, "worldfs: raising the open-file limit: %s\n", strerror(errno));
+	}
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -262,6 +276,7 @@ int main(int argc, char *argv[])
 	}
 	if (fuse_parse_cmdline(&args, &copts) != 0)
 		return 1;
+	raise_fd_limit();
 	if (!copts.mountpoint) {
 		fprintf(stderr, "usage: %s [options] MOUNTPOINT (see --help)\n", argv[0]);
 		goto out;

@@ -486,6 +486,24 @@ int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t 
 	return err;
 }
 
+/* The parent's oplock, held from before a branch until the backend has
+ * taken the parent's state (branch_info.parent_done), not until the child
+ * answers: siblings then start side by side, and the parent runs on. */
+struct held_parent {
+	pthread_mutex_t *oplock;
+	bool held;
+};
+
+static void parent_release(void *arg)
+{
+	struct held_parent *h = arg;
+
+	if (h->held) {
+		h->held = false;
+		pthread_mutex_unlock(h->oplock);
+	}
+}
+
 int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, uid_t uid, gid_t gid)
 {
 	bool from_snapshot = parent->kind == ENTITY_SNAPSHOT;
@@ -518,11 +536,15 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 	if (from_snapshot) {
 		err = rt->be_ops->branch(rt->be, NULL, parent->id, e->id, &sb, handle, &info);
 	} else {
+		struct held_parent h = { .oplock = &parent->oplock, .held = true };
+
 		pthread_mutex_lock(&parent->oplock);
+		info.parent_done = parent_release;
+		info.parent_done_arg = &h;
 		err = sandbox_ensure(rt, parent);
 		if (!err)
 			err = rt->be_ops->branch(rt->be, parent->sb, NULL, e->id, &sb, handle, &info);
-		pthread_mutex_unlock(&parent->oplock);
+		parent_release(&h);
 	}
 
 	pthread_mutex_lock(&rt->lock);

@@ -727,10 +727,15 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	}
 	t = now_ms();
 	if (parent) {
-		if ((fd = r = branch_state_of_parent(parent, s, ram_to, &frozen)) < 0)
-			goto fail;
+		r = branch_state_of_parent(parent, s, ram_to, &frozen);
 		s->steps.freeze_ms = frozen;
 		s->steps.clone_ms = cow ? parent->clone_in_freeze_ms : 0;
+		/* The child starts from its own files: siblings can start at once. */
+		if (info && info->parent_done)
+			info->parent_done(info->parent_done_arg);
+		parent = NULL;
+		if ((fd = r) < 0)
+			goto fail;
 	} else if (cow) {
 		int src = open(src_ram, O_RDONLY | O_CLOEXEC);
 

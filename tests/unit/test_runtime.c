@@ -2,6 +2,7 @@
  * probabilities, balances inherited on branch, resolve/WEV arithmetic,
  * removal rules, and the registry bringing the tree back after a restart. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -70,10 +72,50 @@ static int f_snapshot(struct sandbox *s, const char *snap, struct snapshot_info 
 	return 0;
 }
 static int f_snapshot_delete(struct backend *b, const char *snap) { (void)b; (void)snap; return 0; }
+/* A slow branch: once it has let the parent go, the parent must answer an
+ * exec while the child is still starting. */
+static struct {
+	struct runtime *rt;
+	struct entity *parent;
+	bool on;
+	int exec_rc;            /* what the parent's exec returned */
+	bool exec_in_time;      /* ... before the child was done */
+} slow;
+
+static void *slow_exec(void *arg)
+{
+	struct run_result res;
+
+	(void)arg;
+	slow.exec_rc = runtime_exec(slow.rt, slow.parent, "echo", 4, &res);
+	if (slow.exec_rc == 0)
+		run_result_release(&res);
+	return NULL;
+}
+
+static void slow_child_start(struct branch_info *i, pthread_t *t)
+{
+	struct timespec until;
+
+	if (i->parent_done)
+		i->parent_done(i->parent_done_arg);
+	pthread_create(t, NULL, slow_exec, NULL);
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
+	slow.exec_in_time = pthread_timedjoin_np(*t, NULL, &until) == 0;
+}
+
 static int f_branch(struct backend *b, struct sandbox *parent, const char *snap, const char *child,
 		    struct sandbox **out, char handle[BACKEND_HANDLE_MAX], struct branch_info *i)
 {
-	(void)parent; (void)snap;
+	pthread_t t;
+
+	(void)snap;
+	if (slow.on && parent) {
+		slow_child_start(i, &t);
+		if (!slow.exec_in_time)
+			pthread_detach(t);  /* it runs once the branch returns */
+	}
 	*out = up(b, child, handle);
 	i->snapshot_time_ms = 1;
 	i->total_ms = 2;
@@ -291,11 +333,34 @@ static void snapshots_and_removal(void **state)
 	runtime_close(&rt);
 }
 
+static void parent_runs_while_child_starts(void **state)
+{
+	struct runtime rt;
+	struct entity *w;
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "w", 0, 0), 0);
+	w = verse(&rt, NULL, "w");
+	slow.rt = &rt;
+	slow.parent = w;
+	slow.exec_rc = 1;
+	slow.exec_in_time = false;
+	slow.on = true;
+	assert_int_equal(runtime_branch(&rt, w, "v", 0, 0), 0);
+	slow.on = false;
+	assert_true(slow.exec_in_time);
+	assert_int_equal(slow.exec_rc, 0);
+	assert_non_null(verse(&rt, w, "v"));
+	runtime_close(&rt);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(scenario, setup, teardown),
 		cmocka_unit_test_setup_teardown(snapshots_and_removal, setup, teardown),
+		cmocka_unit_test_setup_teardown(parent_runs_while_child_starts, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
