@@ -77,9 +77,15 @@ struct buf {
 	size_t len, cap;
 };
 
-/* One captured stream of a run: a FIFO read end and what it gave so far. */
+/* One captured stream of a run: a FIFO read end and what it gave so far.
+ * The agent also holds a write end (hold) for the length of the run, so
+ * the shell closing its end at the end of the code wakes nobody: under TCG
+ * each such wake-up (a hang-up per stream) costs a guest context switch.
+ * The run ends at the status line; then hold is closed and one last read
+ * tells whether a background job still writes there. */
 struct stream {
 	int fd;
+	int hold;
 	const char *name;     /* FIFO name inside the run dir */
 	bool eof;             /* no writer now: stop polling until the end */
 	struct buf data;
@@ -631,12 +637,27 @@ static int stream_open(struct agent *a, struct stream *s)
 	s->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (s->fd < 0)
 		return -errno;
+	s->hold = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+	if (s->hold < 0)
+		return -errno;
 	return 0;
+}
+
+static void stream_close(struct stream *s)
+{
+	if (s->fd >= 0)
+		close(s->fd);
+	if (s->hold >= 0)
+		close(s->hold);
+	s->fd = s->hold = -1;
 }
 
 /* End of run: take the rest, hand still-held FIFOs to the drain list. */
 static void stream_finish(struct agent *a, struct stream *s, size_t max)
 {
+	if (s->hold >= 0)
+		close(s->hold);
+	s->hold = -1;
 	if (s->fd < 0)
 		return;
 	if (stream_read(s, max))
@@ -770,8 +791,8 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 		.timeout_ms = proto_get_u32(p + 4),
 		.output_max = proto_get_u32(p + 8),
 		.seq = ++a->seq,
-		.out = { .fd = -1, .name = "out" },
-		.err = { .fd = -1, .name = "err" },
+		.out = { .fd = -1, .hold = -1, .name = "out" },
+		.err = { .fd = -1, .hold = -1, .name = "err" },
 	};
 	if (r->output_max == 0 || r->output_max > OUTPUT_CAP)
 		r->output_max = OUTPUT_CAP;
@@ -818,10 +839,8 @@ fail:
 	msg.len = 0;
 	buf_printf(&msg, "[worldfs: agent could not %s: %s]\n", step, strerror(-ret));
 	say("run %u: could not %s: %s", r->id, step, strerror(-ret));
-	if (r->out.fd >= 0)
-		close(r->out.fd);
-	if (r->err.fd >= 0)
-		close(r->err.fd);
+	stream_close(&r->out);
+	stream_close(&r->err);
 	send_early_result(a, r->id, 125, &msg);
 out:
 	buf_release(&msg);
@@ -1259,7 +1278,7 @@ int main(int argc, char **argv)
 		.dir = RUN_DIR,
 		.sigfd = -1,
 		.sess = { .ctl = -1, .status = -1 },
-		.run = { .out = { .fd = -1 }, .err = { .fd = -1 } },
+		.run = { .out = { .fd = -1, .hold = -1 }, .err = { .fd = -1, .hold = -1 } },
 	};
 	sigset_t mask;
 	int i, ret;

@@ -103,6 +103,16 @@ expect_eq "variables, functions, cwd and files persist" "42 hi you /tmp/wfs-t da
 expect_eq "a background process survives into the next run" alive \
 	"$(wfs_run "$W" 'kill -0 "$BG" && echo alive')"
 
+# A background job that keeps the run's stdout: the run still ends at once,
+# and what the job writes later is not in the next run's output.
+t0=$(wfs_now)
+expect_eq "a run ends while its background job holds stdout" early \
+	"$(wfs_run "$W" '(sleep 2; echo late) & echo early')"
+expect_ok "... without waiting for the job" test $(($(wfs_now) - t0)) -lt 2
+expect_eq "the next run's stdout is its own" next "$(wfs_run "$W" 'echo next')"
+sleep 3
+expect_eq "a run after the job wrote is not given its output" after "$(wfs_run "$W" 'echo after')"
+
 # Writes to read-only files, and an oversized exec.
 expect_errno EACCES wfs_put "$W/state" collapsed
 expect_errno EACCES wfs_put "$W/stdout" x
