@@ -132,7 +132,7 @@ int sandbox_discard(struct sandbox *s)
 	char ram[PATH_MAX];
 	int r;
 
-	qemu_stop(s);
+	qemu_kill(s);
 	if (s->dirfd >= 0)
 		close(s->dirfd);
 	s->dirfd = -1;

@@ -150,6 +150,7 @@ void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char ou
  * A cow sandbox maps ram_dir/<id>.ram, which must exist with its size. */
 int qemu_launch(struct sandbox *s, bool incoming);
 void qemu_stop(struct sandbox *s);
+void qemu_kill(struct sandbox *s);
 int qmp_failed(struct sandbox *s, int r, const char *what);
 int query_status(struct sandbox *s, char *out, size_t n);
 /* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
