@@ -491,6 +491,16 @@ int migrate_prepare(struct sandbox *s)
 	return 0;
 }
 
+/* The pause between two looks at a migration: 1 ms for its first 50 ms
+ * (saving or loading a device state takes a few, and the parent is paused
+ * meanwhile), then doubling up to 8 ms for a long full-copy migration. */
+static long poll_pause(long pause, double since)
+{
+	if (now_ms() - since < 50)
+		return 1;
+	return pause < 8 ? pause * 2 : pause;
+}
+
 static int migrate_wait(struct sandbox *s)
 {
 	double deadline = now_ms() + MIGRATE_TIMEOUT_MS;
@@ -499,7 +509,9 @@ static int migrate_wait(struct sandbox *s)
 	const char *st = "";
 	int r;
 
-	for (long pause = 1;; pause = pause < 8 ? pause * 2 : pause) {
+	double t0 = now_ms();
+
+	for (long pause = 1;; pause = poll_pause(pause, t0)) {
 		r = qmp_command(s->qmp, "query-migrate", NULL, &ret, QMP_TIMEOUT_MS);
 		if (r < 0)
 			return qmp_failed(s, r, "query-migrate");
@@ -562,7 +574,7 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		r = migrate_wait(s);
 	/* "completed" comes a moment before the VM leaves finish-migrate,
 	 * and cont refuses until then ("Migration is not finalized yet"). */
-	for (long pause = 1; r == 0; pause = pause < 8 ? pause * 2 : pause) {
+	for (long pause = 1; r == 0; pause = poll_pause(pause, t0)) {
 		char st[32];
 
 		if ((r = query_status(s, st, sizeof(st))) < 0) {
@@ -617,7 +629,9 @@ int state_load(struct sandbox *s, int fd, double deadline)
 	if (r < 0)
 		return qmp_failed(s, r, "migrate-incoming");
 	/* QEMU exits when the load fails: query-status then fails with EPIPE. */
-	for (long pause = 1; strcmp(st, "inmigrate") == 0; pause = pause < 8 ? pause * 2 : pause) {
+	double t0 = now_ms();
+
+	for (long pause = 1; strcmp(st, "inmigrate") == 0; pause = poll_pause(pause, t0)) {
 		if (now_ms() > deadline) {
 			say(s->id, "loading the state took too long");
 			return -ETIMEDOUT;
