@@ -9,7 +9,9 @@
  * -pidfile argument, by which it is known again).
  *
  * Members exist for the default size only, and only while some world is
- * up: an idle mount holds no spare QEMU. */
+ * up or went down less than POOL_LINGER_MS ago: an idle mount holds no
+ * spare QEMU, and a script that removes its last world and creates the
+ * next still finds one waiting. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,6 +28,7 @@
 
 #define POOL_MAX 64
 #define POOL_RETRY_MS 5000  /* after a member failed to start */
+#define POOL_LINGER_MS 5000 /* members kept after the last world went */
 
 struct pool {
 	struct backend *b;
@@ -36,6 +39,7 @@ struct pool {
 	struct sandbox *ready[POOL_MAX];
 	unsigned nready;
 	unsigned live;      /* sandboxes up (pool_hold - pool_release) */
+	double idle_since;  /* when live last fell to 0 */
 	bool stopping;
 	double retry_at;    /* no new member before this (start failures) */
 };
@@ -101,7 +105,7 @@ static void *pool_main(void *arg)
 				say("pool", "starting a waiting qemu: %s (retrying in %d s)", strerror(-r),
 				    POOL_RETRY_MS / 1000);
 				p->retry_at = now_ms() + POOL_RETRY_MS;
-			} else if (p->stopping || p->live == 0) {
+			} else if (p->stopping) {
 				pthread_mutex_unlock(&p->lock);
 				sandbox_discard(s);
 				pthread_mutex_lock(&p->lock);
@@ -110,7 +114,7 @@ static void *pool_main(void *arg)
 			}
 			continue;
 		}
-		if (p->live == 0 && p->nready > 0) {
+		if (p->live == 0 && p->nready > 0 && now_ms() >= p->idle_since + POOL_LINGER_MS) {
 			struct sandbox *s = p->ready[--p->nready];
 
 			pthread_mutex_unlock(&p->lock);
@@ -118,10 +122,10 @@ static void *pool_main(void *arg)
 			pthread_mutex_lock(&p->lock);
 			continue;
 		}
-		if (p->live > 0 && p->nready < p->size) {
-			/* waiting out a retry delay */
+		if ((p->live > 0 && p->nready < p->size) || (p->live == 0 && p->nready > 0)) {
+			/* waiting out a retry delay, or the linger before emptying */
 			struct timespec ts;
-			long ms = ms_left(p->retry_at);
+			long ms = ms_left(p->live > 0 ? p->retry_at : p->idle_since + POOL_LINGER_MS);
 
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += ms / 1000;
@@ -200,8 +204,10 @@ void pool_release(struct backend *b)
 	if (!p)
 		return;
 	pthread_mutex_lock(&p->lock);
-	if (p->live > 0 && --p->live == 0)
+	if (p->live > 0 && --p->live == 0) {
+		p->idle_since = now_ms();
 		pthread_cond_signal(&p->cond);
+	}
 	pthread_mutex_unlock(&p->lock);
 }
 
