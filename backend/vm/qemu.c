@@ -386,28 +386,12 @@ fail:
 	return r;
 }
 
-/* End a QEMU whose state is being thrown away (a collapsed or removed
- * verse, a failed start): SIGKILL, which ends it in about a millisecond
- * where a quit over QMP takes 6-10 ms of orderly teardown.  Leaves s with
- * no process and no connections. */
-void qemu_kill(struct sandbox *s)
-{
-	if (s->agent >= 0)
-		close(s->agent);
-	s->agent = -1;
-	qmp_close(s->qmp);
-	s->qmp = NULL;
-	if (s->pid > 0 && pid_is_ours(s->pid, s->qdir)) {
-		kill(s->pid, SIGKILL);
-		if (!wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))
-			say(s->id, "qemu pid %d did not exit", (int)s->pid);
-	}
-	s->pid = 0;
-}
-
-/* Stop QEMU: quit over QMP, else SIGTERM, else SIGKILL.  Leaves s with no
- * process and no connections. */
-void qemu_stop(struct sandbox *s)
+/* End QEMU and leave s with no process and no connections.  quit: ask
+ * over QMP first, then SIGTERM, then SIGKILL.  Without quit (its state is
+ * thrown away: a collapsed or removed verse, a failed start) SIGKILL at
+ * once, which ends it in about a millisecond where an orderly quit takes
+ * 6-10 ms of teardown. */
+static void qemu_end(struct sandbox *s, bool quit)
 {
 	static const int sigs[] = { SIGTERM, SIGKILL };
 	bool quitting = false;
@@ -415,7 +399,7 @@ void qemu_stop(struct sandbox *s)
 	if (s->agent >= 0)
 		close(s->agent);
 	s->agent = -1;
-	if (s->qmp && s->pid > 0) {
+	if (quit && s->qmp && s->pid > 0) {
 		int r = qmp_command(s->qmp, "quit", NULL, NULL, QMP_TIMEOUT_MS);
 
 		/* QEMU may close the connection before answering. */
@@ -426,7 +410,7 @@ void qemu_stop(struct sandbox *s)
 	qmp_close(s->qmp);
 	s->qmp = NULL;
 	if (s->pid > 0 && !(quitting && wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))) {
-		for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		for (size_t i = quit ? 0 : 1; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
 			/* Signal only what is still our QEMU: the pid may be reused. */
 			if (!pid_is_ours(s->pid, s->qdir))
 				break;
@@ -439,6 +423,9 @@ void qemu_stop(struct sandbox *s)
 	}
 	s->pid = 0;
 }
+
+void qemu_stop(struct sandbox *s) { qemu_end(s, true); }
+void qemu_kill(struct sandbox *s) { qemu_end(s, false); }
 
 /* --- migration ------------------------------------------------------------ */
 
@@ -501,15 +488,37 @@ static long poll_pause(long pause, double since)
 	return pause < 8 ? pause * 2 : pause;
 }
 
-static int migrate_wait(struct sandbox *s)
+/* Look at the VM's run state until it is no longer `state`; the last one
+ * seen goes to st.  what names the step in messages. */
+static int status_wait_while(struct sandbox *s, const char *state, char st[32], double deadline,
+			     const char *what)
 {
-	double deadline = now_ms() + MIGRATE_TIMEOUT_MS;
-	json_t *ret = NULL;
-	char desc[256] = "";
-	const char *st = "";
+	double t0 = now_ms();
 	int r;
 
-	double t0 = now_ms();
+	for (long pause = 1;; pause = poll_pause(pause, t0)) {
+		if ((r = query_status(s, st, 32)) < 0)
+			return qmp_failed(s, r, what);
+		if (strcmp(st, state) != 0)
+			return 0;
+		if (now_ms() > deadline) {
+			say(s->id, "%s: still %s after %.0f ms", what, state, now_ms() - t0);
+			return -ETIMEDOUT;
+		}
+		sleep_ms(pause);
+	}
+}
+
+/* Until the outgoing migration is over: "completed" comes a moment before
+ * the VM leaves finish-migrate, and cont refuses until then ("Migration is
+ * not finalized yet"), so that is waited out too. */
+static int migrate_wait(struct sandbox *s)
+{
+	double t0 = now_ms(), deadline = t0 + MIGRATE_TIMEOUT_MS;
+	json_t *ret = NULL;
+	char desc[256] = "", run[32];
+	const char *st = "";
+	int r;
 
 	for (long pause = 1;; pause = poll_pause(pause, t0)) {
 		r = qmp_command(s->qmp, "query-migrate", NULL, &ret, QMP_TIMEOUT_MS);
@@ -533,6 +542,8 @@ static int migrate_wait(struct sandbox *s)
 		r = strstr(desc, "No space left") ? -ENOSPC : -EIO;
 	}
 	json_decref(ret);
+	if (r == 0)
+		r = status_wait_while(s, "finish-migrate", run, deadline, "finishing the migration");
 	return r;
 }
 
@@ -572,24 +583,6 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		r = qmp_failed(s, r, "migrate");
 	else
 		r = migrate_wait(s);
-	/* "completed" comes a moment before the VM leaves finish-migrate,
-	 * and cont refuses until then ("Migration is not finalized yet"). */
-	for (long pause = 1; r == 0; pause = poll_pause(pause, t0)) {
-		char st[32];
-
-		if ((r = query_status(s, st, sizeof(st))) < 0) {
-			r = qmp_failed(s, r, "query-status");
-			break;
-		}
-		if (strcmp(st, "finish-migrate") != 0)
-			break;
-		if (now_ms() - t0 > MIGRATE_TIMEOUT_MS) {
-			say(s->id, "the VM stayed in finish-migrate after its state was saved");
-			r = -ETIMEDOUT;
-			break;
-		}
-		sleep_ms(pause);
-	}
 	/* The guest is stopped: its RAM file is what the state goes with. */
 	if (r == 0 && ram_fd >= 0) {
 		double t = now_ms();
@@ -617,7 +610,7 @@ out_fd:
 
 int state_load(struct sandbox *s, int fd, double deadline)
 {
-	char st[32] = "inmigrate";
+	char st[32];
 	int r;
 
 	if ((r = migrate_prepare(s)) < 0)
@@ -629,17 +622,8 @@ int state_load(struct sandbox *s, int fd, double deadline)
 	if (r < 0)
 		return qmp_failed(s, r, "migrate-incoming");
 	/* QEMU exits when the load fails: query-status then fails with EPIPE. */
-	double t0 = now_ms();
-
-	for (long pause = 1; strcmp(st, "inmigrate") == 0; pause = poll_pause(pause, t0)) {
-		if (now_ms() > deadline) {
-			say(s->id, "loading the state took too long");
-			return -ETIMEDOUT;
-		}
-		sleep_ms(pause);
-		if ((r = query_status(s, st, sizeof(st))) < 0)
-			return qmp_failed(s, r, "loading the state");
-	}
+	if ((r = status_wait_while(s, "inmigrate", st, deadline, "loading the state")) < 0)
+		return r;
 	if (strcmp(st, "paused") != 0 && strcmp(st, "prelaunch") != 0) {
 		say(s->id, "after loading the state the VM is %s", st);
 		return -EIO;

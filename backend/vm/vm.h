@@ -149,6 +149,8 @@ void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char ou
 /* Start QEMU for s, daemonized; incoming: wait paused for state_load().
  * A cow sandbox maps ram_dir/<id>.ram, which must exist with its size. */
 int qemu_launch(struct sandbox *s, bool incoming);
+/* End QEMU: stop asks it to quit first; kill (its state is thrown away)
+ * does not.  Both leave s with no process and no connections. */
 void qemu_stop(struct sandbox *s);
 void qemu_kill(struct sandbox *s);
 int qmp_failed(struct sandbox *s, int r, const char *what);
