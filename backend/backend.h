@@ -14,10 +14,14 @@ enum accel { ACCEL_AUTO, ACCEL_KVM, ACCEL_TCG };
 
 struct backend_config {
 	const char *state_dir;   /* STATE/: the backend keeps its files below STATE/<backend>/ */
-	const char *image_dir;   /* guest kernel + initramfs (vm) */
+	const char *image;       /* vm: the guest image, a name in image_base or a directory */
+	const char *image_base;  /* vm: where image names are directories */
 	enum accel accel;
-	unsigned mem_mib;        /* size of a new top-level world */
-	unsigned vcpus;
+	unsigned mem_mib;        /* size of a new top-level world; 0: the backend's (image's) default */
+	unsigned vcpus;          /* 0: 1 */
+	bool reseed_sessions;    /* reseed=all: a branch or restore also reseeds the
+	                          * interpreters' global generators, not only the
+	                          * kernel's RNG (a new world always does) */
 	unsigned exec_timeout_s; /* longest run of one exec */
 	size_t output_max;       /* largest captured stdout/stderr per run */
 	const char *morph_url;   /* morph only */
@@ -80,7 +84,8 @@ struct branch_info {
 
 struct backend_ops {
 	const char *name;
-	int (*init)(struct backend **out, const struct backend_config *cfg, char *err, size_t errlen);
+	/* Fills in the defaults it chose for what cfg leaves 0 (mem_mib, vcpus). */
+	int (*init)(struct backend **out, struct backend_config *cfg, char *err, size_t errlen);
 	void (*fini)(struct backend *b);
 
 	/* Boot a fresh world; returns when its session answers. */

@@ -6,7 +6,7 @@
 #
 # Safe to re-run: it installs only missing packages, configures only an
 # unconfigured build dir, and ninja rebuilds only what changed.
-#   build  packages + build/ (worldfs, agent, guest image)
+#   build  packages + build/ (worldfs, agent, guest images: debian and busybox)
 #   demo   build, then mount worldfs on a temp dir and run contrib/demo.sh
 #   test   build, then the unit, mount and morph suites in build/ and again
 #          in build-asan/ (AddressSanitizer + UBSan); ends with "N passed, N failed"
@@ -16,7 +16,8 @@ set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils busybox-static kmod libfuse3-dev fuse3 meson
 ninja-build pkg-config libcmocka-dev libsqlite3-dev libjansson-dev
-libcurl4-openssl-dev sqlite3 cpio xz-utils gcc libc6-dev xfsprogs python3"
+libcurl4-openssl-dev sqlite3 cpio xz-utils gcc libc6-dev xfsprogs python3
+mmdebstrap squashfs-tools-ng"
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
@@ -67,7 +68,7 @@ configure() {
 }
 
 configure build
-say "ninja -C build (worldfs, agent, guest image)"
+say "ninja -C build (worldfs, agent, guest images)"
 ninja -C build
 [ -x build/fs/worldfs ] || die "build/fs/worldfs was not built"
 
@@ -201,6 +202,7 @@ EOF
 run_tests() {
 	suite build unit
 	suite build mount
+	suite build mount-busybox
 	suite build mount-copy
 	suite build morph
 

@@ -18,7 +18,7 @@
 #include "fs/runtime.h"
 
 struct options {
-	char *backend, *accel, *state, *image, *morph_url, *morph_snapshot, *morph_image, *branch;
+	char *backend, *accel, *state, *image, *morph_url, *morph_snapshot, *morph_image, *branch, *reseed;
 	unsigned mem, vcpus, exec_timeout, pool;
 	unsigned long output_max;
 	int help, version;
@@ -39,6 +39,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("morph_image=%s", morph_image),
 	OPT("branch=%s", branch),
 	OPT("pool=%u", pool),
+	OPT("reseed=%s", reseed),
 	OPT("-h", help),
 	OPT("--help", help),
 	OPT("-V", version),
@@ -58,12 +59,18 @@ static void usage(const char *prog)
 	       "                            and a usable /dev/kvm, else tcg)\n"
 	       "    -o state=DIR            registry, snapshots, sandboxes (default: /var/lib/worldfs\n"
 	       "                            for root, else $XDG_STATE_HOME/worldfs)\n"
-	       "    -o image=DIR            guest kernel (vmlinux) + initramfs (initrd.cpio.gz)\n"
-	       "                            (default: the image built in the tree, else the installed one)\n"
-	       "    -o mem=MIB              memory of a new top-level world (default: 128)\n"
+	       "    -o image=NAME|DIR       the guest: debian (Debian 12 with python3, numpy, pandas),\n"
+	       "                            busybox (sh only, smallest), or a directory made by\n"
+	       "                            backend/image/build-image.sh (default: debian)\n"
+	       "    -o mem=MIB              memory of a new top-level world (default: the image's:\n"
+	       "                            debian 512, busybox 128)\n"
 	       "    -o vcpus=N              vCPUs of a new top-level world (default: 1)\n"
 	       "    -o exec_timeout=SEC     longest run of one exec (default: 60)\n"
 	       "    -o output_max=BYTES     largest captured stdout/stderr per run (default: 1048576)\n"
+	       "    -o reseed=all|kernel    after a branch or restore, reseed the guest kernel's RNG\n"
+	       "                            and the sessions' generators (Python random, numpy.random),\n"
+	       "                            or the kernel's only, keeping common random numbers\n"
+	       "                            across sibling verses (default: all)\n"
 	       "    -o branch=cow|copy      vm: branch copy-on-write (default where the state\n"
 	       "                            directory can clone files, or as root) or by copying memory\n"
 	       "    -o pool=N               vm: QEMU processes kept started for branches (default: 2)\n"
@@ -92,12 +99,19 @@ static char *default_state_dir(void)
 	return s;
 }
 
-static bool image_at(const char *dir)
+/* Where image names are directories: the images built in the source
+ * tree, if any, else the installed ones. */
+static const char *image_base(void)
 {
+	static const char *const names[] = { "debian", "busybox" };
 	char p[PATH_MAX];
 
-	snprintf(p, sizeof(p), "%s/vmlinux", dir);
-	return access(p, R_OK) == 0;
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(p, sizeof(p), "%s/%s/vmlinux", WORLDFS_IMAGE_DIR, names[i]);
+		if (access(p, R_OK) == 0)
+			return WORLDFS_IMAGE_DIR;
+	}
+	return WORLDFS_INSTALLED_IMAGE_DIR;
 }
 
 /* Like mkdir -p for the state directory. */
@@ -134,7 +148,7 @@ static int parse_config(struct options *o, struct backend_config *cfg, char **st
 		fprintf(stderr, "worldfs: accel=%s: expected auto, kvm or tcg\n", o->accel);
 		return -EINVAL;
 	}
-	if (o->mem < 64 || o->mem > 1024 * 1024) {
+	if (o->mem && (o->mem < 64 || o->mem > 1024 * 1024)) {
 		fprintf(stderr, "worldfs: mem=%u: expected 64..1048576 MiB\n", o->mem);
 		return -EINVAL;
 	}
@@ -158,6 +172,14 @@ static int parse_config(struct options *o, struct backend_config *cfg, char **st
 		fprintf(stderr, "worldfs: branch=%s: expected cow or copy\n", o->branch);
 		return -EINVAL;
 	}
+	if (!o->reseed || strcmp(o->reseed, "all") == 0)
+		cfg->reseed_sessions = true;
+	else if (strcmp(o->reseed, "kernel") == 0)
+		cfg->reseed_sessions = false;
+	else {
+		fprintf(stderr, "worldfs: reseed=%s: expected all or kernel\n", o->reseed);
+		return -EINVAL;
+	}
 	if (o->pool > 64) {
 		fprintf(stderr, "worldfs: pool=%u: expected 0..64\n", o->pool);
 		return -EINVAL;
@@ -173,9 +195,10 @@ static int parse_config(struct options *o, struct backend_config *cfg, char **st
 	}
 	*state_abs = abs;
 	if (!o->image)
-		o->image = strdup(image_at(WORLDFS_IMAGE_DIR) ? WORLDFS_IMAGE_DIR : WORLDFS_INSTALLED_IMAGE_DIR);
+		o->image = strdup("debian");
 	cfg->state_dir = abs;
-	cfg->image_dir = o->image;
+	cfg->image = o->image;
+	cfg->image_base = image_base();
 	cfg->mem_mib = o->mem;
 	cfg->vcpus = o->vcpus;
 	cfg->exec_timeout_s = o->exec_timeout;
@@ -248,7 +271,7 @@ static void raise_fd_limit(void)
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct options o = { .mem = 128, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 2 };
+	struct options o = { .mem = 0, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 2 };
 	struct fuse_cmdline_opts copts = { 0 };
 	struct backend_config cfg;
 	const struct backend_ops *ops;
@@ -349,6 +372,7 @@ out:
 	free(o.morph_snapshot);
 	free(o.morph_image);
 	free(o.branch);
+	free(o.reseed);
 	runtime_log_close();
 	return rc;
 }

@@ -723,46 +723,88 @@ out_locked:
 
 /* ---- exec ---- */
 
+/* A run that was accepted but did not run to its end in the world still
+ * leaves its own status (255), empty stdout and a one-line note in stderr:
+ * a shell never sees close(2) fail, so these files are what tells. */
+static int lost_run(struct run_result *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int lost_run(struct run_result *res, const char *fmt, ...)
+{
+	va_list ap;
+	char *note = NULL;
+	int n;
+
+	run_result_release(res);
+	memset(res, 0, sizeof(*res));
+	va_start(ap, fmt);
+	n = vasprintf(&note, fmt, ap);
+	va_end(ap);
+	res->status = 255;
+	res->out = strdup("");
+	res->err = n < 0 ? NULL : note;
+	res->err_len = n < 0 ? 0 : (size_t)n;
+	if (!res->out || !res->err) {
+		run_result_release(res);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
 int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t len, struct run_result *res)
 {
-	double t0;
+	double t0 = now_ms();
+	bool ran = false, record;
 	int err;
 
 	memset(res, 0, sizeof(*res));
 	pthread_mutex_lock(&e->oplock);
 	err = sandbox_ensure(rt, e);
-	if (err)
-		goto out;
-	t0 = now_ms();
-	err = rt->be_ops->exec(e->sb, code, len, res);
-	if (err) {
-		char why[256];
-		snprintf(why, sizeof(why), "sandbox died during a run: %s", strerror(-err));
-		rt->be_ops->destroy(e->sb);
-		e->sb = NULL;
-		mark_failed(rt, e, why);
-		err = -EIO;
-		goto out;
+	if (err == -EROFS) {
+		record = lost_run(res, "[worldfs: not run: this verse was collapsed]\n") == 0;
+	} else if (err == -EIO) {
+		pthread_mutex_lock(&rt->lock);
+		record = lost_run(res, "[worldfs: not run: the world has failed: %s]\n",
+				  e->failure ? e->failure : "see info") == 0;
+		pthread_mutex_unlock(&rt->lock);
+	} else if (err) {
+		goto out;  /* removed: nothing to record in */
+	} else {
+		err = rt->be_ops->exec(e->sb, code, len, res);
+		record = ran = err == 0;
+		if (err) {
+			char why[256];
+
+			snprintf(why, sizeof(why), "sandbox died during a run: %s", strerror(-err));
+			rt->be_ops->destroy(e->sb);
+			e->sb = NULL;
+			mark_failed(rt, e, why);
+			record = lost_run(res, "[worldfs: the world died during this run (%s); it is failed now, "
+					  "info says why]\n", strerror(-err)) == 0;
+			err = -EIO;
+		}
 	}
 	pthread_mutex_lock(&rt->lock);
-	if (!e->removed) {
+	if (!e->removed && record) {
 		double ms = now_ms() - t0;
-		err = registry_begin_lazy(rt->reg);
-		if (!err)
-			err = registry_output_put(rt->reg, e->id, res->status, res->out, res->out_len,
-						  res->err, res->err_len, ms);
-		if (!err)
-			err = registry_metric_add(rt->reg, e->id, "exec", ms);
-		if (!err)
-			err = registry_commit(rt->reg);
+		int rerr = registry_begin_lazy(rt->reg);
+
+		if (!rerr)
+			rerr = registry_output_put(rt->reg, e->id, res->status, res->out, res->out_len,
+						   res->err, res->err_len, ms);
+		if (!rerr && ran)
+			rerr = registry_metric_add(rt->reg, e->id, "exec", ms);
+		if (!rerr)
+			rerr = registry_commit(rt->reg);
 		else
 			registry_rollback(rt->reg);
-		if (!err) {
+		if (!rerr) {
 			e->has_run = true;
 			e->status = res->status;
 			e->out_len = res->out_len;
 			e->err_len = res->err_len;
 		}
+		if (!err)
+			err = rerr;
 	}
 	pthread_mutex_unlock(&rt->lock);
 	if (!err && res->timed_out)
@@ -1173,7 +1215,7 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 	rc = registry_open(&rt->reg, path, err, errlen);
 	if (rc)
 		goto fail;
-	rc = rt->be_ops->init(&rt->be, cfg, err, errlen);
+	rc = rt->be_ops->init(&rt->be, &rt->cfg, err, errlen);
 	if (rc)
 		goto fail;
 	rc = registry_load(rt->reg, load_one, &c);

@@ -48,8 +48,11 @@ int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t 
 int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, uid_t uid, gid_t gid);
 int runtime_snapshot(struct runtime *rt, struct entity *w, const char *name, uid_t uid, gid_t gid);
 int runtime_remove(struct runtime *rt, struct entity *e);
-/* Runs code; -ETIMEDOUT when killed by exec_timeout (res filled), -EIO when
- * the world died, -EROFS in a collapsed verse. */
+/* Runs code; -ETIMEDOUT when killed by exec_timeout, -EIO when the world
+ * died or had failed, -EROFS in a collapsed verse.  Every run it accepts
+ * is recorded with its own status and outputs, also when it failed (124
+ * time-out; 255 and a note in stderr otherwise), and res holds them: the
+ * caller releases res whatever the result. */
 int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t len, struct run_result *res);
 int runtime_resolve(struct runtime *rt, struct entity *parent, const char *winner, uid_t uid);
 

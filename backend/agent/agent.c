@@ -1,33 +1,50 @@
 /* agent.c: worldfs-agent, the guest's /init.  It mounts the basics, loads
- * the virtio modules, then serves the host's frames on the virtio-serial
- * port "agent", running code in one persistent sh session per world.
+ * the kernel modules it needs, mounts the image's root disk if it has one,
+ * then serves the host's frames on the virtio-serial port "agent", running
+ * code in the world's persistent sessions: one sh session, and one Python
+ * session started on the first run that asks for it.
  *
  * Not as PID 1 (a test on the host), it skips the setup and takes
- *   --fd N     serve frames on fd N instead of the port; stop at its EOF
- *   --dir DIR  where the run files live (default /run/worldfs)
+ *   --fd N          serve frames on fd N instead of the port; stop at its EOF
+ *   --dir DIR       where the run files live (default /run/worldfs)
+ *   --session FILE  the Python session program (default
+ *                   /lib/worldfs/worldfs_session.py)
  *
- * How a run works.  The session is `busybox sh` reading commands from a
- * pipe; its stdout is a second pipe that only carries status lines.  For
- * each EXEC the agent writes the code to DIR/code, makes two FIFOs for the
- * run's stdout and stderr, and sends the session one line that sources the
- * code with those redirections and then prints
- * "worldfs-status SEQ STATUS".  The run ends at that line, not at EOF of
- * the FIFOs, so background processes may keep them open: the agent keeps
- * draining them instead of closing them under a writer (SIGPIPE).  The code
- * is not checked with `sh -n` first: a fork and exec per run costs more
- * than the rest of the run under TCG, and sourcing it gives script
- * semantics (a syntax error ends the run there, with status 2).
+ * The root disk.  With worldfs.root=DEV on the kernel command line (the
+ * debian image), DEV is a read-only squashfs shared by every world; the
+ * agent mounts it under an overlay whose upper layer is a tmpfs, i.e. in
+ * guest memory, and moves the whole system onto it (as switch_root does,
+ * but staying PID 1).  The guest's writes then live in its RAM, so
+ * snapshots, branches and suspends capture the disk with the memory.
  *
- * Timeouts.  busybox ash without job control keeps every child in the
- * shell's process group and starts `&` children with SIGINT and SIGQUIT
- * ignored.  A non-interactive ash dies of an untrapped SIGINT, and runs a
- * trap only once its foreground child has exited.  So the session traps
- * SIGINT to unwind the code (see session_trap), and on a timeout the
- * agent sends SIGINT to the shell and to its foreground children (same
- * group, SIGINT not ignored), then every KILL_TICK_MS again, with SIGKILL
- * for children that outlived a tick.  A shell that still has not printed
- * its status after KILL_GRACE_MS is killed and replaced
- * (PROTO_F_SESSION_RESET). */
+ * How a run works.  The first line of the code picks the session:
+ * "#!python3" (or "#!python") the Python session, "#!/ABS/PATH [ARG]" a
+ * one-off script run by that interpreter from the sh session, anything
+ * else the sh session.  A session is a child reading commands from a pipe
+ * and writing one status line per run to a second pipe.  For each EXEC the
+ * agent writes the code to DIR/code, makes two FIFOs for the run's stdout
+ * and stderr, and sends the session one command: the sh session gets a
+ * line that sources the code (or runs the interpreter on it) with those
+ * redirections and then prints "worldfs-status SEQ STATUS"; the Python
+ * session (worldfs_session.py) gets "run SEQ" and does the same itself.
+ * The run ends at the status line, not at EOF of the FIFOs, so background
+ * processes may keep them open: the agent keeps draining them instead of
+ * closing them under a writer (SIGPIPE).  The sh code is not checked with
+ * `sh -n` first: a fork and exec per run costs more than the rest of the
+ * run under TCG, and sourcing it gives script semantics (a syntax error
+ * ends the run there, with status 2).
+ *
+ * Timeouts.  sh (busybox ash, dash) without job control keeps every child
+ * in the shell's process group and starts `&` children with SIGINT and
+ * SIGQUIT ignored.  A non-interactive sh dies of an untrapped SIGINT, and
+ * runs a trap only once its foreground child has exited.  So the sh
+ * session traps SIGINT to unwind the code (see session_trap), and the
+ * Python session turns it into KeyboardInterrupt while a run is on.  On a
+ * timeout the agent sends SIGINT to the session and to its foreground
+ * children (same group, SIGINT not ignored), then every KILL_TICK_MS
+ * again, with SIGKILL for children that outlived a tick.  A session that
+ * still has not printed its status after KILL_GRACE_MS is killed and
+ * started afresh on its next run (PROTO_F_SESSION_RESET). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -55,13 +72,19 @@
 #include "backend/agent/proto.h"
 
 #define AGENT_NAME "worldfs-agent " PROTO_VERSION
-#define SHELL_PATH "/bin/busybox"
+#define SHELL_PATH "/bin/sh"
+#define PYTHON_NAME "python3"
+#define SESSION_PY "/lib/worldfs/worldfs_session.py"  /* in the initramfs */
+#define SESSION_PY_NAME "worldfs_session.py"          /* its copy in the run dir */
+#define SESSION_PY_MAX (1u << 20)
 #define PORT_NAME "agent"
 #define RUN_DIR "/run/worldfs"
 #define HOME_DIR "/root"
+#define NEW_ROOT "/.worldfs-root"  /* in the initramfs: where the root disk's overlay is built */
+#define ROOT_WAIT_MS 10000         /* for the root disk's device node */
 #define PORT_RETRY_MS 20
 #define KILL_TICK_MS 50
-#define KILL_GRACE_MS 1000
+#define KILL_GRACE_MS 2000
 #define OUTPUT_CAP (16u << 20)   /* per stream; two fit in PROTO_FRAME_MAX */
 #define QUEUE_MAX 8              /* EXECs waiting behind the current run */
 #define DRAIN_MAX 64             /* old run FIFOs still held by background jobs */
@@ -92,16 +115,22 @@ struct stream {
 	uint64_t total;       /* bytes read, kept or not */
 };
 
+/* The sessions of a world, each started on the first run that needs it. */
+enum session_kind { SESSION_SH, SESSION_PYTHON, SESSION_KINDS };
+
+static const char *const session_names[SESSION_KINDS] = { "sh", PYTHON_NAME };
+
 struct session {
-	pid_t pid;            /* the sh, 0 when there is none */
-	int ctl;              /* its stdin: we write commands */
-	int status;           /* its stdout: status lines */
+	pid_t pid;            /* the interpreter, 0 when there is none */
+	int ctl;              /* we write commands here */
+	int status;           /* it writes status lines here */
 	struct buf line;      /* partial status line */
-	char note[160];       /* why the previous session ended, for the next run */
+	char note[200];       /* why the previous session ended, for the next run */
 };
 
 struct run {
 	bool active;
+	enum session_kind kind;
 	uint32_t id, timeout_ms, output_max, flags;
 	unsigned long seq;
 	struct stream out, err;
@@ -126,7 +155,10 @@ struct agent {
 	struct buf in;
 	int sigfd;
 	const char *dir;
-	struct session sess;
+	char *py_text;            /* the Python session program, copied into dir */
+	size_t py_len;
+	char *root_error;         /* the root disk could not be mounted: every run says why */
+	struct session sess[SESSION_KINDS];
 	struct run run;
 	unsigned long seq;
 	struct pending *queue, **queue_tail;
@@ -194,16 +226,22 @@ static int buf_add(struct buf *b, const void *data, size_t len)
 
 static int buf_printf(struct buf *b, const char *fmt, ...)
 {
-	char tmp[256];
 	va_list ap;
-	int n;
+	int n, ret;
 
 	va_start(ap, fmt);
-	n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
+	n = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
 	if (n < 0)
 		return -EINVAL;
-	return buf_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
+	/* vsnprintf writes a terminating NUL, which len does not count. */
+	if ((ret = buf_reserve(b, b->len + (size_t)n + 1)) < 0)
+		return ret;
+	va_start(ap, fmt);
+	vsnprintf((char *)b->p + b->len, (size_t)n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t)n;
+	return 0;
 }
 
 static void buf_release(struct buf *b)
@@ -236,21 +274,33 @@ static const struct mountpoint {
 	const char *source, *target, *type;
 	unsigned long flags;
 	const char *data;
-} mountpoints[] = {
+} early_mounts[] = {
+	/* In the initramfs, before anything else; moved onto the root disk. */
 	{ "devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755" },
 	{ "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL },
 	{ "sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL },
+}, late_mounts[] = {
+	/* On the final root. */
 	{ "tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" },
 	{ "tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755" },
 	{ "devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "mode=0620,ptmxmode=0666" },
 	{ "tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" },
 };
 
+#define NMOUNTS(t) (sizeof(t) / sizeof((t)[0]))
+
 /* In load order: each needs the ones before it.  A missing file means the
  * driver is built in. */
 static const char *const modules[] = {
 	"virtio_ring", "virtio", "virtio_mmio", "virtio_console", "virtio_blk",
+	"squashfs", "overlay",
 };
+
+/* The root disk: a read-only squashfs (lower), and the guest's writes in a
+ * tmpfs (upper) of half the guest's memory, which the man page states. */
+#define ROOT_LOWER "/.worldfs-lower"
+#define ROOT_RW "/.worldfs-rw"
+#define ROOT_RW_SIZE "50%"
 
 static void setup_console(void)
 {
@@ -303,22 +353,108 @@ static void loopback_up(void)
 	close(s);
 }
 
-static void init_system(void)
+static void mount_all(const struct mountpoint *m, size_t n)
 {
-	const struct mountpoint *m;
-	size_t i;
-
-	for (i = 0; i < sizeof(mountpoints) / sizeof(mountpoints[0]); i++) {
-		m = &mountpoints[i];
-		mkdir(m->target, 0755);
-		if (mount(m->source, m->target, m->type, m->flags, m->data) < 0 &&
+	for (size_t i = 0; i < n; i++) {
+		mkdir(m[i].target, 0755);
+		if (mount(m[i].source, m[i].target, m[i].type, m[i].flags, m[i].data) < 0 &&
 		    errno != EBUSY)
-			say("mount %s: %s", m->target, strerror(errno));
-		if (i == 0)
+			say("mount %s: %s", m[i].target, strerror(errno));
+		if (strcmp(m[i].target, "/dev") == 0)
 			setup_console();
 	}
+}
+
+/* The value of KEY=VALUE on the kernel command line, or "". */
+static void cmdline_value(const char *key, char *out, size_t n)
+{
+	char text[4096], *p, *save = NULL;
+	size_t k = strlen(key);
+	int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t r = fd < 0 ? -1 : read(fd, text, sizeof(text) - 1);
+
+	if (fd >= 0)
+		close(fd);
+	out[0] = 0;
+	if (r <= 0)
+		return;
+	text[r] = 0;
+	for (p = strtok_r(text, " \t\n", &save); p; p = strtok_r(NULL, " \t\n", &save))
+		if (strncmp(p, key, k) == 0 && p[k] == '=')
+			snprintf(out, n, "%s", p + k + 1);
+}
+
+/* Mount the root disk dev (read-only) under an overlay whose upper layer
+ * is a tmpfs, move /dev, /proc and /sys onto it and make it the root, as
+ * switch_root(8) does but staying in this process.  On failure the
+ * initramfs stays the root and why says what went wrong. */
+static int root_switch(const char *dev, char *why, size_t n)
+{
+	static const char opts[] = "lowerdir=" ROOT_LOWER ",upperdir=" ROOT_RW "/upper,workdir=" ROOT_RW "/work";
+	long long deadline = now_ms() + ROOT_WAIT_MS;
+	char target[PATH_MAX];
+	const char *step;
+
+	/* The disk's node appears when virtio_blk has probed it. */
+	while (access(dev, F_OK) < 0) {
+		if (now_ms() > deadline) {
+			snprintf(why, n, "%s: no such device after %d s", dev, ROOT_WAIT_MS / 1000);
+			return -ENODEV;
+		}
+		usleep(10000);
+	}
+	mkdir(ROOT_LOWER, 0755);
+	mkdir(ROOT_RW, 0755);
+	mkdir(NEW_ROOT, 0755);
+	step = "mount the root disk";
+	if (mount(dev, ROOT_LOWER, "squashfs", MS_RDONLY, NULL) < 0)
+		goto fail;
+	step = "mount the tmpfs for the root's writes";
+	if (mount("tmpfs", ROOT_RW, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=" ROOT_RW_SIZE) < 0)
+		goto fail;
+	step = "make the overlay's dirs";
+	if ((mkdir(ROOT_RW "/upper", 0755) < 0 && errno != EEXIST) ||
+	    (mkdir(ROOT_RW "/work", 0700) < 0 && errno != EEXIST))
+		goto fail;
+	step = "mount the overlay";
+	if (mount("overlay", NEW_ROOT, "overlay", 0, opts) < 0)
+		goto fail;
+	for (size_t i = 0; i < NMOUNTS(early_mounts); i++) {
+		step = early_mounts[i].target;
+		snprintf(target, sizeof(target), NEW_ROOT "%s", early_mounts[i].target);
+		mkdir(target, 0755);
+		if (mount(early_mounts[i].target, target, NULL, MS_MOVE, NULL) < 0)
+			goto fail;
+	}
+	step = "switch to the new root";
+	if (chdir(NEW_ROOT) < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
+	    chdir("/") < 0)
+		goto fail;
+	return 0;
+fail:
+	snprintf(why, n, "could not %s (%s): %s", step, dev, strerror(errno));
+	return -errno;
+}
+
+static void session_py_load(struct agent *a, const char *path);
+
+static void init_system(struct agent *a)
+{
+	char dev[64], why[256];
+	size_t i;
+
+	mount_all(early_mounts, NMOUNTS(early_mounts));
 	for (i = 0; i < sizeof(modules) / sizeof(modules[0]); i++)
 		load_module(modules[i]);
+	/* The Python session's program lives in the initramfs, which the
+	 * root switch hides: keep it. */
+	session_py_load(a, SESSION_PY);
+	cmdline_value("worldfs.root", dev, sizeof(dev));
+	if (dev[0] && root_switch(dev, why, sizeof(why)) < 0) {
+		say("root disk: %s; staying in the initramfs", why);
+		a->root_error = strdup(why);
+	}
+	mount_all(late_mounts, NMOUNTS(late_mounts));
 	mkdir(HOME_DIR, 0700);
 	sethostname("world", 5);
 	loopback_up();
@@ -501,27 +637,108 @@ static void kill_foreground(pid_t shell, pid_t *fg, int *nfg, bool force)
 	*nfg = nseen;
 }
 
-/* ---- the session shell ---- */
+/* ---- the sessions ---- */
 
 /* The trap unwinds the running code on SIGINT, one level per signal:
  * `return` leaves a function or the `.`; every second signal `break`s
- * instead, because ash lets that leave the loops of the callers too, so
- * `while :; do f; done` ends even though f keeps being re-entered.
+ * instead, because ash and dash let that leave the loops of the callers
+ * too, so `while :; do f; done` ends even though f keeps being re-entered.
  * Outside a run the trap must do nothing: a `return` at top level makes
- * ash stop reading its stdin.  It is set again before each run, in case
- * the code replaced it (`trap '' INT` would also hide the foreground from
- * kill_foreground in later runs). */
+ * the shell stop reading its stdin.  It is set again before each run, in
+ * case the code replaced it (`trap '' INT` would also hide the foreground
+ * from kill_foreground in later runs). */
 static const char session_trap[] =
 	"trap '[ -z \"${__worldfs_in-}\" ] || {"
 	" __worldfs_k=$((${__worldfs_k-0} + 1));"
 	" if [ $((__worldfs_k % 2)) = 0 ]; then break 1000000; else return 130; fi; }' INT";
 
-static int session_start(struct agent *a)
+/* Read the Python session's program into memory (it may live in the
+ * initramfs, which the root switch hides).  Without it, Python runs fail
+ * with a note saying so. */
+static void session_py_load(struct agent *a, const char *path)
 {
+	struct buf b = { 0 };
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t r;
+
+	if (fd < 0) {
+		say("%s: %s (no Python session)", path, strerror(errno));
+		return;
+	}
+	while ((r = read(fd, chunk, sizeof(chunk))) > 0 && b.len + r <= SESSION_PY_MAX)
+		if (buf_add(&b, chunk, r) < 0)
+			break;
+	close(fd);
+	if (r != 0) {
+		say("%s: %s (no Python session)", path, r < 0 ? strerror(errno) : "too large");
+		buf_release(&b);
+		return;
+	}
+	a->py_text = (char *)b.p;
+	a->py_len = b.len;
+}
+
+/* The executable name in $PATH, as execvp would find it. */
+static int find_in_path(const char *name, char *out, size_t n)
+{
+	const char *path = getenv("PATH"), *p, *end;
+
+	for (p = path ? path : "/usr/bin:/bin"; *p; p = *end ? end + 1 : end) {
+		end = strchrnul(p, ':');
+		if (end == p)
+			continue;
+		snprintf(out, n, "%.*s/%s", (int)(end - p), p, name);
+		if (access(out, X_OK) == 0)
+			return 0;
+	}
+	return -ENOENT;
+}
+
+/* Put the Python session's program into the run dir, where its own
+ * interpreter (in the root disk) can read it. */
+static int session_py_install(struct agent *a, char *out, size_t n)
+{
+	char tmp[PATH_MAX];
+	int fd, ret;
+
+	if (!a->py_text)
+		return -ENOENT;
+	snprintf(out, n, "%s/%s", a->dir, SESSION_PY_NAME);
+	if (access(out, R_OK) == 0)
+		return 0;
+	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", a->dir, SESSION_PY_NAME);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	ret = write_all(fd, a->py_text, a->py_len);
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	if (!ret && rename(tmp, out) < 0)
+		ret = -errno;
+	if (ret)
+		unlink(tmp);
+	return ret;
+}
+
+/* Start the session of this kind.  sh reads commands on its stdin and
+ * prints status lines on its stdout; the Python session gets both pipes
+ * as descriptors named on its command line, and /dev/null as stdin and
+ * stdout (its stderr is ours, the console: its own failures show there).
+ * -ENOENT: the world has no such interpreter. */
+static int session_start(struct agent *a, enum session_kind kind)
+{
+	struct session *s = &a->sess[kind];
 	int in[2] = { -1, -1 }, st[2] = { -1, -1 };
+	char python[PATH_MAX], prog[PATH_MAX], ctl_arg[16], st_arg[16];
 	pid_t pid;
 	int ret;
 
+	if (kind == SESSION_PYTHON) {
+		if ((ret = find_in_path(PYTHON_NAME, python, sizeof(python))) < 0)
+			return ret;
+		if ((ret = session_py_install(a, prog, sizeof(prog))) < 0)
+			return ret == -ENOENT ? -ENOEXEC : ret;
+	}
 	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(st, O_CLOEXEC) < 0) {
 		ret = -errno;
 		goto out;
@@ -532,21 +749,35 @@ static int session_start(struct agent *a)
 		goto out;
 	}
 	if (pid == 0) {
+		int null = open("/dev/null", O_RDWR);
+
 		child_reset();
 		setsid();
-		dup2(in[0], 0);
-		dup2(st[1], 1);
 		if (chdir(HOME_DIR) < 0 && chdir("/") < 0)
 			_exit(127);
-		execl(SHELL_PATH, "sh", (char *)NULL);
+		if (kind == SESSION_SH) {
+			dup2(in[0], 0);
+			dup2(st[1], 1);
+			execl(SHELL_PATH, "sh", (char *)NULL);
+			_exit(127);
+		}
+		fcntl(in[0], F_SETFD, 0);
+		fcntl(st[1], F_SETFD, 0);
+		if (null >= 0) {
+			dup2(null, 0);
+			dup2(null, 1);
+		}
+		snprintf(ctl_arg, sizeof(ctl_arg), "%d", in[0]);
+		snprintf(st_arg, sizeof(st_arg), "%d", st[1]);
+		execl(python, PYTHON_NAME, prog, ctl_arg, st_arg, a->dir, (char *)NULL);
 		_exit(127);
 	}
-	a->sess.pid = pid;
-	a->sess.ctl = in[1];
-	a->sess.status = st[0];
-	a->sess.line.len = 0;
+	s->pid = pid;
+	s->ctl = in[1];
+	s->status = st[0];
+	s->line.len = 0;
 	in[1] = st[0] = -1;
-	fcntl(a->sess.status, F_SETFL, O_NONBLOCK);
+	fcntl(s->status, F_SETFL, O_NONBLOCK);
 	ret = 0;
 out:
 	if (in[0] >= 0)
@@ -560,16 +791,29 @@ out:
 	return ret;
 }
 
-/* The shell is gone (already reaped): forget its pipes. */
-static void session_forget(struct agent *a)
+/* The session is gone (already reaped): forget its pipes. */
+static void session_forget(struct agent *a, enum session_kind kind)
 {
-	if (a->sess.ctl >= 0)
-		close(a->sess.ctl);
-	if (a->sess.status >= 0)
-		close(a->sess.status);
-	a->sess.ctl = a->sess.status = -1;
-	a->sess.pid = 0;
-	a->sess.line.len = 0;
+	struct session *s = &a->sess[kind];
+
+	if (s->ctl >= 0)
+		close(s->ctl);
+	if (s->status >= 0)
+		close(s->status);
+	s->ctl = s->status = -1;
+	s->pid = 0;
+	s->line.len = 0;
+}
+
+/* Which sessions are alive, as PROTO_F_SESSION_* bits. */
+static uint32_t sessions_alive(const struct agent *a)
+{
+	uint32_t bits = 0;
+
+	for (int k = 0; k < SESSION_KINDS; k++)
+		if (a->sess[k].pid)
+			bits |= PROTO_F_SESSION_SH << k;
+	return bits;
 }
 
 static int wait_status_code(int st)
@@ -689,7 +933,7 @@ static void send_result(struct agent *a, uint32_t id, int status, uint32_t flags
 
 	proto_put_u32(hdr, id);
 	proto_put_u32(hdr + 4, (uint32_t)status);
-	proto_put_u32(hdr + 8, flags);
+	proto_put_u32(hdr + 8, flags | sessions_alive(a));
 	proto_put_u32(hdr + 12, (uint32_t)out->len);
 	iov[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
 	iov[1] = (struct iovec){ .iov_base = out->p, .iov_len = out->len };
@@ -697,24 +941,43 @@ static void send_result(struct agent *a, uint32_t id, int status, uint32_t flags
 	port_send(a, PROTO_RESULT, iov, 3);
 }
 
-/* Answer a run that never reached the shell (syntax error, agent trouble). */
-static void send_early_result(struct agent *a, uint32_t id, int status, struct buf *err)
+/* Add why the session of this kind ended before this run, if it did. */
+static uint32_t note_take(struct agent *a, enum session_kind kind, struct buf *err)
+{
+	struct session *s = &a->sess[kind];
+
+	if (!s->note[0])
+		return 0;
+	marker_line(err);
+	buf_printf(err, "%s\n", s->note);
+	s->note[0] = 0;
+	return PROTO_F_SESSION_RESET;
+}
+
+/* Answer a run that never reached its session (agent trouble, no such
+ * interpreter), with its status and stderr. */
+static void send_early_result(struct agent *a, uint32_t id, enum session_kind kind, int status, struct buf *err)
 {
 	struct buf none = { 0 };
-	uint32_t flags = 0;
+	uint32_t flags = note_take(a, kind, err);
 
-	if (a->sess.note[0]) {
-		marker_line(err);
-		buf_printf(err, "%s\n", a->sess.note);
-		a->sess.note[0] = 0;
-		flags |= PROTO_F_SESSION_RESET;
-	}
 	send_result(a, id, status, flags, &none, err);
+}
+
+/* How a session of this kind is named in the notes of a restart. */
+static const char *session_noun(enum session_kind kind)
+{
+	return kind == SESSION_SH ? "the session shell" : "the " PYTHON_NAME " interpreter";
+}
+
+static const char *session_loss(enum session_kind kind)
+{
+	return kind == SESSION_SH ? "" : "; its names are lost";
 }
 
 static void run_start_next(struct agent *a);
 
-/* status: the code's exit status; the shell's status if it died (died). */
+/* status: the code's exit status; the session's status if it died (died). */
 static void run_finish(struct agent *a, int status, bool died)
 {
 	struct run *r = &a->run;
@@ -732,21 +995,16 @@ static void run_finish(struct agent *a, int status, bool died)
 		buf_printf(&r->err.data, "[worldfs: run killed after %u ms (exec_timeout)]\n",
 			   r->timeout_ms);
 	}
-	if (a->sess.note[0]) {
-		/* The session had died between runs. */
-		marker_line(&r->err.data);
-		buf_printf(&r->err.data, "%s\n", a->sess.note);
-		a->sess.note[0] = 0;
-		r->flags |= PROTO_F_SESSION_RESET;
-	}
+	/* The session had died between runs. */
+	r->flags |= note_take(a, r->kind, &r->err.data);
 	if (died) {
 		marker_line(&r->err.data);
 		if (r->killed_shell)
-			buf_printf(&r->err.data, "[worldfs: session restarted: the session "
-				   "shell did not stop]\n");
+			buf_printf(&r->err.data, "[worldfs: session restarted: %s did not stop%s]\n",
+				   session_noun(r->kind), session_loss(r->kind));
 		else
-			buf_printf(&r->err.data, "[worldfs: session restarted: the session "
-				   "shell exited with status %d]\n", status);
+			buf_printf(&r->err.data, "[worldfs: session restarted: %s exited with status %d%s]\n",
+				   session_noun(r->kind), status, session_loss(r->kind));
 		r->flags |= PROTO_F_SESSION_RESET;
 	}
 	send_result(a, r->id, status, r->flags, &r->out.data, &r->err.data);
@@ -778,13 +1036,99 @@ static int write_code(struct agent *a, const uint8_t *code, size_t len)
 	return ret;
 }
 
+/* The kernel's limit for a "#!" line (BINPRM_BUF_SIZE). */
+#define SHEBANG_MAX 256
+
+/* What a run's first line asks for: "#!python3" or "#!python" the Python
+ * session; "#!/ABS/PATH [ARG]" a one-off script of that interpreter (the
+ * interpreter and its argument, split as the kernel splits a "#!" line, in
+ * interp and arg); anything else the sh session.  -E2BIG for a "#!/" line
+ * longer than the kernel would take. */
+static int run_kind(const uint8_t *code, size_t len, enum session_kind *kind, char interp[SHEBANG_MAX],
+		    char arg[SHEBANG_MAX])
+{
+	const char *p = (const char *)code, *nl = memchr(code, '\n', len), *end, *w;
+	size_t n = nl ? (size_t)(nl - p) : len;
+
+	*kind = SESSION_SH;
+	interp[0] = arg[0] = 0;
+	if (n < 2 || p[0] != '#' || p[1] != '!')
+		return 0;
+	end = p + n;
+	while (end > p + 2 && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+		end--;
+	for (p += 2; p < end && (*p == ' ' || *p == '\t'); p++)
+		;
+	if ((end - p == 7 && memcmp(p, "python3", 7) == 0) || (end - p == 6 && memcmp(p, "python", 6) == 0)) {
+		*kind = SESSION_PYTHON;
+		return 0;
+	}
+	if (p == end || *p != '/')
+		return 0;  /* a comment to sh */
+	if (end - p >= SHEBANG_MAX)
+		return -E2BIG;
+	for (w = p; w < end && *w != ' ' && *w != '\t'; w++)
+		;
+	memcpy(interp, p, w - p);
+	interp[w - p] = 0;
+	while (w < end && (*w == ' ' || *w == '\t'))
+		w++;
+	memcpy(arg, w, end - w);
+	arg[end - w] = 0;
+	return 0;
+}
+
+/* s in single quotes for sh, appended to b. */
+static void sh_quote(struct buf *b, const char *s)
+{
+	buf_add(b, "'", 1);
+	for (; *s; s++) {
+		if (*s == '\'')
+			buf_add(b, "'\\''", 4);
+		else
+			buf_add(b, s, 1);
+	}
+	buf_add(b, "'", 1);
+}
+
+/* The command that makes the session run DIR/code: for sh one line that
+ * sources it (or runs the one-off interpreter on it) with the run's
+ * redirections, then prints the status line; for Python "run SEQ". */
+static int run_command(struct agent *a, const struct run *r, const char *interp, const char *arg, struct buf *cmd)
+{
+	if (r->kind == SESSION_PYTHON)
+		return buf_printf(cmd, "run %lu\n", r->seq);
+	/* `command .` keeps errors that would end a non-interactive shell
+	 * (assignment to a readonly, ${x?}, set -u) to the run, as in an
+	 * interactive one.  The status goes to the shell's own stdout;
+	 * `\command` skips aliases the user may have made.  __worldfs_in is
+	 * cleared in the first command after the code so that a late SIGINT
+	 * finds the trap disarmed.  A one-off script is not sourced, so the
+	 * trap stays disarmed (its `return` would end the session) and only
+	 * the interpreter, in the foreground, gets the SIGINT. */
+	buf_printf(cmd, "%s; ", session_trap);
+	if (interp[0]) {
+		buf_printf(cmd, "__worldfs_in= __worldfs_k=0; { ");
+		sh_quote(cmd, interp);
+		if (arg[0]) {
+			buf_add(cmd, " ", 1);
+			sh_quote(cmd, arg);
+		}
+		buf_printf(cmd, " %s/code; }", a->dir);
+	} else {
+		buf_printf(cmd, "__worldfs_in=1; __worldfs_k=0; { \\command . %s/code; }", a->dir);
+	}
+	buf_printf(cmd, " </dev/null >%s/out 2>%s/err; __worldfs_in= __worldfs_st=$?; ", a->dir, a->dir);
+	return buf_printf(cmd, "\\command printf '" STATUS_TAG "%%s %%s\\n' %lu \"$__worldfs_st\"\n", r->seq);
+}
+
 static void run_start(struct agent *a, const uint8_t *p, size_t len)
 {
 	struct run *r = &a->run;
-	struct buf msg = { 0 };
-	char line[3 * PATH_MAX];
+	struct buf msg = { 0 }, cmd = { 0 };
+	char interp[SHEBANG_MAX], arg[SHEBANG_MAX];
+	int status = 125, ret;
 	const char *step;
-	int ret, n;
 
 	*r = (struct run){
 		.id = proto_get_u32(p),
@@ -797,13 +1141,28 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 	if (r->output_max == 0 || r->output_max > OUTPUT_CAP)
 		r->output_max = OUTPUT_CAP;
 
+	if (a->root_error) {
+		buf_printf(&msg, "[worldfs: this world's root disk is not mounted: %s]\n", a->root_error);
+		goto fail_early;
+	}
+	if (run_kind(p + 12, len - 12, &r->kind, interp, arg) < 0) {
+		status = 126;
+		buf_printf(&msg, "[worldfs: the #! line is longer than %d bytes]\n", SHEBANG_MAX - 1);
+		goto fail_early;
+	}
 	step = "write the code";
 	ret = write_code(a, p + 12, len - 12);
 	if (ret < 0)
 		goto fail;
-	step = "start the session shell";
-	if (!a->sess.pid) {
-		ret = session_start(a);
+	step = r->kind == SESSION_SH ? "start the session shell" : "start the " PYTHON_NAME " session";
+	if (!a->sess[r->kind].pid) {
+		ret = session_start(a, r->kind);
+		if (ret == -ENOENT) {
+			status = 127;
+			buf_printf(&msg, "[worldfs: %s: not found in this world (the busybox image has none; "
+				   "use image=debian)]\n", PYTHON_NAME);
+			goto fail_early;
+		}
 		if (ret < 0)
 			goto fail;
 	}
@@ -813,21 +1172,10 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 		ret = stream_open(a, &r->err);
 	if (ret < 0)
 		goto fail;
-
-	/* `command .` keeps errors that would end a non-interactive shell
-	 * (assignment to a readonly, ${x?}, set -u) to the run, as in an
-	 * interactive one.  The status goes to the shell's own stdout;
-	 * `\command` skips aliases the user may have made.  __worldfs_in is
-	 * cleared in the first command after the code so that a late SIGINT
-	 * finds the trap disarmed. */
-	n = snprintf(line, sizeof(line),
-		     "%s; __worldfs_in=1; __worldfs_k=0; { \\command . %s/code; } </dev/null >%s/out 2>%s/err; "
-		     "__worldfs_in= __worldfs_st=$?; "
-		     "\\command printf '" STATUS_TAG "%%s %%s\\n' %lu \"$__worldfs_st\"\n",
-		     session_trap, a->dir, a->dir, a->dir, r->seq);
-	step = "talk to the session shell";
-	ret = n < 0 || (size_t)n >= sizeof(line) ? -ENAMETOOLONG :
-	      write_all(a->sess.ctl, line, n);
+	step = "talk to the session";
+	ret = run_command(a, r, interp, arg, &cmd);
+	if (ret >= 0)
+		ret = write_all(a->sess[r->kind].ctl, cmd.p, cmd.len);
 	if (ret < 0)
 		goto fail;
 	r->active = true;
@@ -836,13 +1184,14 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 	goto out;
 fail:
 	/* The agent failed, not the code: 125, as env(1) and timeout(1) do. */
-	msg.len = 0;
 	buf_printf(&msg, "[worldfs: agent could not %s: %s]\n", step, strerror(-ret));
 	say("run %u: could not %s: %s", r->id, step, strerror(-ret));
+fail_early:
 	stream_close(&r->out);
 	stream_close(&r->err);
-	send_early_result(a, r->id, 125, &msg);
+	send_early_result(a, r->id, r->kind, status, &msg);
 out:
+	buf_release(&cmd);
 	buf_release(&msg);
 }
 
@@ -881,10 +1230,10 @@ static int run_enqueue(struct agent *a, const uint8_t *payload, size_t len)
 	return 0;
 }
 
-/* Status lines from the session's stdout. */
-static void session_read_status(struct agent *a)
+/* Status lines from a session: the end of its current run. */
+static void session_read_status(struct agent *a, enum session_kind kind)
 {
-	struct session *s = &a->sess;
+	struct session *s = &a->sess[kind];
 	unsigned long seq;
 	int status;
 	uint8_t *nl;
@@ -906,7 +1255,7 @@ static void session_read_status(struct agent *a)
 	while (s->line.len && (nl = memchr(s->line.p, '\n', s->line.len))) {
 		*nl = 0;
 		if (sscanf((char *)s->line.p, STATUS_TAG "%lu %d", &seq, &status) == 2 &&
-		    a->run.active && seq == a->run.seq)
+		    a->run.active && a->run.kind == kind && seq == a->run.seq)
 			run_finish(a, status, false);
 		n = nl + 1 - s->line.p;
 		memmove(s->line.p, nl + 1, s->line.len - n);
@@ -917,53 +1266,61 @@ static void session_read_status(struct agent *a)
 static void reap(struct agent *a)
 {
 	struct signalfd_siginfo si;
+	struct session *s;
 	pid_t pid;
-	int st;
+	int st, k;
 
 	while (read(a->sigfd, &si, sizeof(si)) == sizeof(si))
 		;
-	/* A status line the shell printed before dying comes first. */
-	session_read_status(a);
+	/* A status line a session printed before dying comes first. */
+	for (k = 0; k < SESSION_KINDS; k++)
+		session_read_status(a, k);
 	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-		if (pid != a->sess.pid)
+		for (k = 0; k < SESSION_KINDS && a->sess[k].pid != pid; k++)
+			;
+		if (k == SESSION_KINDS)
 			continue;  /* an orphan we inherited as init */
-		session_forget(a);
-		if (a->run.active) {
+		s = &a->sess[k];
+		session_forget(a, k);
+		if (a->run.active && a->run.kind == (enum session_kind)k) {
 			run_finish(a, wait_status_code(st), true);
 		} else {
-			snprintf(a->sess.note, sizeof(a->sess.note),
-				 "[worldfs: session restarted: the session shell had exited "
-				 "with status %d between runs]", wait_status_code(st));
-			say("session shell exited between runs (status %d)",
+			snprintf(s->note, sizeof(s->note),
+				 "[worldfs: session restarted: %s had exited with status %d between runs%s]",
+				 session_noun(k), wait_status_code(st), session_loss(k));
+			say("%s session exited between runs (status %d)", session_names[k],
 			    wait_status_code(st));
 		}
 	}
 }
 
+/* SIGINT to the run's session and its foreground now, and again every
+ * tick; SIGKILL for the session once the grace is over. */
 static void run_timers(struct agent *a)
 {
 	struct run *r = &a->run;
+	pid_t sess = a->sess[r->kind].pid;
 	long long now = now_ms();
 
-	if (!r->active || !r->timeout_ms || now < r->deadline)
+	if (!r->active || !r->timeout_ms || now < r->deadline || !sess)
 		return;
 	if (!r->killing) {
 		r->killing = true;
 		r->flags |= PROTO_F_TIMED_OUT;
 		r->next_tick = now + KILL_TICK_MS;
 		r->give_up = now + KILL_GRACE_MS;
-		kill(a->sess.pid, SIGINT);
-		kill_foreground(a->sess.pid, r->fg, &r->nfg, false);
+		kill(sess, SIGINT);
+		kill_foreground(sess, r->fg, &r->nfg, false);
 		return;
 	}
 	if (now >= r->give_up && !r->killed_shell) {
 		r->killed_shell = true;
-		say("run %u: the session shell ignores SIGINT; replacing it", r->id);
-		kill_foreground(a->sess.pid, r->fg, &r->nfg, true);
-		kill(a->sess.pid, SIGKILL);
+		say("run %u: the %s session did not stop on SIGINT; replacing it", r->id, session_names[r->kind]);
+		kill_foreground(sess, r->fg, &r->nfg, true);
+		kill(sess, SIGKILL);
 	} else if (now >= r->next_tick && !r->killed_shell) {
-		kill(a->sess.pid, SIGINT);
-		kill_foreground(a->sess.pid, r->fg, &r->nfg, false);
+		kill(sess, SIGINT);
+		kill_foreground(sess, r->fg, &r->nfg, false);
 		r->next_tick = now + KILL_TICK_MS;
 	}
 }
@@ -1013,10 +1370,10 @@ static void drain_compact(struct agent *a)
 
 /* ---- frames ---- */
 
-static int reseed(const uint8_t *p, size_t len)
+/* Mix n bytes of the host's entropy into the kernel's RNG and reseed it at
+ * once, and set the clock to the host's time (ns since the epoch; 0: no). */
+static int reseed(uint64_t ns, const uint8_t *entropy, size_t n)
 {
-	uint64_t ns = proto_get_u64(p);
-	size_t n = len - 8;
 	struct rand_pool_info *info = NULL;
 	struct timespec ts;
 	int fd, ret = 0;
@@ -1032,11 +1389,11 @@ static int reseed(const uint8_t *p, size_t len)
 		if (info) {
 			info->entropy_count = n > INT_MAX / 8 ? INT_MAX : (int)(n * 8);
 			info->buf_size = (int)n;
-			memcpy(info->buf, p + 8, n);
+			memcpy(info->buf, entropy, n);
 		}
 		/* Crediting needs CAP_SYS_ADMIN; a plain write still mixes. */
 		if (!info || ioctl(fd, RNDADDENTROPY, info) < 0) {
-			ret = write_all(fd, p + 8, n);
+			ret = write_all(fd, entropy, n);
 			if (ret < 0)
 				say("/dev/urandom: %s", strerror(-ret));
 		}
@@ -1064,6 +1421,8 @@ static int handle_frame(struct agent *a, const struct proto_frame *f)
 {
 	static const char pong[] = AGENT_NAME;
 	struct iovec iov = { .iov_base = (void *)pong, .iov_len = sizeof(pong) - 1 };
+	uint8_t alive[4];
+	size_t hdr;
 
 	switch (f->type) {
 	case PROTO_PING:
@@ -1076,10 +1435,20 @@ static int handle_frame(struct agent *a, const struct proto_frame *f)
 			say("dropping an EXEC: out of memory");
 		return 0;
 	case PROTO_RESEED:
-		if (f->len < 8)
+	case PROTO_RESEED2:
+		hdr = f->type == PROTO_RESEED ? 8 : 12;
+		if (f->len < hdr)
 			return -EPROTO;
-		reseed(f->payload, f->len);
-		port_send(a, PROTO_RESEEDED, NULL, 0);
+		reseed(proto_get_u64(f->payload), f->payload + hdr, f->len - hdr);
+		/* The Python session reseeds its generators from the kernel's,
+		 * fresh now, before it takes its next run. */
+		if (f->type == PROTO_RESEED2 && (proto_get_u32(f->payload + 8) & PROTO_RESEED_SESSIONS) &&
+		    a->sess[SESSION_PYTHON].pid &&
+		    write_all(a->sess[SESSION_PYTHON].ctl, "reseed\n", 7) < 0)
+			say("python3 session: reseed: %s", strerror(errno));
+		proto_put_u32(alive, sessions_alive(a));
+		iov = (struct iovec){ .iov_base = alive, .iov_len = sizeof(alive) };
+		port_send(a, PROTO_RESEEDED, &iov, 1);
 		return 0;
 	default:
 		return -EPROTO;
@@ -1174,8 +1543,8 @@ static int poll_timeout(const struct agent *a, long long now)
 
 static void serve(struct agent *a)
 {
-	struct pollfd pfd[5 + DRAIN_MAX];
-	int n, i, port_i, sig_i, st_i, out_i, err_i, drain_i, ret;
+	struct pollfd pfd[4 + SESSION_KINDS + DRAIN_MAX];
+	int n, i, port_i, sig_i, st_i[SESSION_KINDS], out_i, err_i, drain_i, ret;
 	long long now;
 
 	while (!a->quit) {
@@ -1193,16 +1562,19 @@ static void serve(struct agent *a)
 			}
 		}
 		n = 0;
-		port_i = sig_i = st_i = out_i = err_i = -1;
+		port_i = sig_i = out_i = err_i = -1;
 		if (a->port >= 0 && now >= a->port_retry && a->queue_len < QUEUE_MAX) {
 			port_i = n;
 			pfd[n++] = (struct pollfd){ .fd = a->port, .events = POLLIN };
 		}
 		sig_i = n;
 		pfd[n++] = (struct pollfd){ .fd = a->sigfd, .events = POLLIN };
-		if (a->sess.status >= 0) {
-			st_i = n;
-			pfd[n++] = (struct pollfd){ .fd = a->sess.status, .events = POLLIN };
+		for (i = 0; i < SESSION_KINDS; i++) {
+			st_i[i] = -1;
+			if (a->sess[i].status >= 0) {
+				st_i[i] = n;
+				pfd[n++] = (struct pollfd){ .fd = a->sess[i].status, .events = POLLIN };
+			}
 		}
 		if (a->run.active && a->run.out.fd >= 0 && !a->run.out.eof) {
 			out_i = n;
@@ -1233,8 +1605,9 @@ static void serve(struct agent *a)
 				if (pfd[drain_i + i].revents)
 					drain_read(a, i);
 			drain_compact(a);
-			if (st_i >= 0 && pfd[st_i].revents)
-				session_read_status(a);
+			for (i = 0; i < SESSION_KINDS; i++)
+				if (st_i[i] >= 0 && pfd[st_i[i]].revents)
+					session_read_status(a, i);
 			if (pfd[sig_i].revents)
 				reap(a);
 			if (port_i >= 0 && pfd[port_i].revents && a->port >= 0)
@@ -1253,8 +1626,9 @@ static void agent_release(struct agent *a)
 	struct pending *p;
 	int i;
 
-	if (a->sess.pid)
-		kill(-a->sess.pid, SIGKILL);
+	for (i = 0; i < SESSION_KINDS; i++)
+		if (a->sess[i].pid)
+			kill(-a->sess[i].pid, SIGKILL);
 	while ((p = a->queue)) {
 		a->queue = p->next;
 		free(p);
@@ -1265,9 +1639,13 @@ static void agent_release(struct agent *a)
 		buf_release(&a->run.out.data);
 		buf_release(&a->run.err.data);
 	}
-	session_forget(a);
-	buf_release(&a->sess.line);
+	for (i = 0; i < SESSION_KINDS; i++) {
+		session_forget(a, i);
+		buf_release(&a->sess[i].line);
+	}
 	buf_release(&a->in);
+	free(a->py_text);
+	free(a->root_error);
 	close(a->sigfd);
 }
 
@@ -1277,15 +1655,18 @@ int main(int argc, char **argv)
 		.port = -1,
 		.dir = RUN_DIR,
 		.sigfd = -1,
-		.sess = { .ctl = -1, .status = -1 },
+		.sess = { [SESSION_SH] = { .ctl = -1, .status = -1 },
+			  [SESSION_PYTHON] = { .ctl = -1, .status = -1 } },
 		.run = { .out = { .fd = -1, .hold = -1 }, .err = { .fd = -1, .hold = -1 } },
 	};
 	sigset_t mask;
 	int i, ret;
 
+	const char *session_py = SESSION_PY;
+
 	a.queue_tail = &a.queue;
 	if (getpid() == 1) {
-		init_system();
+		init_system(&a);
 	} else {
 		for (i = 1; i < argc; i++) {
 			if (!strcmp(argv[i], "--fd") && i + 1 < argc) {
@@ -1293,11 +1674,14 @@ int main(int argc, char **argv)
 				a.fixed_port = true;
 			} else if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
 				a.dir = argv[++i];
+			} else if (!strcmp(argv[i], "--session") && i + 1 < argc) {
+				session_py = argv[++i];
 			} else {
-				fprintf(stderr, "usage: %s [--fd N] [--dir DIR]\n", argv[0]);
+				fprintf(stderr, "usage: %s [--fd N] [--dir DIR] [--session FILE]\n", argv[0]);
 				return 2;
 			}
 		}
+		session_py_load(&a, session_py);
 		/* Inherit the orphans of background jobs, as init would. */
 		prctl(PR_SET_CHILD_SUBREAPER, 1);
 	}
@@ -1320,8 +1704,10 @@ int main(int argc, char **argv)
 	}
 	if (mkdir(a.dir, 0700) < 0 && errno != EEXIST)
 		say("%s: %s", a.dir, strerror(errno));
-	/* Start the session now so that the first run does not wait for it. */
-	ret = session_start(&a);
+	/* Start the sh session now so that the first run does not wait for
+	 * it; the Python session waits for its first run (the golden state
+	 * of an image that has one holds it started). */
+	ret = session_start(&a, SESSION_SH);
 	if (ret < 0)
 		say("session shell: %s", strerror(-ret));
 	serve(&a);

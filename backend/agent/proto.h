@@ -12,17 +12,28 @@
 #include <sys/uio.h>
 
 #define PROTO_FRAME_MAX (40u << 20)  /* 16 MiB code or 2 x output_max, with room */
-#define PROTO_VERSION "1"
+/* The agent's PONG says "worldfs-agent VERSION".  Version 2 (worldfs 0.2)
+ * added RESEED2, the session bits and sessions other than sh; a host
+ * sends version-1 agents (in states saved by worldfs 0.1) only RESEED. */
+#define PROTO_VERSION "2"
 
 enum proto_type {
 	/* host -> guest */
 	PROTO_PING = 1,    /* payload: empty */
 	PROTO_EXEC = 2,    /* u32 run_id, u32 timeout_ms, u32 output_max, code bytes */
 	PROTO_RESEED = 3,  /* u64 host time (ns since epoch), entropy bytes */
+	PROTO_RESEED2 = 4, /* u64 host time, u32 reseed flags, entropy bytes (version 2) */
 	/* guest -> host */
 	PROTO_PONG = 64,   /* agent version text */
 	PROTO_RESULT = 65, /* u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr */
-	PROTO_RESEEDED = 66, /* payload: empty */
+	PROTO_RESEEDED = 66, /* version 1: empty; 2: u32 PROTO_F_SESSION_* bits */
+};
+
+/* RESEED2 flags. */
+enum proto_reseed_flags {
+	/* Also reseed the sessions' interpreters' global generators (Python's
+	 * random and numpy.random), not only the kernel's RNG. */
+	PROTO_RESEED_SESSIONS = 1,
 };
 
 /* EXEC: timeout_ms 0 means no time limit; output_max 0 means the agent's
@@ -32,6 +43,9 @@ enum proto_result_flags {
 	PROTO_F_TIMED_OUT = 1,
 	PROTO_F_TRUNCATED = 2,
 	PROTO_F_SESSION_RESET = 4,
+	/* Sessions alive after the run (also in RESEEDED), one bit per kind. */
+	PROTO_F_SESSION_SH = 1 << 8,
+	PROTO_F_SESSION_PYTHON = 1 << 9,
 };
 
 struct proto_frame {

@@ -27,6 +27,7 @@
 #define DEFAULT_URL "https://cloud.morph.so/api"
 #define DEFAULT_IMAGE "morphvm-minimal"
 #define DEFAULT_EXEC_TIMEOUT_S 60
+#define DEFAULT_MEM_MIB 128
 #define DEFAULT_OUTPUT_MAX (1u << 20)
 #define DISK_MB 4096              /* disk of a base snapshot made from an image */
 #define EXEC_GRACE_MS 10000       /* beyond exec_timeout: the wrapper's own work and the network */
@@ -229,7 +230,7 @@ static int mkdir_private(const char *path)
 
 static void morph_fini(struct backend *b);
 
-static int morph_init(struct backend **out, const struct backend_config *cfg, char *err, size_t errlen)
+static int morph_init(struct backend **out, struct backend_config *cfg, char *err, size_t errlen)
 {
 	const char *key = getenv("MORPH_API_KEY");
 	const char *url = cfg->morph_url && *cfg->morph_url ? cfg->morph_url : DEFAULT_URL;
@@ -256,6 +257,11 @@ static int morph_init(struct backend **out, const struct backend_config *cfg, ch
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&b->lock, NULL);
+	/* A Morph instance's size has no image to come from. */
+	if (!cfg->mem_mib)
+		cfg->mem_mib = DEFAULT_MEM_MIB;
+	if (!cfg->vcpus)
+		cfg->vcpus = 1;
 	b->exec_timeout_s = cfg->exec_timeout_s ? cfg->exec_timeout_s : DEFAULT_EXEC_TIMEOUT_S;
 	b->output_max = cfg->output_max ? cfg->output_max : DEFAULT_OUTPUT_MAX;
 	if (cfg->morph_snapshot)

@@ -78,6 +78,23 @@ static int agent_wait(struct sandbox *s, uint8_t type, uint32_t run_id,
 	}
 }
 
+/* The version in a PONG ("worldfs-agent 2"); 1 for anything else. */
+static unsigned pong_version(const struct proto_frame *f)
+{
+	static const char prefix[] = "worldfs-agent ";
+	size_t k = sizeof(prefix) - 1;
+	unsigned v = 0;
+
+	if (f->len <= k || f->len > k + 4 || memcmp(f->payload, prefix, k) != 0)
+		return 1;
+	for (size_t i = k; i < f->len; i++) {
+		if (f->payload[i] < '0' || f->payload[i] > '9')
+			return 1;
+		v = v * 10 + (f->payload[i] - '0');
+	}
+	return v ? v : 1;
+}
+
 int agent_ping(struct sandbox *s, double deadline)
 {
 	struct proto_frame f;
@@ -104,31 +121,40 @@ int agent_ping(struct sandbox *s, double deadline)
 			return -ETIMEDOUT;
 		}
 	}
+	s->agent_version = pong_version(&f);
 	free(buf);
 	return 0;
 }
 
-int agent_reseed(struct sandbox *s, double deadline)
+int agent_reseed(struct sandbox *s, double deadline, bool sessions)
 {
-	uint8_t seed[8 + RESEED_BYTES];
+	uint8_t seed[12 + RESEED_BYTES];
 	struct proto_frame f;
 	struct timespec ts;
 	uint8_t *buf = NULL;
+	/* RESEED2 carries the flags after the time; a version 1 agent only
+	 * knows RESEED (time, entropy). */
+	bool v2 = s->agent_version >= 2;
+	size_t hdr = v2 ? 12 : 8;
 	int r;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	proto_put_u64(seed, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-	if (getrandom(seed + 8, RESEED_BYTES, 0) != RESEED_BYTES)
+	proto_put_u32(seed + 8, sessions ? PROTO_RESEED_SESSIONS : 0);
+	if (getrandom(seed + hdr, RESEED_BYTES, 0) != RESEED_BYTES)
 		return -EIO;
-	r = proto_write(s->agent, PROTO_RESEED, seed, sizeof(seed));
+	r = proto_write(s->agent, v2 ? PROTO_RESEED2 : PROTO_RESEED, seed, hdr + RESEED_BYTES);
 	if (r == 0)
 		r = agent_wait(s, PROTO_RESEEDED, 0, &f, &buf, deadline, deadline);
+	/* A version 1 agent has its sh session and says nothing of it. */
+	if (r == 0)
+		s->sessions = v2 && f.len >= 4 ? proto_get_u32(f.payload) : PROTO_F_SESSION_SH;
 	free(buf);
 	return r < 0 ? agent_lost(s, r, "reseed") : 0;
 }
 
 /* RESULT: u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr. */
-static int result_parse(const struct proto_frame *f, struct run_result *res)
+static int result_parse(const struct proto_frame *f, struct run_result *res, uint32_t *sessions)
 {
 	uint32_t flags, out_len;
 
@@ -142,6 +168,7 @@ static int result_parse(const struct proto_frame *f, struct run_result *res)
 	res->timed_out = flags & PROTO_F_TIMED_OUT;
 	res->truncated = flags & PROTO_F_TRUNCATED;
 	res->session_reset = flags & PROTO_F_SESSION_RESET;
+	*sessions = flags & (PROTO_F_SESSION_SH | PROTO_F_SESSION_PYTHON);
 	res->out_len = out_len;
 	res->err_len = f->len - 16 - out_len;
 	res->out = malloc(res->out_len + 1);
@@ -157,12 +184,11 @@ static int result_parse(const struct proto_frame *f, struct run_result *res)
 	return 0;
 }
 
-int agent_exec(struct sandbox *s, const char *code, size_t len, struct run_result *res)
+int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res)
 {
-	uint32_t timeout_ms = s->b->exec_timeout_s > UINT32_MAX / 1000 ? UINT32_MAX : s->b->exec_timeout_s * 1000u;
 	uint32_t run_id = s->next_run++;
 	uint32_t output_max = s->b->output_max > UINT32_MAX ? UINT32_MAX : (uint32_t)s->b->output_max;
-	double deadline = now_ms() + timeout_ms + EXEC_GRACE_MS;
+	double deadline;
 	uint8_t head[12], *buf = NULL;
 	struct iovec iov[2] = {
 		{ .iov_base = head, .iov_len = sizeof(head) },
@@ -172,6 +198,9 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, struct run_resul
 	int r;
 
 	memset(res, 0, sizeof(*res));
+	if (!timeout_ms)
+		timeout_ms = s->b->exec_timeout_s > UINT32_MAX / 1000 ? UINT32_MAX : s->b->exec_timeout_s * 1000u;
+	deadline = now_ms() + timeout_ms + EXEC_GRACE_MS;
 	if (s->broken || s->agent < 0)
 		return -EIO;
 	if (len > PROTO_FRAME_MAX - 1 - sizeof(head))
@@ -189,7 +218,9 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, struct run_resul
 	}
 	if (r < 0)
 		return agent_lost(s, r, "exec");
-	r = result_parse(&f, res);
+	r = result_parse(&f, res, &s->sessions);
+	if (s->agent_version < 2)
+		s->sessions = PROTO_F_SESSION_SH;
 	free(buf);
 	if (r == -EPROTO)
 		return agent_lost(s, r, "result");

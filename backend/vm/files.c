@@ -233,37 +233,56 @@ int find_program(const char *name, char out[PATH_MAX])
 	return -ENOENT;
 }
 
-int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, unsigned machine, bool durable)
+int config_write(const char *dir, const struct vm_config *c, bool durable)
 {
-	char text[128];
+	char text[256];
 
-	snprintf(text, sizeof(text), "mem_mib=%u\nvcpus=%u\n%smachine=%u\n", mem_mib, vcpus,
-		 cow ? "ram=file\n" : "", machine);
+	snprintf(text, sizeof(text), "mem_mib=%u\nvcpus=%u\n%smachine=%u\n%s%s%s", c->mem_mib, c->vcpus,
+		 c->cow ? "ram=file\n" : "", c->machine, c->image[0] ? "image=" : "", c->image,
+		 c->image[0] ? "\n" : "");
 	return write_file(dir, "config", text, durable);
 }
 
 /* A config without a ram= line is a full-copy VM, one without a machine=
- * line machine 1 (worldfs 0.1). */
-int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow, unsigned *machine)
+ * line machine 1, one without an image= line 0.1's image (worldfs 0.1). */
+int config_read(const char *dir, struct vm_config *c)
 {
-	char path[PATH_MAX], text[128];
+	char path[PATH_MAX], text[256];
+	const char *m;
 	ssize_t n;
 	int r;
 
+	memset(c, 0, sizeof(*c));
 	if ((r = pathf(path, "%s/config", dir)) < 0)
 		return r;
 	n = read_small(path, text, sizeof(text));
 	if (n < 0)
 		return (int)n;
-	if (sscanf(text, "mem_mib=%u vcpus=%u", mem_mib, vcpus) != 2 || *mem_mib == 0 || *vcpus == 0)
+	if (sscanf(text, "mem_mib=%u vcpus=%u", &c->mem_mib, &c->vcpus) != 2 || c->mem_mib == 0 || c->vcpus == 0)
 		return -EINVAL;
-	*cow = strstr(text, "\nram=file\n") != NULL;
-	const char *m = strstr(text, "\nmachine=");
-
-	*machine = MACHINE_PIT;
-	if (m && (sscanf(m, "\nmachine=%u", machine) != 1 || *machine < MACHINE_PIT || *machine > MACHINE_CURRENT))
+	c->cow = strstr(text, "\nram=file\n") != NULL;
+	c->machine = MACHINE_PIT;
+	m = strstr(text, "\nmachine=");
+	if (m && (sscanf(m, "\nmachine=%u", &c->machine) != 1 || c->machine < MACHINE_PIT ||
+		  c->machine > MACHINE_CURRENT))
 		return -EINVAL;  /* a newer worldfs made it */
+	m = strstr(text, "\nimage=");
+	if (m) {
+		size_t k = strspn(m + 7, "0123456789abcdef");
+
+		if (k == 0 || k > IMAGE_DIGEST_MAX || m[7 + k] != '\n')
+			return -EINVAL;
+		memcpy(c->image, m + 7, k);
+		c->image[k] = '\0';
+	}
 	return 0;
+}
+
+void config_of(const struct sandbox *s, struct vm_config *c)
+{
+	*c = (struct vm_config){ .mem_mib = s->mem_mib, .vcpus = s->vcpus, .cow = s->cow, .machine = s->machine };
+	if (s->img && s->img != s->b->legacy)
+		snprintf(c->image, sizeof(c->image), "%s", s->img->digest);
 }
 
 /* The last lines of a log file on one line, for error messages. */

@@ -1,12 +1,13 @@
 /* golden.c: the golden state: a world frozen right after its first cold
- * boot, kept per (qemu, kernel, initrd, mem_mib, vcpus, accel).  Every
- * create after the first is a branch from it (clone + restore + reseed),
- * so a cold boot happens once per image and size.
+ * boot (and, where the image asks, a warm-up: its Python session started
+ * with the preload modules imported), kept per (qemu, image, mem_mib,
+ * vcpus, accel).  Every create after the first is a branch from it (clone
+ * + restore + reseed), so a cold boot happens once per image and size.
  *
  *   golden/<key>/{config,devstate}   (below STATE/vm)
  *   ram/golden/<key>.ram
- * <key> is "<identity>-<mem>m-<vcpus>c"; a key whose identity no longer
- * matches (an upgraded QEMU or image) is deleted when its size is baked
+ * <key> is "<identity>-<image>-<mem>m-<vcpus>c"; a key whose identity no
+ * longer matches (an upgraded QEMU) is deleted when its size is baked
  * again. */
 #include <dirent.h>
 #include <errno.h>
@@ -18,6 +19,9 @@
 #include <unistd.h>
 
 #include "backend/vm/vm.h"
+
+#define GOLDEN_KEY_MAX 96
+#define WARM_UP_TIMEOUT_MS 300000  /* importing pandas under TCG takes seconds */
 
 static uint64_t fnv1a(uint64_t h, const char *text)
 {
@@ -41,7 +45,7 @@ static int file_identity(const char *path, char *out, size_t n)
 
 int golden_init(struct backend *b, const char *kernel_args)
 {
-	const char *files[] = { b->qemu, b->kernel, b->initrd };
+	const char *files[] = { b->qemu };
 	char part[PATH_MAX + 64], extra[512];
 	uint64_t h = 0xcbf29ce484222325ull;
 	int r;
@@ -55,37 +59,40 @@ int golden_init(struct backend *b, const char *kernel_args)
 			return r;
 		h = fnv1a(h, part);
 	}
-	/* What else the frozen guest was made with; format 1. */
-	snprintf(extra, sizeof(extra), "golden-1;%s;%s;tb=%u;machine=%u;", kernel_args, b->kvm ? "kvm" : "tcg",
+	/* What else the frozen guest was made with (the image is in the key);
+	 * format 2. */
+	snprintf(extra, sizeof(extra), "golden-2;%s;%s;tb=%u;machine=%u;", kernel_args, b->kvm ? "kvm" : "tcg",
 		 TCG_TB_MIB, MACHINE_CURRENT);
 	h = fnv1a(h, extra);
 	snprintf(b->golden_id, sizeof(b->golden_id), "%016llx", (unsigned long long)h);
 	return 0;
 }
 
-static void golden_key(const struct backend *b, unsigned mem_mib, unsigned vcpus, char *out, size_t n)
+static void golden_key(const struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		       char *out, size_t n)
 {
-	snprintf(out, n, "%s-%um-%uc", b->golden_id, mem_mib, vcpus);
+	snprintf(out, n, "%s-%.24s-%um-%uc", b->golden_id, img->digest, mem_mib, vcpus);
 }
 
-static int golden_paths(const struct backend *b, unsigned mem_mib, unsigned vcpus, char dir[PATH_MAX],
-			char ram[PATH_MAX])
+static int golden_paths(const struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+			char dir[PATH_MAX], char ram[PATH_MAX])
 {
-	char key[80];
+	char key[GOLDEN_KEY_MAX];
 	int r;
 
-	golden_key(b, mem_mib, vcpus, key, sizeof(key));
+	golden_key(b, img, mem_mib, vcpus, key, sizeof(key));
 	if ((r = pathf(dir, "%s/%s", b->golden_dir, key)) < 0)
 		return r;
 	return pathf(ram, "%s/golden/%s.ram", b->ram_dir, key);
 }
 
-int golden_open(struct backend *b, unsigned mem_mib, unsigned vcpus, char ram[PATH_MAX])
+int golden_open(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		char ram[PATH_MAX])
 {
 	char dir[PATH_MAX], devstate[PATH_MAX];
 	int fd, r;
 
-	if ((r = golden_paths(b, mem_mib, vcpus, dir, ram)) < 0 || (r = pathf(devstate, "%s/devstate", dir)) < 0)
+	if ((r = golden_paths(b, img, mem_mib, vcpus, dir, ram)) < 0 || (r = pathf(devstate, "%s/devstate", dir)) < 0)
 		return r;
 	if (!exists(ram))
 		return -ENOENT;
@@ -93,27 +100,27 @@ int golden_open(struct backend *b, unsigned mem_mib, unsigned vcpus, char ram[PA
 	return fd < 0 ? -errno : fd;
 }
 
-void golden_drop(struct backend *b, unsigned mem_mib, unsigned vcpus)
+void golden_drop(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus)
 {
 	char dir[PATH_MAX], ram[PATH_MAX];
 
-	if (golden_paths(b, mem_mib, vcpus, dir, ram) < 0)
+	if (golden_paths(b, img, mem_mib, vcpus, dir, ram) < 0)
 		return;
 	rm_tree(dir);
 	unlink(ram);
 	fsync_path(b->golden_dir);
 }
 
-/* Golden states of this size made from other files (an older image). */
-static void drop_stale(struct backend *b, unsigned mem_mib, unsigned vcpus)
+/* Golden states of this image and size made by another QEMU or worldfs. */
+static void drop_stale(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus)
 {
-	char suffix[40], ram[PATH_MAX];
+	char suffix[GOLDEN_KEY_MAX], ram[PATH_MAX];
 	DIR *d = opendir(b->golden_dir);
 	struct dirent *e;
 
 	if (!d)
 		return;
-	snprintf(suffix, sizeof(suffix), "-%um-%uc", mem_mib, vcpus);
+	snprintf(suffix, sizeof(suffix), "-%.24s-%um-%uc", img->digest, mem_mib, vcpus);
 	while ((e = readdir(d))) {
 		size_t n = strlen(e->d_name), k = strlen(suffix);
 
@@ -127,16 +134,47 @@ static void drop_stale(struct backend *b, unsigned mem_mib, unsigned vcpus)
 	closedir(d);
 }
 
+/* What the image asks the golden state to hold started: its Python
+ * session with the preload modules imported (not bound to names: the
+ * session's namespace stays empty), through an ordinary run. */
+static void warm_up(struct sandbox *s)
+{
+	char code[sizeof(s->img->preload) * 2 + 64], mods[sizeof(s->img->preload)], *m, *save = NULL;
+	struct run_result res;
+	double t0 = now_ms();
+	size_t n;
+	int r;
+
+	if (!s->img->preload[0])
+		return;
+	n = (size_t)snprintf(code, sizeof(code), "#!python3\n");
+	snprintf(mods, sizeof(mods), "%s", s->img->preload);
+	for (m = strtok_r(mods, " ", &save); m && n < sizeof(code); m = strtok_r(NULL, " ", &save))
+		n += (size_t)snprintf(code + n, sizeof(code) - n, "__import__('%s')\n", m);
+	if (n >= sizeof(code))
+		return;
+	r = agent_exec(s, code, n, WARM_UP_TIMEOUT_MS, &res);
+	if (r < 0)
+		say(s->id, "warm-up (import %s): %s", s->img->preload, strerror(-r));
+	else if (res.status != 0)
+		say(s->id, "warm-up (import %s): status %d: %.300s", s->img->preload, res.status, res.err);
+	else
+		fprintf(stderr, "worldfs: vm: golden state of %s: %s imported in %.0f ms\n", s->img->name,
+			s->img->preload, now_ms() - t0);
+	run_result_release(&res);
+}
+
 int golden_bake(struct sandbox *s)
 {
 	struct backend *b = s->b;
-	char dir[PATH_MAX], ram[PATH_MAX], tmp[PATH_MAX], ram_tmp[PATH_MAX], key[80];
+	char dir[PATH_MAX], ram[PATH_MAX], tmp[PATH_MAX], ram_tmp[PATH_MAX], key[GOLDEN_KEY_MAX];
 	double t0 = now_ms(), frozen = 0;
 	uint64_t bytes;
 	int r;
 
-	golden_key(b, s->mem_mib, s->vcpus, key, sizeof(key));
-	if ((r = golden_paths(b, s->mem_mib, s->vcpus, dir, ram)) < 0 ||
+	warm_up(s);
+	golden_key(b, s->img, s->mem_mib, s->vcpus, key, sizeof(key));
+	if ((r = golden_paths(b, s->img, s->mem_mib, s->vcpus, dir, ram)) < 0 ||
 	    (r = pathf(tmp, "%s/.%s.tmp", b->golden_dir, key)) < 0 ||
 	    (r = pathf(ram_tmp, "%s/golden/.%s.ram.tmp", b->ram_dir, key)) < 0)
 		return r;
@@ -146,7 +184,7 @@ int golden_bake(struct sandbox *s)
 		say(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
 		return r;
 	}
-	drop_stale(b, s->mem_mib, s->vcpus);
+	drop_stale(b, s->img, s->mem_mib, s->vcpus);
 	fprintf(stderr, "worldfs: vm: golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it\n",
 		key, frozen, now_ms() - t0);
 	return 0;

@@ -60,6 +60,7 @@ static int member_start(struct backend *b, struct sandbox **out)
 	}
 	s->b = b;
 	s->dirfd = s->agent = -1;
+	s->img = b->img;
 	s->mem_mib = b->mem_mib;
 	s->vcpus = b->vcpus;
 	s->cow = true;
@@ -216,6 +217,7 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 	struct pool *p = b->pool;
 	char dir[PATH_MAX], ram_from[PATH_MAX], ram_to[PATH_MAX];
 	struct sandbox *s = NULL;
+	struct vm_config c;
 	int r;
 
 	if (!p || mem_mib != b->mem_mib || vcpus != b->vcpus)
@@ -254,7 +256,8 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 		say(id, "%s: %s", ram_to, strerror(-r));
 		goto fail;
 	}
-	if ((r = config_write(s->dir, mem_mib, vcpus, true, s->machine, false)) < 0) {
+	config_of(s, &c);
+	if ((r = config_write(s->dir, &c, false)) < 0) {
 		say(id, "%s/config: %s", s->dir, strerror(-r));
 		goto fail;
 	}

@@ -210,7 +210,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	char mem[32], smp[32], name[ID_MAX + 16], pidfile[PATH_MAX], logpath[PATH_MAX];
 	char qmp_sock[SOCK_PATH_MAX], agent_sock[SOCK_PATH_MAX], us[SOCK_PATH_MAX];
 	char qmp_arg[SOCK_PATH_MAX + 48], agent_arg[SOCK_PATH_MAX + 80], accel[64];
-	char ram[PATH_MAX], ram_arg[2 * PATH_MAX + 96], machine[160];
+	char ram[PATH_MAX], ram_arg[2 * PATH_MAX + 96], machine[160], root_arg[2 * PATH_MAX + 96];
 	const char *argv[64];
 	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
 	int argc = 0, logfd = -1, status = 0, r;
@@ -231,6 +231,11 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	else
 		snprintf(accel, sizeof(accel), "tcg,tb-size=%u", TCG_TB_MIB);
 	if ((r = pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = pathf(logpath, "%s/qemu.log", s->dir)) < 0)
+		return r;
+	/* The root disk: one file, read by every QEMU of the image and never
+	 * written (the guest's writes go to an overlay in its memory). */
+	if (s->img->root[0] &&
+	    (r = opt_value(root_arg, sizeof(root_arg), "if=none,id=root,format=raw,readonly=on,file=", s->img->root)) < 0)
 		return r;
 	if (s->cow) {
 		char prefix[64];
@@ -268,11 +273,11 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	argv[argc++] = "-nographic";
 	argv[argc++] = "-no-reboot";
 	argv[argc++] = "-kernel";
-	argv[argc++] = b->kernel;
+	argv[argc++] = s->img->kernel;
 	argv[argc++] = "-initrd";
-	argv[argc++] = b->initrd;
+	argv[argc++] = s->img->initrd;
 	argv[argc++] = "-append";
-	argv[argc++] = b->append;
+	argv[argc++] = s->img->append;
 	argv[argc++] = "-serial";
 	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in our cwd, the sandbox dir */
 	argv[argc++] = "-device";
@@ -281,6 +286,12 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	argv[argc++] = agent_arg;
 	argv[argc++] = "-device";
 	argv[argc++] = "virtserialport,chardev=agent,name=agent";
+	if (s->img->root[0]) {
+		argv[argc++] = "-drive";
+		argv[argc++] = root_arg;
+		argv[argc++] = "-device";
+		argv[argc++] = "virtio-blk-device,drive=root";
+	}
 	argv[argc++] = "-qmp";
 	argv[argc++] = qmp_arg;
 	/* -D keeps QEMU's stderr (qemu.log) open after daemonizing, so its

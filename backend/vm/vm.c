@@ -10,7 +10,7 @@
  * Each VM and snapshot records which kind it is in its config.
  *
  * Files, all below STATE/vm/:
- *   <id>/config         mem_mib, vcpus, ram=file when cow
+ *   <id>/config         mem_mib, vcpus, ram=file when cow, machine, image
  *   <id>/qemu.pid       written by QEMU; -pidfile also marks the process as ours
  *   <id>/qemu.origin    a former pool member: the dir QEMU was started in
  *   <id>/qmp.sock, <id>/agent.sock, <id>/console.log (guest), <id>/qemu.log (QEMU's stderr)
@@ -18,6 +18,7 @@
  *   snapshots/<snap>/{config,state}     full copy
  *   snapshots/<snap>/{config,devstate}  cow, with ram/snapshots/<snap>.ram
  *   golden/, ram/, ram.xfs              golden.c, ram.c
+ *   images/<digest>/                    image.c
  *   .pool-<hex>/                        pool.c
  * QEMU runs daemonized in its own session, so it survives worldfs dying and
  * resume() can reattach to it. */
@@ -34,6 +35,7 @@
 
 #include <jansson.h>
 
+#include "backend/agent/proto.h"
 #include "backend/vm/vm.h"
 
 /* nowatchdog, no transparent huge pages and no proactive compaction: each
@@ -45,7 +47,7 @@ static const char kernel_append[] =
 	"nowatchdog transparent_hugepage=never sysctl.vm.compaction_proactiveness=0";
 
 /* Names in STATE/vm that are not sandboxes. */
-static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs" };
+static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs", "images" };
 
 static bool reserved(const char *name)
 {
@@ -57,7 +59,8 @@ static bool reserved(const char *name)
 
 /* --- sandboxes ------------------------------------------------------------ */
 
-int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, struct sandbox **out)
+int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		struct sandbox **out)
 {
 	struct sandbox *s;
 	int r;
@@ -71,6 +74,7 @@ int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsigned vc
 		return -ENOMEM;
 	s->b = b;
 	s->dirfd = s->agent = -1;
+	s->img = img ? img : b->img;
 	s->mem_mib = mem_mib ? mem_mib : b->mem_mib;
 	s->vcpus = vcpus ? vcpus : b->vcpus;
 	s->machine = MACHINE_CURRENT;
@@ -95,6 +99,7 @@ int sandbox_open_dir(struct sandbox *s)
 /* Create s's directory and config; -EEXIST if the id is taken. */
 static int sandbox_make_dir(struct sandbox *s)
 {
+	struct vm_config c;
 	int r;
 
 	if (mkdir(s->dir, 0700) < 0) {
@@ -103,7 +108,8 @@ static int sandbox_make_dir(struct sandbox *s)
 			say(s->id, "%s: %s", s->dir, strerror(-r));
 		return r;
 	}
-	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, s->mem_mib, s->vcpus, s->cow, s->machine, false)) < 0) {
+	config_of(s, &c);
+	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, &c, false)) < 0) {
 		say(s->id, "%s: %s", s->dir, strerror(-r));
 		if (s->dirfd >= 0)
 			close(s->dirfd);
@@ -145,10 +151,15 @@ int sandbox_discard(struct sandbox *s)
 	return r;
 }
 
+/* What a start reseeds: nothing (a golden state's first boot, reseeded
+ * after its freeze), the kernel's RNG (a world that resumes), or the
+ * interpreters' generators too (a new world; a branch under reseed=all). */
+enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_ALL };
+
 /* Bring s up: start QEMU unless it is already waiting (launched), load a
  * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
  * failure no process is left. */
-static int sandbox_start(struct sandbox *s, int state_fd, bool launched, bool reseed, double deadline)
+static int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline)
 {
 	double t = now_ms();
 	int r;
@@ -167,7 +178,8 @@ static int sandbox_start(struct sandbox *s, int state_fd, bool launched, bool re
 		goto fail;
 	s->steps.load_ms = now_ms() - t;
 	t = now_ms();
-	if ((r = agent_ping(s, deadline)) < 0 || (reseed && (r = agent_reseed(s, deadline)) < 0))
+	if ((r = agent_ping(s, deadline)) < 0 ||
+	    (reseed != RESEED_NONE && (r = agent_reseed(s, deadline, reseed == RESEED_ALL)) < 0))
 		goto fail;
 	s->steps.ready_ms = now_ms() - t;
 	s->broken = false;
@@ -184,16 +196,17 @@ static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
 
 /* A sandbox for a new world or verse: a QEMU from the pool (*pooled; its
  * dir and RAM file already renamed to id) if pooled is not NULL, else a
- * new dir to start one in.  The pool's QEMUs are all MACHINE_CURRENT. */
-static int sandbox_prepare(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, bool cow,
-			   unsigned machine, struct sandbox **out, bool *pooled)
+ * new dir to start one in.  The pool's QEMUs are all MACHINE_CURRENT, of
+ * the mount's image. */
+static int sandbox_prepare(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib,
+			   unsigned vcpus, bool cow, unsigned machine, struct sandbox **out, bool *pooled)
 {
 	struct sandbox *s;
 	int r;
 
 	if (pooled)
 		*pooled = false;
-	if (pooled && cow && machine == MACHINE_CURRENT) {
+	if (pooled && cow && machine == MACHINE_CURRENT && img == b->img) {
 		r = pool_take(b, id, mem_mib, vcpus, out);
 		if (r == 0) {
 			*pooled = (*out)->steps.pooled = true;
@@ -202,7 +215,7 @@ static int sandbox_prepare(struct backend *b, const char *id, unsigned mem_mib, 
 		if (r != -ENOENT)
 			return r;
 	}
-	if ((r = sandbox_new(b, id, mem_mib, vcpus, &s)) < 0)
+	if ((r = sandbox_new(b, id, img, mem_mib, vcpus, &s)) < 0)
 		return r;
 	s->cow = cow;
 	s->machine = machine;
@@ -285,14 +298,14 @@ static unsigned long host_tsc_khz(void)
 #endif
 }
 
-static int vm_init(struct backend **out, const struct backend_config *cfg, char *err, size_t errlen)
+static int vm_init(struct backend **out, struct backend_config *cfg, char *err, size_t errlen)
 {
-	char path[PATH_MAX], image[PATH_MAX];
+	char path[PATH_MAX];
 	struct backend *b;
 	int r;
 
-	if (!cfg->state_dir || !cfg->image_dir) {
-		snprintf(err, errlen, "vm: no state or image directory");
+	if (!cfg->state_dir || !cfg->image || !cfg->image_base) {
+		snprintf(err, errlen, "vm: no state directory or image");
 		return -EINVAL;
 	}
 	b = calloc(1, sizeof(*b));
@@ -300,10 +313,11 @@ static int vm_init(struct backend **out, const struct backend_config *cfg, char 
 		snprintf(err, errlen, "vm: %s", strerror(ENOMEM));
 		return -ENOMEM;
 	}
-	b->mem_mib = cfg->mem_mib ? cfg->mem_mib : 128;
+	image_init(b, cfg->image_base);
 	b->vcpus = cfg->vcpus ? cfg->vcpus : 1;
 	b->exec_timeout_s = cfg->exec_timeout_s ? cfg->exec_timeout_s : DEFAULT_EXEC_TIMEOUT_S;
 	b->output_max = cfg->output_max;
+	b->reseed_sessions = cfg->reseed_sessions;
 
 	/* Absolute paths throughout: QEMU runs from / once daemonized. */
 	if ((r = pathf(path, "%s/vm/snapshots", cfg->state_dir)) < 0 || (r = mkdir_p(path)) < 0) {
@@ -315,24 +329,9 @@ static int vm_init(struct backend **out, const struct backend_config *cfg, char 
 		snprintf(err, errlen, "%s: %s", path, strerror(-r));
 		goto fail;
 	}
-	if ((r = pathf(b->snap_dir, "%s/snapshots", b->dir)) < 0) {
-		snprintf(err, errlen, "%s/snapshots: %s", b->dir, strerror(-r));
-		goto fail;
-	}
-	if (!realpath(cfg->image_dir, image)) {
-		r = -errno;
-		snprintf(err, errlen, "%s: %s (the guest image: sh backend/image/build-image.sh DIR AGENT)",
-			 cfg->image_dir, strerror(-r));
-		goto fail;
-	}
-	if ((r = pathf(b->kernel, "%s/vmlinux", image)) < 0 || (r = pathf(b->initrd, "%s/initrd.cpio.gz", image)) < 0) {
-		snprintf(err, errlen, "%s: %s", image, strerror(-r));
-		goto fail;
-	}
-	if (access(b->kernel, R_OK) < 0 || access(b->initrd, R_OK) < 0) {
-		r = -errno;
-		snprintf(err, errlen, "%s: %s (the guest image: sh backend/image/build-image.sh DIR AGENT)",
-			 access(b->kernel, R_OK) < 0 ? b->kernel : b->initrd, strerror(-r));
+	if ((r = pathf(b->snap_dir, "%s/snapshots", b->dir)) < 0 || (r = pathf(b->images_dir, "%s/images", b->dir)) < 0 ||
+	    (mkdir(b->images_dir, 0700) < 0 && (r = -errno) != -EEXIST)) {
+		snprintf(err, errlen, "%s: %s", b->dir, strerror(-r));
 		goto fail;
 	}
 	if ((r = find_program("qemu-system-x86_64", b->qemu)) < 0) {
@@ -347,6 +346,13 @@ static int vm_init(struct backend **out, const struct backend_config *cfg, char 
 		if (khz)
 			snprintf(b->append, sizeof(b->append), "%s tsc_early_khz=%lu", kernel_append, khz);
 	}
+	if ((r = image_open(b, cfg->image, cfg->image_base, &b->img, err, errlen)) < 0)
+		goto fail;
+	b->mem_mib = cfg->mem_mib ? cfg->mem_mib : b->img->mem_mib;
+	cfg->mem_mib = b->mem_mib;
+	cfg->vcpus = b->vcpus;
+	fprintf(stderr, "worldfs: vm: image %s (%s), %u MiB, %s\n", b->img->name, b->img->dir, b->mem_mib,
+		b->img->root[0] ? "root disk" : "initramfs root");
 	pthread_mutex_init(&b->golden_lock, NULL);
 	ram_init(b, !cfg->branch_copy);
 	if ((r = golden_init(b, kernel_append)) < 0) {
@@ -361,6 +367,7 @@ static int vm_init(struct backend **out, const struct backend_config *cfg, char 
 	*out = b;
 	return 0;
 fail:
+	image_fini(b);
 	free(b);
 	return r;
 }
@@ -370,6 +377,7 @@ static void vm_fini(struct backend *b)
 	pool_stop(b);
 	ram_fini(b);
 	pthread_mutex_destroy(&b->golden_lock);
+	image_fini(b);
 	free(b);
 }
 
@@ -382,14 +390,14 @@ static int create_cold(struct backend *b, const char *id, unsigned mem_mib, unsi
 	struct sandbox *s;
 	int r;
 
-	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
+	if ((r = sandbox_prepare(b, id, b->img, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
 		return r;
 	if (b->cow && ((r = ram_path(b, id, ram)) < 0 || (r = ram_create(ram, s->mem_mib)) < 0)) {
 		say(id, "%s: %s", ram, strerror(-r));
 		goto fail;
 	}
 	s->steps.from = "boot";
-	if ((r = sandbox_start(s, -1, false, !golden, deadline)) < 0)
+	if ((r = sandbox_start(s, -1, false, golden ? RESEED_NONE : RESEED_ALL, deadline)) < 0)
 		goto fail;
 	*out = s;
 	return 0;
@@ -410,11 +418,11 @@ static int create_from_golden(struct backend *b, const char *id, unsigned mem_mi
 	int fd, r;
 
 	*unusable = false;
-	fd = golden_open(b, mem_mib, vcpus, gram);
+	fd = golden_open(b, b->img, mem_mib, vcpus, gram);
 	if (fd < 0)
 		return fd;
 	t = now_ms();
-	if ((r = sandbox_prepare(b, id, mem_mib, vcpus, true, MACHINE_CURRENT, &s, &pooled)) < 0) {
+	if ((r = sandbox_prepare(b, id, b->img, mem_mib, vcpus, true, MACHINE_CURRENT, &s, &pooled)) < 0) {
 		close(fd);
 		return r;
 	}
@@ -427,7 +435,7 @@ static int create_from_golden(struct backend *b, const char *id, unsigned mem_mi
 	/* Other creates may clone it meanwhile; only golden_drop() must wait. */
 	pthread_mutex_unlock(&b->golden_lock);
 	if (r == 0)
-		r = sandbox_start(s, fd, pooled, true, deadline);
+		r = sandbox_start(s, fd, pooled, RESEED_ALL, deadline);
 	pthread_mutex_lock(&b->golden_lock);
 	close(fd);
 	if (r < 0) {
@@ -459,14 +467,16 @@ static int vm_create(struct backend *b, const char *id, unsigned mem_mib, unsign
 	r = create_from_golden(b, id, mem_mib, vcpus, &s, deadline, &unusable);
 	if (unusable) {
 		say(id, "the golden state did not come up (%s): dropped; booting cold", strerror(-r));
-		golden_drop(b, mem_mib, vcpus);
+		golden_drop(b, b->img, mem_mib, vcpus);
 	}
 	if (r == -ENOENT || unusable) {
 		r = create_cold(b, id, mem_mib, vcpus, true, &s, deadline);
 		if (r == 0)
 			golden_bake(s);
 		pthread_mutex_unlock(&b->golden_lock);
-		if (r == 0 && (r = agent_reseed(s, deadline)) < 0) {
+		/* The bake may have taken a while (a warm-up run): the
+		 * reseed gets its own time. */
+		if (r == 0 && (r = agent_reseed(s, now_ms() + RESTORE_TIMEOUT_MS, true)) < 0) {
 			sandbox_discard(s);
 			s = NULL;
 		}
@@ -487,7 +497,7 @@ done:
 
 static int vm_exec(struct sandbox *s, const char *code, size_t len, struct run_result *res)
 {
-	return agent_exec(s, code, len, res);
+	return agent_exec(s, code, len, 0, res);
 }
 
 static int snapshot_paths(const struct backend *b, const char *snap_id, char dir[PATH_MAX], char tmp[PATH_MAX])
@@ -521,6 +531,7 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 {
 	char state[PATH_MAX], ram_parent[PATH_MAX], parent[PATH_MAX];
 	bool ram_placed = false, dir_placed = false;
+	struct vm_config c;
 	struct stat st;
 	int fd = -1, ram_fd = -1, r;
 
@@ -568,7 +579,8 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 			goto out;
 		}
 	}
-	if ((r = config_write(tmp, s->mem_mib, s->vcpus, s->cow, s->machine, true)) < 0 || (r = fsync_path(tmp)) < 0) {
+	config_of(s, &c);
+	if ((r = config_write(tmp, &c, true)) < 0 || (r = fsync_path(tmp)) < 0) {
 		say(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
@@ -659,9 +671,10 @@ static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child,
 	return fd;
 }
 
-/* A snapshot's state file (and its RAM file, ram[0] == 0 when it has none). */
-static int branch_state_of_snapshot(struct backend *b, const char *snap_id, unsigned *mem_mib, unsigned *vcpus,
-				    bool *cow, unsigned *machine, char ram[PATH_MAX])
+/* A snapshot's state file, its config and image (and its RAM file, ram[0]
+ * == 0 when it has none). */
+static int branch_state_of_snapshot(struct backend *b, const char *snap_id, struct vm_config *c,
+				    const struct vm_image **img, char ram[PATH_MAX])
 {
 	char dir[PATH_MAX], state[PATH_MAX];
 	int r, fd;
@@ -669,15 +682,19 @@ static int branch_state_of_snapshot(struct backend *b, const char *snap_id, unsi
 	ram[0] = '\0';
 	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
-	if ((r = config_read(dir, mem_mib, vcpus, cow, machine)) < 0) {
+	if ((r = config_read(dir, c)) < 0) {
 		if (r != -ENOENT)
 			fprintf(stderr, "worldfs: vm: %s/config: %s\n", dir, strerror(-r));
 		return r;
 	}
-	if ((r = pathf(state, "%s/%s", dir, *cow ? "devstate" : "state")) < 0 ||
-	    (*cow && (r = ram_snapshot_path(b, snap_id, ram)) < 0))
+	if (!(*img = image_find(b, c->image))) {
+		fprintf(stderr, "worldfs: vm: snapshot %s: its guest image is gone\n", snap_id);
+		return -EIO;
+	}
+	if ((r = pathf(state, "%s/%s", dir, c->cow ? "devstate" : "state")) < 0 ||
+	    (c->cow && (r = ram_snapshot_path(b, snap_id, ram)) < 0))
 		return r;
-	if (*cow && !b->ram_ready) {
+	if (c->cow && !b->ram_ready) {
 		fprintf(stderr, "worldfs: vm: snapshot %s: its RAM is in %s, which is not available\n", snap_id,
 			b->ram_dir);
 		return -EIO;
@@ -697,27 +714,27 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 {
 	double t0 = now_ms(), t, frozen = 0;
 	char src_ram[PATH_MAX] = "", ram[PATH_MAX];
-	unsigned mem_mib = 0, vcpus = 0, machine = MACHINE_CURRENT;
+	const struct vm_image *img;
 	struct sandbox *s = NULL;
-	bool cow = false, pooled = false;
+	struct vm_config c;
+	bool cow, pooled = false;
 	int fd = -1, ram_to = -1, r;
 
 	if (parent) {
 		if (parent->broken)
 			return -EIO;
-		mem_mib = parent->mem_mib;
-		vcpus = parent->vcpus;
-		cow = parent->cow;
-		machine = parent->machine;
+		config_of(parent, &c);
+		img = parent->img;
 	} else {
 		if (!snap_id)
 			return -EINVAL;
-		fd = branch_state_of_snapshot(b, snap_id, &mem_mib, &vcpus, &cow, &machine, src_ram);
+		fd = branch_state_of_snapshot(b, snap_id, &c, &img, src_ram);
 		if (fd < 0)
 			return fd;
 	}
+	cow = c.cow;
 	t = now_ms();
-	if ((r = sandbox_prepare(b, child_id, mem_mib, vcpus, cow, machine, &s, &pooled)) < 0) {
+	if ((r = sandbox_prepare(b, child_id, img, c.mem_mib, c.vcpus, cow, c.machine, &s, &pooled)) < 0) {
 		s = NULL;
 		goto out;
 	}
@@ -755,7 +772,8 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	if (ram_to >= 0)
 		close(ram_to);
 	ram_to = -1;
-	if ((r = sandbox_start(s, fd, pooled, true, now_ms() + RESTORE_TIMEOUT_MS)) < 0)
+	if ((r = sandbox_start(s, fd, pooled, b->reseed_sessions ? RESEED_ALL : RESEED_KERNEL,
+				 now_ms() + RESTORE_TIMEOUT_MS)) < 0)
 		goto fail;
 	s->steps.total_ms = now_ms() - t0;
 	handle_set(s, handle);
@@ -851,7 +869,7 @@ static int resume_reattach(struct sandbox *s, pid_t pid)
 		return qmp_failed(s, r, "cont");
 	/* A run may still be going on: PING waits for it (exec_timeout). */
 	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
-	    (r = agent_reseed(s, deadline)) < 0)
+	    (r = agent_reseed(s, deadline, false)) < 0)
 		return r;
 	s->broken = false;
 	return 0;
@@ -874,7 +892,8 @@ static int resume_from_file(struct sandbox *s, const char *path)
 		return r;
 	}
 	s->steps.from = "suspend";
-	r = sandbox_start(s, fd, false, true, now_ms() + RESTORE_TIMEOUT_MS);
+	/* The same world, resumed: its interpreters keep their generators. */
+	r = sandbox_start(s, fd, false, RESEED_KERNEL, now_ms() + RESTORE_TIMEOUT_MS);
 	close(fd);
 	if (r < 0)
 		return r;
@@ -890,23 +909,27 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 {
 	char path[PATH_MAX];
 	struct sandbox *s;
-	unsigned mem_mib, vcpus, machine;
-	bool cow;
+	struct vm_config c;
 	pid_t pid;
 	int r;
 
-	if ((r = sandbox_new(b, id, 0, 0, &s)) < 0)
+	if ((r = sandbox_new(b, id, NULL, 0, 0, &s)) < 0)
 		return r;
-	if ((r = config_read(s->dir, &mem_mib, &vcpus, &cow, &machine)) < 0 || (r = sandbox_open_dir(s)) < 0) {
+	if ((r = config_read(s->dir, &c)) < 0 || (r = sandbox_open_dir(s)) < 0) {
 		if (r != -ENOENT)
 			say(id, "%s: %s", s->dir, strerror(-r));
 		sandbox_free(s);
 		return -ENOENT;
 	}
-	s->mem_mib = mem_mib;
-	s->vcpus = vcpus;
-	s->cow = cow;
-	s->machine = machine;
+	if (!(s->img = image_find(b, c.image))) {
+		say(id, "its guest image is gone: cannot resume");
+		sandbox_free(s);
+		return -ENOENT;
+	}
+	s->mem_mib = c.mem_mib;
+	s->vcpus = c.vcpus;
+	s->cow = c.cow;
+	s->machine = c.machine;
 	qemu_origin(s->dir, s->qdir);
 	if ((r = pathf(path, "%s/suspend.state", s->dir)) < 0)
 		goto fail;
@@ -947,8 +970,7 @@ fail:
 static enum sandbox_presence vm_probe(struct backend *b, const char *id, const char *handle)
 {
 	char dir[PATH_MAX], qdir[PATH_MAX], path[PATH_MAX], ram[PATH_MAX];
-	unsigned mem_mib, vcpus, machine;
-	bool cow = false;
+	struct vm_config c;
 
 	if (id_check(id) < 0 || reserved(id) || pathf(dir, "%s/%s", b->dir, id) < 0 ||
 	    pathf(path, "%s/suspend.state", dir) < 0)
@@ -956,9 +978,9 @@ static enum sandbox_presence vm_probe(struct backend *b, const char *id, const c
 	qemu_origin(dir, qdir);
 	if (pid_is_ours(pid_parse(handle), qdir) || pid_is_ours(pid_from_file(dir), qdir))
 		return SANDBOX_RUNNING;
-	if (!exists(path) || config_read(dir, &mem_mib, &vcpus, &cow, &machine) < 0)
+	if (!exists(path) || config_read(dir, &c) < 0)
 		return SANDBOX_GONE;
-	if (cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !exists(ram)))
+	if (c.cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !exists(ram)))
 		return SANDBOX_GONE;
 	return SANDBOX_SAVED;
 }
@@ -971,7 +993,7 @@ static int vm_discard(struct backend *b, const char *id, const char *handle)
 	pid_t pid;
 	int r;
 
-	if ((r = sandbox_new(b, id, 0, 0, &s)) < 0)
+	if ((r = sandbox_new(b, id, NULL, 0, 0, &s)) < 0)
 		return r;
 	if (!exists(s->dir)) {
 		if (b->ram_ready && ram_path(b, id, ram) == 0)
@@ -1012,20 +1034,33 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 		closedir(d);
 	}
 	ram_collect_garbage(b, known, ctx);
+	image_collect_garbage(b);
 }
 
 static char *vm_describe(struct sandbox *s)
 {
 	const struct start_steps *st = &s->steps;
-	json_t *o = json_pack("{s:s, s:i, s:s, s:i, s:i, s:s, s:s}",
+	json_t *o = json_pack("{s:s, s:i, s:s, s:i, s:i, s:s, s:s, s:s}",
 			      "backend", "vm",
 			      "pid", (int)s->pid,
 			      "accel", s->b->kvm ? "kvm" : "tcg",
 			      "mem_mib", (int)s->mem_mib,
 			      "vcpus", (int)s->vcpus,
 			      "ram", s->cow ? "cow" : "copy",
+			      "image", s->img->name,
 			      "status", s->broken ? "failed" : pid_is_ours(s->pid, s->qdir) ? "up" : "down");
+	json_t *sessions = json_array();
 	char *text;
+
+	/* The sessions alive in the guest, as its agent last said. */
+	if (s->sessions & PROTO_F_SESSION_SH)
+		json_array_append_new(sessions, json_string("sh"));
+	if (s->sessions & PROTO_F_SESSION_PYTHON)
+		json_array_append_new(sessions, json_string("python3"));
+	if (o)
+		json_object_set_new(o, "sessions", sessions);
+	else
+		json_decref(sessions);
 
 	/* Where the last start's time went, in ms. */
 	if (o && st->from)

@@ -3,6 +3,7 @@
  * backend/vm/; backend.h is the interface to the rest of worldfs.
  *
  *   files.c   small file helpers (durable writes, trees, config files, logs)
+ *   image.c   guest images: their manifests, pinned copies, kernel arguments
  *   qemu.c    the QEMU process: start, stop, identity, migration over QMP
  *   agent.c   the guest agent: connect, ping, reseed, exec
  *   ram.c     the RAM directory (files that clone with FICLONE) and its
@@ -41,19 +42,44 @@
 
 struct pool;
 
+#define IMAGE_DIGEST_MAX 64
+
+/* A guest image, pinned in STATE/vm/images/<digest> (image.c). */
+struct vm_image {
+	struct vm_image *next;
+	char digest[IMAGE_DIGEST_MAX + 1]; /* names it in VM configs and golden keys */
+	char name[64];             /* "debian", "busybox", ... (the manifest's) */
+	char dir[PATH_MAX];        /* the pinned copy */
+	char kernel[PATH_MAX];
+	char initrd[PATH_MAX];
+	char root[PATH_MAX];       /* the read-only root disk, "" when none */
+	unsigned mem_mib;          /* default memory of a new world */
+	char preload[256];         /* Python modules the golden state imports */
+	char append[384];          /* the kernel command line for it */
+};
+
 struct backend {
 	char dir[PATH_MAX];        /* STATE/vm, absolute: QEMU runs with cwd / */
 	char snap_dir[PATH_MAX];   /* STATE/vm/snapshots */
 	char golden_dir[PATH_MAX]; /* STATE/vm/golden */
-	char kernel[PATH_MAX];
-	char initrd[PATH_MAX];
+	char images_dir[PATH_MAX]; /* STATE/vm/images */
 	char qemu[PATH_MAX];
-	char append[256];          /* kernel command line */
+	char append[256];          /* kernel command line, every image */
 	bool kvm;
 	unsigned mem_mib;
 	unsigned vcpus;
 	unsigned exec_timeout_s;
 	size_t output_max;
+	bool reseed_sessions;      /* reseed=all: branches reseed interpreters too */
+
+	/* Images (image.c): the mount's, for new worlds; the one for configs
+	 * that name none (states saved by 0.1); all loaded so far. */
+	char image_base[PATH_MAX];  /* where image names are directories */
+	struct vm_image *img;
+	const struct vm_image *legacy;
+	pthread_mutex_t legacy_lock;
+	struct vm_image *images;
+	pthread_mutex_t images_lock;
 
 	/* Copy-on-write memory (ram.c). */
 	bool cow;                  /* new worlds keep their RAM in ram_dir */
@@ -90,6 +116,9 @@ struct sandbox {
 	pid_t pid;                /* the daemonized QEMU, 0 when none */
 	struct qmp *qmp;
 	int agent;                /* agent socket, -1 when not connected */
+	unsigned agent_version;   /* from its PONG: 1 (worldfs 0.1) or 2 */
+	uint32_t sessions;        /* PROTO_F_SESSION_* alive, as the agent last said */
+	const struct vm_image *img;
 	unsigned mem_mib;
 	unsigned vcpus;
 	bool cow;                 /* guest RAM is the file ram_dir/<id>.ram, shared */
@@ -123,18 +152,38 @@ int mkdir_p(char *path);
 int find_program(const char *name, char out[PATH_MAX]);
 void log_tail(const char *dir, const char *name, char *out, size_t n);
 
-/* dir/config: the VM's size, and whether its RAM is a file (cow).  A
- * running VM's config need not be durable: a host crash loses the VM
- * anyway; suspend() makes it durable with the state. */
 /* The machine a VM is started as; its device state only loads into the same.
  * 1: worldfs 0.1 (microvm with the i8254 PIT); 2: no PIT, whose 37 Hz timer
  * woke every idle QEMU (half of an idle VM's CPU). */
 #define MACHINE_PIT 1
 #define MACHINE_NO_PIT 2
 #define MACHINE_CURRENT MACHINE_NO_PIT
-/* A VM's config file: memory, vCPUs, RAM kind, machine (absent: 1). */
-int config_write(const char *dir, unsigned mem_mib, unsigned vcpus, bool cow, unsigned machine, bool durable);
-int config_read(const char *dir, unsigned *mem_mib, unsigned *vcpus, bool *cow, unsigned *machine);
+/* dir/config: how to start a QEMU that can load the VM's saved state.  A
+ * running VM's config need not be durable: a host crash loses the VM
+ * anyway; suspend() makes it durable with the state. */
+struct vm_config {
+	unsigned mem_mib, vcpus;
+	bool cow;                 /* guest RAM is a file (ram=file) */
+	unsigned machine;         /* MACHINE_*; a config without the line is 1 */
+	char image[IMAGE_DIGEST_MAX + 1]; /* the image's digest; "" for 0.1's */
+};
+
+int config_write(const char *dir, const struct vm_config *c, bool durable);
+int config_read(const char *dir, struct vm_config *c);
+/* The config of s as it runs. */
+void config_of(const struct sandbox *s, struct vm_config *c);
+
+/* --- image.c --------------------------------------------------------------- */
+
+void image_init(struct backend *b, const char *base);
+void image_fini(struct backend *b);
+/* The image named spec (a name in base, or a directory), pinned. */
+int image_open(struct backend *b, const char *spec, const char *base, struct vm_image **out, char *err,
+	       size_t errlen);
+/* A pinned image by digest ("" : the legacy image); NULL if it is gone. */
+const struct vm_image *image_find(struct backend *b, const char *digest);
+/* Delete the pinned images no config names. */
+void image_collect_garbage(struct backend *b);
 
 /* --- qemu.c ---------------------------------------------------------------- */
 
@@ -178,9 +227,12 @@ int state_load(struct sandbox *s, int fd, double deadline);
 int agent_connect(struct sandbox *s, double deadline);
 /* Until the agent answers PING. */
 int agent_ping(struct sandbox *s, double deadline);
-/* Fresh entropy and the host's time: a restored or cloned guest has its parent's. */
-int agent_reseed(struct sandbox *s, double deadline);
-int agent_exec(struct sandbox *s, const char *code, size_t len, struct run_result *res);
+/* Fresh entropy and the host's time: a restored or cloned guest has its
+ * parent's.  sessions: the interpreters' global generators too (a version
+ * 1 agent has no interpreters but sh). */
+int agent_reseed(struct sandbox *s, double deadline, bool sessions);
+/* A run with the backend's exec_timeout, or timeout_ms if not 0. */
+int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res);
 
 /* --- ram.c ----------------------------------------------------------------- */
 
@@ -206,16 +258,19 @@ void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char 
 
 /* --- golden.c -------------------------------------------------------------- */
 
-/* Compute b->golden_id from the files a booted world depends on. */
+/* Compute b->golden_id from what every booted world depends on. */
 int golden_init(struct backend *b, const char *kernel_args);
-/* The golden state for mem_mib/vcpus: its devstate (an fd) and its RAM
- * file path; -ENOENT if none is baked yet. */
-int golden_open(struct backend *b, unsigned mem_mib, unsigned vcpus, char ram[PATH_MAX]);
-/* Freeze s (cold-booted, agent answering, not yet reseeded) as the golden
- * state for its size.  s keeps running. */
+/* The golden state of img for mem_mib/vcpus: its devstate (an fd) and its
+ * RAM file path; -ENOENT if none is baked yet. */
+int golden_open(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		char ram[PATH_MAX]);
+/* Warm s up as the image asks (its Python session started, the preload
+ * modules imported), then freeze it as the golden state for its image and
+ * size.  s is cold-booted, its agent answering, not yet reseeded; it keeps
+ * running. */
 int golden_bake(struct sandbox *s);
-/* Forget the golden state for this size (it failed to load). */
-void golden_drop(struct backend *b, unsigned mem_mib, unsigned vcpus);
+/* Forget the golden state for this image and size (it failed to load). */
+void golden_drop(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus);
 
 /* --- pool.c ---------------------------------------------------------------- */
 
@@ -233,7 +288,8 @@ void pool_release(struct backend *b);
 
 /* --- vm.c ------------------------------------------------------------------ */
 
-int sandbox_new(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpus, struct sandbox **out);
+int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		struct sandbox **out);
 int sandbox_open_dir(struct sandbox *s);
 void sandbox_free(struct sandbox *s);
 int sandbox_discard(struct sandbox *s);

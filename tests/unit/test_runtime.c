@@ -30,7 +30,7 @@ struct sandbox {
 
 static struct backend fake;
 
-static int f_init(struct backend **out, const struct backend_config *cfg, char *err, size_t len)
+static int f_init(struct backend **out, struct backend_config *cfg, char *err, size_t len)
 {
 	(void)cfg; (void)err; (void)len;
 	*out = &fake;
@@ -254,9 +254,15 @@ static void scenario(void **state)
 	assert_int_equal(runtime_resolve(&rt, u, "optimal", 0), -EINVAL);
 	assert_int_equal(fake.live, 2);  /* universe and the winner */
 
-	/* the collapsed verse refuses runs */
+	/* the collapsed verse refuses runs, and says so in its own outputs
+	 * (a shell never sees close(2) fail) */
 	struct run_result r;
 	assert_int_equal(runtime_exec(&rt, nash, "true", 4, &r), -EROFS);
+	assert_int_equal(r.status, 255);
+	assert_non_null(strstr(r.err, "collapsed"));
+	assert_int_equal(nash->status, 255);
+	assert_int_equal(nash->err_len, r.err_len);
+	run_result_release(&r);
 	assert_int_equal(runtime_exec(&rt, opt, "fail", 4, &r), 0);
 	assert_int_equal(r.status, 3);
 	run_result_release(&r);

@@ -1,7 +1,7 @@
 /* test_vmconfig.c: a VM's config file, which says how to start a QEMU
- * that can load its saved state: memory, vCPUs, RAM kind and machine.
- * States saved by worldfs 0.1 have no machine line and must keep loading
- * into the machine they were made on. */
+ * that can load its saved state: memory, vCPUs, RAM kind, machine and
+ * image.  States saved by worldfs 0.1 have no machine or image line and
+ * must keep loading into the machine and image they were made with. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -38,41 +38,54 @@ static void put(const char *text)
 
 static void round_trip(void **state)
 {
-	unsigned mem, vcpus, machine;
-	bool cow;
+	struct vm_config c = { .mem_mib = 2048, .vcpus = 2, .cow = true, .machine = MACHINE_CURRENT,
+			       .image = "54b83ec78d1db5ae708ac7d14df212c816bcddc12beec67dd7d2db3c2a04ceca" }, r;
 	(void)state;
 
-	assert_int_equal(config_write(dir, 2048, 2, true, MACHINE_CURRENT, true), 0);
-	assert_int_equal(config_read(dir, &mem, &vcpus, &cow, &machine), 0);
-	assert_int_equal(mem, 2048);
-	assert_int_equal(vcpus, 2);
-	assert_true(cow);
-	assert_int_equal(machine, MACHINE_CURRENT);
-	assert_int_equal(config_write(dir, 128, 1, false, MACHINE_PIT, false), 0);
-	assert_int_equal(config_read(dir, &mem, &vcpus, &cow, &machine), 0);
-	assert_false(cow);
-	assert_int_equal(machine, MACHINE_PIT);
+	assert_int_equal(config_write(dir, &c, true), 0);
+	assert_int_equal(config_read(dir, &r), 0);
+	assert_int_equal(r.mem_mib, 2048);
+	assert_int_equal(r.vcpus, 2);
+	assert_true(r.cow);
+	assert_int_equal(r.machine, MACHINE_CURRENT);
+	assert_string_equal(r.image, c.image);
+	c = (struct vm_config){ .mem_mib = 128, .vcpus = 1, .cow = false, .machine = MACHINE_PIT };
+	assert_int_equal(config_write(dir, &c, false), 0);
+	assert_int_equal(config_read(dir, &r), 0);
+	assert_false(r.cow);
+	assert_int_equal(r.machine, MACHINE_PIT);
+	assert_string_equal(r.image, "");
 }
 
 static void older_and_newer(void **state)
 {
-	unsigned mem, vcpus, machine = 0;
-	bool cow;
+	struct vm_config c;
 	(void)state;
 
-	/* worldfs 0.1 and the first cow states: machine 1 */
+	/* worldfs 0.1 and the first cow states: machine 1, 0.1's image */
 	put("mem_mib=128\nvcpus=1\n");
-	assert_int_equal(config_read(dir, &mem, &vcpus, &cow, &machine), 0);
-	assert_int_equal(machine, MACHINE_PIT);
+	assert_int_equal(config_read(dir, &c), 0);
+	assert_int_equal(c.machine, MACHINE_PIT);
+	assert_string_equal(c.image, "");
 	put("mem_mib=128\nvcpus=1\nram=file\n");
-	assert_int_equal(config_read(dir, &mem, &vcpus, &cow, &machine), 0);
-	assert_true(cow);
-	assert_int_equal(machine, MACHINE_PIT);
+	assert_int_equal(config_read(dir, &c), 0);
+	assert_true(c.cow);
+	assert_int_equal(c.machine, MACHINE_PIT);
+	/* before images had names: machine 2, no image line */
+	put("mem_mib=128\nvcpus=1\nram=file\nmachine=2\n");
+	assert_int_equal(config_read(dir, &c), 0);
+	assert_int_equal(c.machine, MACHINE_NO_PIT);
+	assert_string_equal(c.image, "");
 	/* a machine this worldfs does not know is refused, not guessed */
 	put("mem_mib=128\nvcpus=1\nmachine=99\n");
-	assert_int_equal(config_read(dir, &mem, &vcpus, &cow, &machine), -EINVAL);
+	assert_int_equal(config_read(dir, &c), -EINVAL);
 	put("mem_mib=0\nvcpus=1\n");
-	assert_int_equal(config_read(dir, &mem, &vcpus, &cow, &machine), -EINVAL);
+	assert_int_equal(config_read(dir, &c), -EINVAL);
+	/* an image line that is not a digest (a path, a traversal) is refused */
+	put("mem_mib=128\nvcpus=1\nmachine=2\nimage=../../etc\n");
+	assert_int_equal(config_read(dir, &c), -EINVAL);
+	put("mem_mib=128\nvcpus=1\nmachine=2\nimage=\n");
+	assert_int_equal(config_read(dir, &c), -EINVAL);
 }
 
 int main(void)
