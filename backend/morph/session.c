@@ -107,7 +107,13 @@ static const char outer_script[] =
  * them, so the host finds their definitions in the code; a definition is
  * kept while `command -V` says the name is a function.  Variables that
  * belong to the shell (PPID, LINENO, bash's read-only ones) are not
- * carried, nor are traps and `set -o` options. */
+ * carried, nor are traps and `set -o` options.
+ *
+ * The code's first line: "#!/ABS/PATH [ARG]" runs it as a one-off script
+ * of that interpreter (split as the kernel splits a "#!" line), in the
+ * session's directory and environment; "#!python3" and "#!python" name
+ * the persistent Python session, which Morph instances do not have:
+ * status 127 and a note. */
 static const char inner_script[] =
 	"readonly __wfs_d=\"$1\" __wfs_r=\"$2\"\n"
 	"set --\n"
@@ -160,6 +166,29 @@ static const char inner_script[] =
 	"unset __wfs_c __wfs_m __wfs_o __wfs_f\n"
 	"trap '__wfs_exit \"$?\"' EXIT\n"
 	"trap '__wfs_save 124 term; exit 124' TERM\n"
+	"__wfs_x=\n"
+	"IFS= read -r __wfs_x <\"$__wfs_r/code\" || :\n"
+	"case $__wfs_x in\n"
+	"'#!python3'|'#!python3'[[:space:]]*|'#!python'|'#!python'[[:space:]]*)\n"
+	"\tcommand printf '[worldfs: python3: no persistent Python session with backend=morph; "
+	"a one-off script runs: #!/usr/bin/python3]\\n' >&2\n"
+	"\t__wfs_save 127\n"
+	"\texit 127 ;;\n"
+	"'#!'*)\n"
+	"\t__wfs_i=$(command printf '%s\\n' \"$__wfs_x\" | command sed -n 's|^#![[:space:]]*\\(/[^[:space:]]*\\).*|\\1|p')\n"
+	"\t__wfs_a=$(command printf '%s\\n' \"$__wfs_x\" | command sed -n "
+	"'s|^#![[:space:]]*/[^[:space:]]*[[:space:]]*||; s|[[:space:]]*$||p')\n"
+	"\tif [ -n \"$__wfs_i\" ] && [ -n \"$__wfs_a\" ]; then\n"
+	"\t\t\"$__wfs_i\" \"$__wfs_a\" \"$__wfs_r/code\"\n"
+	"\t\t__wfs_save \"$?\"\n"
+	"\t\texit \"$__wfs_st\"\n"
+	"\telif [ -n \"$__wfs_i\" ]; then\n"
+	"\t\t\"$__wfs_i\" \"$__wfs_r/code\"\n"
+	"\t\t__wfs_save \"$?\"\n"
+	"\t\texit \"$__wfs_st\"\n"
+	"\tfi ;;\n"
+	"esac\n"
+	"unset __wfs_x\n"
 	". \"$__wfs_r/code\"\n"
 	"__wfs_save \"$?\"\n"
 	"exit \"$__wfs_st\"\n";

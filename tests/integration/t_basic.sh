@@ -130,6 +130,30 @@ expect_eq "the lines before it ran" first "$(wfs_val "$W/stdout")"
 expect_match "stderr names the syntax error" '[Ss]yntax error' "$(wfs_val "$W/stderr")"
 expect_eq "session intact after a syntax error" "42 ran" "$(wfs_run "$W" 'echo $X $Y')"
 
+# The first line: "#!/ABS/PATH [ARG]" runs a one-off script of that
+# interpreter, in the session's directory and environment; "#!python3"
+# the Python session, where the image has one.
+expect_ok "exec: cd /tmp; export ONEOFF" wfs_exec "$W" 'cd /tmp; export ONEOFF=yes'
+expect_ok "exec: #!/bin/sh -e" wfs_exec "$W" '#!/bin/sh -e
+echo "one $(pwd) $ONEOFF"
+false
+echo two'
+expect_eq "a one-off script: its interpreter, its argument, the session's cwd and environment" \
+	"1|one /tmp yes" "$(wfs_val "$W/status")|$(wfs_val "$W/stdout")"
+expect_eq "a one-off script leaves the session alone" 42 "$(wfs_run "$W" 'echo $X')"
+expect_ok "exec: #!python3" wfs_exec "$W" '#!python3
+print(6 * 7)'
+case $WFS_BACKEND,${WORLDFS_OPTS:-} in
+vm,*image=busybox*)
+	expect_eq "#!python3 in the busybox image: status 127" 127 "$(wfs_val "$W/status")"
+	expect_match "and stderr says there is no python3" 'python3: not found' "$(wfs_val "$W/stderr")" ;;
+vm,*)
+	expect_eq "#!python3 runs in the Python session" "0 42" "$(wfs_val "$W/status") $(wfs_val "$W/stdout")" ;;
+morph,*)
+	expect_eq "#!python3 with backend=morph: status 127" 127 "$(wfs_val "$W/status")"
+	expect_match "and stderr says why" 'no persistent Python session' "$(wfs_val "$W/stderr")" ;;
+esac
+
 # `exit` ends the session; a fresh one starts.
 expect_ok "exec: exit 5" wfs_exec "$W" 'exit 5'
 expect_eq "status of exit 5" 5 "$(wfs_val "$W/status")"
