@@ -195,5 +195,27 @@ expect_eq "the kernel's RNG still differs" 3 \
 expect_ok "mkdir k2 (a new world)" mkdir "$MNT/k2"
 expect_eq "new worlds are never alike, even under reseed=kernel" 2 \
 	"$(for w in "$W" "$MNT/k2"; do pyrun "$w" 'import random; print(random.random())'; done | sort -u | wc -l)"
+
+# The man page's EXAMPLES run as written (but for the mount and unmount
+# lines, and with this mount point for /mnt/w), every "# -> value" checked.
+awk '/^\.SH EXAMPLES/ { e = 1 } e && x && /^\.EE/ { exit } x { print } e && /^\.EX/ { x = 1 }' \
+	"$WORLDFS_SRC/man/worldfs.1" | sed -e 's/\\-/-/g' -e 's/\\(->/->/g' -e 's/\\e/\\/g' >"$wfs_tmp/example.txt"
+{
+	echo '__check() { __got=$(eval "$2" 2>&1 | tr "\n" " " | sed "s/ *$//")'
+	echo '  if [ "$__got" = "$1" ]; then echo "checked: $2"; else echo "MISMATCH: $2: got [$__got], want [$1]"; fi; }'
+	awk -v mnt="$MNT" '
+		function q(s) { gsub(/\047/, "\047\\\047\047", s); return "\047" s "\047" }
+		NR == 1 || /fusermount3/ { next }
+		{ gsub("/mnt/w", mnt) }
+		match($0, / +# -> /) { print "__check " q(substr($0, RSTART + RLENGTH)) " " q(substr($0, 1, RSTART - 1)); next }
+		{ print }' "$wfs_tmp/example.txt"
+} >"$wfs_tmp/example.sh"
+arrows=$(grep -c ' # -> ' "$wfs_tmp/example.txt")
+expect_ok "the man page has an example with checked lines ($arrows)" test "$arrows" -ge 8
+(cd "$MNT" && sh "$wfs_tmp/example.sh") >"$wfs_tmp/example.out" 2>&1
+expect_eq "the man page's example: every checked line prints what the page says" \
+	"$arrows checked, 0 mismatched" \
+	"$(grep -c '^checked: ' "$wfs_tmp/example.out") checked, $(grep -c '^MISMATCH' "$wfs_tmp/example.out") mismatched" ||
+	wfs_diag "$(cat "$wfs_tmp/example.out")"
 wfs_umount
 expect_no_qemu "no qemu left after unmount" 20
