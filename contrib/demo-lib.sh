@@ -82,3 +82,56 @@ ledger() {
 	echo "$out"
 }
 
+
+# exec_parallel DIR: run the code `code_for VERSE` prints in DIR/VERSE, for
+# every verse of $VERSES at once, and wait for all of them.
+exec_parallel() {
+	t=$(now_ns)
+	for v in $VERSES; do
+		code=$(code_for "$v") || exit 1
+		say "$v: $(printf '%s' "$code" | sed '/^#!/d' | tr '\n' ' ')"
+		sh -c 'printf "%s\n" "$2" | cat > "$1/exec"' sh "$1/$v" "$code" &
+		eval "pid_$v=\$!"
+	done
+	pid=
+	for v in $VERSES; do
+		eval "pid=\$pid_$v"
+		wait "$pid" || die "exec in ${1#"$M"/}/$v failed (close(2) error above)"
+	done
+	say "all three runs returned after $(ms_since "$t") ms"
+}
+
+# expected_wev DIR: the step that adds up the ledgers of the verses below
+# DIR that the resolution will collapse (nash, chaos) into expect_wev.
+expected_wev() {
+	step "expected WEV: the balances of the verses that will collapse"
+	expect_wev=0
+	for v in nash chaos; do
+		s=$(ledger_sum "$1/$v") || exit 1
+		say "$v: $(ledger "$1/$v") -> $s"
+		expect_wev=$((expect_wev + s))
+	done
+	say "expected WEV = $expect_wev"
+}
+
+# records: the steps that show the registry's records.
+records() {
+	for f in branches resolutions metrics; do
+		step ".worldfs/$f"
+		sed 's/^/    /' "$M/.worldfs/$f" || die "cannot read .worldfs/$f"
+	done
+}
+
+# branch_verses DIR: mkdir DIR/VERSE for each of $VERSES, timed, and check
+# the trit cycle -1 0 1.
+branch_verses() {
+	for v in $VERSES; do
+		t=$(now_ns)
+		mkdir "$1/$v" || die "mkdir $1/$v failed"
+		say "mkdir $v returned after $(ms_since "$t") ms"
+	done
+	show "$1/nash/trit" "$1/optimal/trit" "$1/chaos/trit"
+	expect "trit of nash" "$(get "$1/nash/trit")" -1
+	expect "trit of optimal" "$(get "$1/optimal/trit")" 0
+	expect "trit of chaos" "$(get "$1/chaos/trit")" 1
+}

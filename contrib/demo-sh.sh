@@ -68,15 +68,7 @@ say "mkdir returned after $(ms_since "$t") ms"
 show "$U/snapshot/genesis/info" "$U/snapshot/genesis/balance/alice" "$U/snapshot/genesis/balance/bob"
 
 step "push down into the verses nash, optimal, chaos (mkdir)"
-for v in $VERSES; do
-	t=$(now_ns)
-	mkdir "$U/$v" || die "mkdir $U/$v failed"
-	say "mkdir $v returned after $(ms_since "$t") ms"
-done
-show "$U/nash/trit" "$U/optimal/trit" "$U/chaos/trit"
-expect "trit of nash" "$(get "$U/nash/trit")" -1
-expect "trit of optimal" "$(get "$U/optimal/trit")" 0
-expect "trit of chaos" "$(get "$U/chaos/trit")" 1
+branch_verses "$U"
 say "each verse starts with the parent's ledger:"
 for v in $VERSES; do
 	expect "ledger of $v" "$(ledger "$U/$v")" "alice=100 bob=50"
@@ -104,30 +96,17 @@ expect "gf3" "$(get "$U/gf3")" 0
 step "run a different strategy in each verse, in parallel"
 # Each strategy starts from the verse's balances and uses PRICE and settle()
 # that the verse inherited from the universe's session.
-for v in $VERSES; do
-	case $v in
+code_for() {
+	case $1 in
 	nash) rule='A=$((A + PRICE / 10)); B=$((B + PRICE / 10))' ;;
 	optimal) rule='A=$((A + PRICE / 4)); B=$((B + PRICE / 5))' ;;
 	chaos) rule='A=$((A / 2)); B=$((B * 2))' ;;
 	esac
-	a=$(get "$U/$v/balance/alice") || exit 1
-	b=$(get "$U/$v/balance/bob") || exit 1
-	code="A=$a B=$b; $rule; settle $v"
-	say "$v: $code"
-	eval "code_$v=\$code"
-done
-t=$(now_ns)
-for v in $VERSES; do
-	eval "code=\$code_$v"
-	sh -c 'printf "%s\n" "$2" | cat > "$1/exec"' sh "$U/$v" "$code" &
-	eval "pid_$v=\$!"
-done
-pid=
-for v in $VERSES; do
-	eval "pid=\$pid_$v"
-	wait "$pid" || die "exec in universe/$v failed (close(2) error above)"
-done
-say "all three runs returned after $(ms_since "$t") ms"
+	a=$(get "$U/$1/balance/alice") || exit 1
+	b=$(get "$U/$1/balance/bob") || exit 1
+	echo "A=$a B=$b; $rule; settle $1"
+}
+exec_parallel "$U"
 for v in $VERSES; do
 	expect "status of $v" "$(get "$U/$v/status")" 0
 	out=$(get "$U/$v/stdout") || exit 1
@@ -160,14 +139,7 @@ say "in universe:"
 run "$U" "$probe"
 expect "files seen in universe" "$(get "$U/stdout")" "(PRICE=100)"
 
-step "expected WEV: the balances of the verses that will collapse"
-expect_wev=0
-for v in nash chaos; do
-	s=$(ledger_sum "$U/$v") || exit 1
-	say "$v: $(ledger "$U/$v") -> $s"
-	expect_wev=$((expect_wev + s))
-done
-say "expected WEV = $expect_wev"
+expected_wev "$U"
 
 step "resolve with outcome optimal (echo optimal > universe/resolve)"
 t=$(now_ns)
@@ -204,13 +176,6 @@ say "universe now holds optimal's ledger; the snapshot keeps the old one:"
 expect "ledger of genesis" "$(ledger "$U/snapshot/genesis")" "alice=100 bob=50"
 say "snapshot/genesis: $(ledger "$U/snapshot/genesis")"
 
-step ".worldfs/branches"
-sed 's/^/    /' "$M/.worldfs/branches" || die "cannot read .worldfs/branches"
-
-step ".worldfs/resolutions"
-sed 's/^/    /' "$M/.worldfs/resolutions" || die "cannot read .worldfs/resolutions"
-
-step ".worldfs/metrics"
-sed 's/^/    /' "$M/.worldfs/metrics" || die "cannot read .worldfs/metrics"
+records
 
 printf '\ndemo: all %d steps passed; universe is left in place under %s\n' "$n" "$M"

@@ -121,15 +121,7 @@ show "$S/info"
 expect "ledger of pre-event" "$(ledger "$S")" "$start_ledger"
 
 step "branch the verses nash, optimal, chaos from the snapshot (mkdir)"
-for v in $VERSES; do
-	t=$(now_ns)
-	mkdir "$S/$v" || die "mkdir $S/$v failed"
-	say "mkdir $v returned after $(ms_since "$t") ms"
-done
-show "$S/nash/trit" "$S/optimal/trit" "$S/chaos/trit"
-expect "trit of nash" "$(get "$S/nash/trit")" -1
-expect "trit of optimal" "$(get "$S/optimal/trit")" 0
-expect "trit of chaos" "$(get "$S/chaos/trit")" 1
+branch_verses "$S"
 show "$S/gf3"
 expect "gf3" "$(get "$S/gf3")" 0
 say "each verse starts with the snapshot's ledger and its Python objects:"
@@ -145,20 +137,10 @@ put "$S/chaos/prob" 0.20
 show "$S/nash/prob" "$S/optimal/prob" "$S/chaos/prob"
 
 step "evolve each verse with its own strategy, in parallel"
-t=$(now_ns)
-for v in $VERSES; do
-	code="#!python3
-strategy = '$(strategy_of "$v")'; evolve()"
-	say "$v: strategy = '$(strategy_of "$v")'; evolve()"
-	sh -c 'printf "%s\n" "$2" | cat > "$1/exec"' sh "$S/$v" "$code" &
-	eval "pid_$v=\$!"
-done
-pid=
-for v in $VERSES; do
-	eval "pid=\$pid_$v"
-	wait "$pid" || die "exec in $v failed (close(2) error above)"
-done
-say "all three runs returned after $(ms_since "$t") ms"
+code_for() {
+	printf '#!python3\nstrategy = %s; evolve()\n' "'$(strategy_of "$1")'"
+}
+exec_parallel "$S"
 for v in $VERSES; do
 	expect "status of $v" "$(get "$S/$v/status")" 0
 	for kv in $(get "$S/$v/stdout"); do
@@ -182,14 +164,7 @@ say "in universe (never evolved):"
 py "$U" 'print("strategy" in dir(), int(data.balance.sum()))'
 expect "universe's data" "$(get "$U/stdout")" "False $(ledger_sum "$U")"
 
-step "expected WEV: the balances of the verses that will collapse"
-expect_wev=0
-for v in nash chaos; do
-	s=$(ledger_sum "$S/$v") || exit 1
-	say "$v: $(ledger "$S/$v") -> $s"
-	expect_wev=$((expect_wev + s))
-done
-say "expected WEV = $expect_wev"
+expected_wev "$S"
 
 step "resolve with the oracle's outcome: echo optimal > universe/snapshot/pre-event/resolve"
 t=$(now_ns)
@@ -212,13 +187,6 @@ expect "ledger of universe" "$(ledger "$U")" "$start_ledger"
 say "pre-event: $(ledger "$S")"
 say "universe:  $(ledger "$U")"
 
-step ".worldfs/branches"
-sed 's/^/    /' "$M/.worldfs/branches" || die "cannot read .worldfs/branches"
-
-step ".worldfs/resolutions"
-sed 's/^/    /' "$M/.worldfs/resolutions" || die "cannot read .worldfs/resolutions"
-
-step ".worldfs/metrics"
-sed 's/^/    /' "$M/.worldfs/metrics" || die "cannot read .worldfs/metrics"
+records
 
 printf '\ndemo: all %d steps passed; universe is left in place under %s\n' "$n" "$M"
