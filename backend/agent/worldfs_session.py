@@ -53,13 +53,20 @@ def exit_status(exc):
 def remember_source(name, source, kept):
     """Let tracebacks show the lines of this run, and of the runs whose
     functions may still be called, as they do for a script."""
-    try:
-        import tokenize
-        import io
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
-        text = source.decode(encoding, "replace")
-    except Exception:
-        text = source.decode("utf-8", "replace")
+    # A coding cookie can only be on the first two lines; without one
+    # (nearly always) the source is UTF-8, and tokenize's regular
+    # expressions are not worth running (they cost a verse's first run
+    # most under emulation).
+    head = source.split(b"\n", 2)[:2]
+    encoding = "utf-8"
+    if any(b"coding" in line for line in head):
+        try:
+            import io
+            import tokenize
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(source).readline)
+        except Exception:
+            pass
+    text = source.decode(encoding, "replace")
     linecache.cache[name] = (len(text), None, text.splitlines(True), name)
     kept.append(name)
     while len(kept) > SOURCES_KEPT:
@@ -140,8 +147,12 @@ def reseed():
         random.seed()
     numpy = sys.modules.get("numpy")
     if numpy is not None and hasattr(numpy, "random"):
+        # A full Mersenne Twister state's worth of kernel entropy, as
+        # an array: the same quality as seed() without an argument,
+        # without the SeedSequence machinery (pure Python, and slow to
+        # run for the first time in a new verse under emulation).
         try:
-            numpy.random.seed()
+            numpy.random.seed(numpy.frombuffer(os.urandom(624 * 4), dtype=numpy.uint32))
         except Exception:
             pass
 
