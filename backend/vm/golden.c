@@ -6,9 +6,10 @@
  *
  *   golden/<key>/{config,devstate}   (below STATE/vm)
  *   ram/golden/<key>.ram
- * <key> is "<identity>-<image>-<mem>m-<vcpus>c"; a key whose identity no
- * longer matches (an upgraded QEMU) is deleted when its size is baked
- * again. */
+ * <key> is "<identity>-<image>-<mem>m-<vcpus>c".  They are a cache: at
+ * mount, those of another identity (an upgraded QEMU) or of another image
+ * than the mount's (a rebuilt one) are deleted, so that they neither fill
+ * the disk nor keep old images pinned. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -43,6 +44,27 @@ static int file_identity(const char *path, char *out, size_t n)
 	return 0;
 }
 
+/* Delete the golden states that are not of this identity and the mount's
+ * image (any size). */
+static void golden_sweep(struct backend *b)
+{
+	char prefix[GOLDEN_KEY_MAX], ram[PATH_MAX];
+	DIR *d = opendir(b->golden_dir);
+	struct dirent *e;
+
+	if (!d)
+		return;
+	snprintf(prefix, sizeof(prefix), "%s-%.24s-", b->golden_id, b->img->digest);
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.' || strncmp(e->d_name, prefix, strlen(prefix)) == 0)
+			continue;
+		if (pathf(ram, "%s/golden/%s.ram", b->ram_dir, e->d_name) == 0)
+			unlink(ram);
+		rm_tree_at(dirfd(d), e->d_name);
+	}
+	closedir(d);
+}
+
 int golden_init(struct backend *b, const char *kernel_args)
 {
 	const char *files[] = { b->qemu };
@@ -65,6 +87,7 @@ int golden_init(struct backend *b, const char *kernel_args)
 		 TCG_TB_MIB, MACHINE_CURRENT);
 	h = fnv1a(h, extra);
 	snprintf(b->golden_id, sizeof(b->golden_id), "%016llx", (unsigned long long)h);
+	golden_sweep(b);
 	return 0;
 }
 
@@ -109,29 +132,6 @@ void golden_drop(struct backend *b, const struct vm_image *img, unsigned mem_mib
 	rm_tree(dir);
 	unlink(ram);
 	fsync_path(b->golden_dir);
-}
-
-/* Golden states of this image and size made by another QEMU or worldfs. */
-static void drop_stale(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus)
-{
-	char suffix[GOLDEN_KEY_MAX], ram[PATH_MAX];
-	DIR *d = opendir(b->golden_dir);
-	struct dirent *e;
-
-	if (!d)
-		return;
-	snprintf(suffix, sizeof(suffix), "-%.24s-%um-%uc", img->digest, mem_mib, vcpus);
-	while ((e = readdir(d))) {
-		size_t n = strlen(e->d_name), k = strlen(suffix);
-
-		if (e->d_name[0] == '.' || n <= k || strcmp(e->d_name + n - k, suffix) != 0 ||
-		    strncmp(e->d_name, b->golden_id, strlen(b->golden_id)) == 0)
-			continue;
-		if (pathf(ram, "%s/golden/%s.ram", b->ram_dir, e->d_name) == 0)
-			unlink(ram);
-		rm_tree_at(dirfd(d), e->d_name);
-	}
-	closedir(d);
 }
 
 /* What the image asks the golden state to hold started: its Python
@@ -184,7 +184,6 @@ int golden_bake(struct sandbox *s)
 		say(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
 		return r;
 	}
-	drop_stale(b, s->img, s->mem_mib, s->vcpus);
 	fprintf(stderr, "worldfs: vm: golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it\n",
 		key, frozen, now_ms() - t0);
 	return 0;

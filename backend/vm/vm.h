@@ -258,7 +258,8 @@ void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char 
 
 /* --- golden.c -------------------------------------------------------------- */
 
-/* Compute b->golden_id from what every booted world depends on. */
+/* Compute b->golden_id from what every booted world depends on, and
+ * delete the golden states of other identities or images than b->img. */
 int golden_init(struct backend *b, const char *kernel_args);
 /* The golden state of img for mem_mib/vcpus: its devstate (an fd) and its
  * RAM file path; -ENOENT if none is baked yet. */
