@@ -30,6 +30,19 @@ rmdir "$MNT2"
 expect_eq "a second mount of the same state= fails" 1 "$second_rc"
 expect_match "and says the state is in use" 'in use by another worldfs' "$second"
 
+# Bad options fail the mount and say why.
+MNT2=$(mktemp -d)
+bad=$("$WORLDFS" -o "state=$wfs_tmp/bad1,reseed=sometimes" "$MNT2" 2>&1)
+expect_eq "reseed=sometimes fails the mount" "1 reseed=sometimes: expected all or kernel" \
+	"$? $(printf '%s\n' "$bad" | grep -o 'reseed=.*')"
+if [ "$WFS_BACKEND" = vm ]; then
+	bad=$("$WORLDFS" -o "state=$wfs_tmp/bad2,image=no-such-image" "$MNT2" 2>&1)
+	expect_eq "image=no-such-image fails the mount" 1 "$?"
+	expect_match "and names the image and how to build one" 'image=no-such-image: .*build-image.sh' "$bad"
+fi
+mountpoint -q "$MNT2" && fusermount3 -u "$MNT2"
+rmdir "$MNT2"
+
 # A world.
 W=$MNT/w
 expect_ok "mkdir w (boot a world)" mkdir "$W"
