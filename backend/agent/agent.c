@@ -118,7 +118,14 @@ struct stream {
 /* The sessions of a world, each started on the first run that needs it. */
 enum session_kind { SESSION_SH, SESSION_PYTHON, SESSION_KINDS };
 
-static const char *const session_names[SESSION_KINDS] = { "sh", PYTHON_NAME };
+/* How each kind is named in the log, and in the note of a restart, which
+ * also says what the restart lost. */
+static const struct {
+	const char *name, *noun, *loss;
+} session_kinds[SESSION_KINDS] = {
+	[SESSION_SH] = { "sh", "the session shell", "" },
+	[SESSION_PYTHON] = { PYTHON_NAME, "the " PYTHON_NAME " interpreter", "; its names are lost" },
+};
 
 struct session {
 	pid_t pid;            /* the interpreter, 0 when there is none */
@@ -266,6 +273,19 @@ static int write_all(int fd, const void *data, size_t len)
 		len -= w;
 	}
 	return 0;
+}
+
+/* path gets exactly data (0600).  Returns 0 or -errno. */
+static int file_put(const char *path, const void *data, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = write_all(fd, data, len);
+	if (close(fd) < 0 && !ret)
+		ret = -errno;
+	return ret;
 }
 
 /* ---- PID 1 setup ---- */
@@ -699,7 +719,7 @@ static int find_in_path(const char *name, char *out, size_t n)
 static int session_py_install(struct agent *a, char *out, size_t n)
 {
 	char tmp[PATH_MAX];
-	int fd, ret;
+	int ret;
 
 	if (!a->py_text)
 		return -ENOENT;
@@ -707,12 +727,7 @@ static int session_py_install(struct agent *a, char *out, size_t n)
 	if (access(out, R_OK) == 0)
 		return 0;
 	snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", a->dir, SESSION_PY_NAME);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	ret = write_all(fd, a->py_text, a->py_len);
-	if (close(fd) < 0 && !ret)
-		ret = -errno;
+	ret = file_put(tmp, a->py_text, a->py_len);
 	if (!ret && rename(tmp, out) < 0)
 		ret = -errno;
 	if (ret)
@@ -964,17 +979,6 @@ static void send_early_result(struct agent *a, uint32_t id, enum session_kind ki
 	send_result(a, id, status, flags, &none, err);
 }
 
-/* How a session of this kind is named in the notes of a restart. */
-static const char *session_noun(enum session_kind kind)
-{
-	return kind == SESSION_SH ? "the session shell" : "the " PYTHON_NAME " interpreter";
-}
-
-static const char *session_loss(enum session_kind kind)
-{
-	return kind == SESSION_SH ? "" : "; its names are lost";
-}
-
 static void run_start_next(struct agent *a);
 
 /* status: the code's exit status; the session's status if it died (died). */
@@ -1001,10 +1005,10 @@ static void run_finish(struct agent *a, int status, bool died)
 		marker_line(&r->err.data);
 		if (r->killed_shell)
 			buf_printf(&r->err.data, "[worldfs: session restarted: %s did not stop%s]\n",
-				   session_noun(r->kind), session_loss(r->kind));
+				   session_kinds[r->kind].noun, session_kinds[r->kind].loss);
 		else
 			buf_printf(&r->err.data, "[worldfs: session restarted: %s exited with status %d%s]\n",
-				   session_noun(r->kind), status, session_loss(r->kind));
+				   session_kinds[r->kind].noun, status, session_kinds[r->kind].loss);
 		r->flags |= PROTO_F_SESSION_RESET;
 	}
 	send_result(a, r->id, status, r->flags, &r->out.data, &r->err.data);
@@ -1022,18 +1026,11 @@ static void run_finish(struct agent *a, int status, bool died)
 static int write_code(struct agent *a, const uint8_t *code, size_t len)
 {
 	char path[PATH_MAX];
-	int fd, ret;
 
 	if (mkdir(a->dir, 0700) < 0 && errno != EEXIST)
 		return -errno;
 	run_path(a, path, sizeof(path), "code");
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	ret = write_all(fd, code, len);
-	if (close(fd) < 0 && !ret)
-		ret = -errno;
-	return ret;
+	return file_put(path, code, len);
 }
 
 /* The kernel's limit for a "#!" line (BINPRM_BUF_SIZE). */
@@ -1287,8 +1284,8 @@ static void reap(struct agent *a)
 		} else {
 			snprintf(s->note, sizeof(s->note),
 				 "[worldfs: session restarted: %s had exited with status %d between runs%s]",
-				 session_noun(k), wait_status_code(st), session_loss(k));
-			say("%s session exited between runs (status %d)", session_names[k],
+				 session_kinds[k].noun, wait_status_code(st), session_kinds[k].loss);
+			say("%s session exited between runs (status %d)", session_kinds[k].name,
 			    wait_status_code(st));
 		}
 	}
@@ -1315,7 +1312,7 @@ static void run_timers(struct agent *a)
 	}
 	if (now >= r->give_up && !r->killed_shell) {
 		r->killed_shell = true;
-		say("run %u: the %s session did not stop on SIGINT; replacing it", r->id, session_names[r->kind]);
+		say("run %u: the %s session did not stop on SIGINT; replacing it", r->id, session_kinds[r->kind].name);
 		kill_foreground(sess, r->fg, &r->nfg, true);
 		kill(sess, SIGKILL);
 	} else if (now >= r->next_tick && !r->killed_shell) {

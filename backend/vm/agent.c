@@ -95,6 +95,14 @@ static unsigned pong_version(const struct proto_frame *f)
 	return v ? v : 1;
 }
 
+/* The sessions the agent says are alive (PROTO_F_SESSION_* bits).  A
+ * version 1 agent has its sh session and says nothing of it. */
+static void sessions_set(struct sandbox *s, uint32_t bits)
+{
+	s->sessions = s->agent_version >= 2 ? bits & (PROTO_F_SESSION_SH | PROTO_F_SESSION_PYTHON)
+					    : PROTO_F_SESSION_SH;
+}
+
 int agent_ping(struct sandbox *s, double deadline)
 {
 	struct proto_frame f;
@@ -146,15 +154,14 @@ int agent_reseed(struct sandbox *s, double deadline, bool sessions)
 	r = proto_write(s->agent, v2 ? PROTO_RESEED2 : PROTO_RESEED, seed, hdr + RESEED_BYTES);
 	if (r == 0)
 		r = agent_wait(s, PROTO_RESEEDED, 0, &f, &buf, deadline, deadline);
-	/* A version 1 agent has its sh session and says nothing of it. */
 	if (r == 0)
-		s->sessions = v2 && f.len >= 4 ? proto_get_u32(f.payload) : PROTO_F_SESSION_SH;
+		sessions_set(s, f.len >= 4 ? proto_get_u32(f.payload) : 0);
 	free(buf);
 	return r < 0 ? agent_lost(s, r, "reseed") : 0;
 }
 
 /* RESULT: u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr. */
-static int result_parse(const struct proto_frame *f, struct run_result *res, uint32_t *sessions)
+static int result_parse(const struct proto_frame *f, struct run_result *res, uint32_t *flags_out)
 {
 	uint32_t flags, out_len;
 
@@ -168,7 +175,7 @@ static int result_parse(const struct proto_frame *f, struct run_result *res, uin
 	res->timed_out = flags & PROTO_F_TIMED_OUT;
 	res->truncated = flags & PROTO_F_TRUNCATED;
 	res->session_reset = flags & PROTO_F_SESSION_RESET;
-	*sessions = flags & (PROTO_F_SESSION_SH | PROTO_F_SESSION_PYTHON);
+	*flags_out = flags;
 	res->out_len = out_len;
 	res->err_len = f->len - 16 - out_len;
 	res->out = malloc(res->out_len + 1);
@@ -186,7 +193,7 @@ static int result_parse(const struct proto_frame *f, struct run_result *res, uin
 
 int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res)
 {
-	uint32_t run_id = s->next_run++;
+	uint32_t run_id = s->next_run++, flags = 0;
 	uint32_t output_max = s->b->output_max > UINT32_MAX ? UINT32_MAX : (uint32_t)s->b->output_max;
 	double deadline;
 	uint8_t head[12], *buf = NULL;
@@ -218,9 +225,9 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout
 	}
 	if (r < 0)
 		return agent_lost(s, r, "exec");
-	r = result_parse(&f, res, &s->sessions);
-	if (s->agent_version < 2)
-		s->sessions = PROTO_F_SESSION_SH;
+	r = result_parse(&f, res, &flags);
+	if (r == 0)
+		sessions_set(s, flags);
 	free(buf);
 	if (r == -EPROTO)
 		return agent_lost(s, r, "result");

@@ -285,6 +285,28 @@ void config_of(const struct sandbox *s, struct vm_config *c)
 		snprintf(c->image, sizeof(c->image), "%s", s->img->digest);
 }
 
+uint64_t fnv1a(uint64_t h, const char *text)
+{
+	for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+		h ^= *c;
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+int fnv1a_file(uint64_t *h, const char *path)
+{
+	char part[PATH_MAX + 64];
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return -errno;
+	snprintf(part, sizeof(part), "%s:%lld:%lld.%09ld;", path, (long long)st.st_size,
+		 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+	*h = fnv1a(*h, part);
+	return 0;
+}
+
 /* The last lines of a log file on one line, for error messages. */
 void log_tail(const char *dir, const char *name, char *out, size_t n)
 {

@@ -24,26 +24,6 @@
 #define GOLDEN_KEY_MAX 96
 #define WARM_UP_TIMEOUT_MS 300000  /* importing pandas under TCG takes seconds */
 
-static uint64_t fnv1a(uint64_t h, const char *text)
-{
-	for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
-		h ^= *c;
-		h *= 0x100000001b3ull;
-	}
-	return h;
-}
-
-static int file_identity(const char *path, char *out, size_t n)
-{
-	struct stat st;
-
-	if (stat(path, &st) < 0)
-		return -errno;
-	snprintf(out, n, "%s:%lld:%lld.%09ld;", path, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-		 st.st_mtim.tv_nsec);
-	return 0;
-}
-
 /* Delete the golden states that are not of this identity and the mount's
  * image (any size). */
 static void golden_sweep(struct backend *b)
@@ -67,20 +47,16 @@ static void golden_sweep(struct backend *b)
 
 int golden_init(struct backend *b, const char *kernel_args)
 {
-	const char *files[] = { b->qemu };
-	char part[PATH_MAX + 64], extra[512];
-	uint64_t h = 0xcbf29ce484222325ull;
+	char extra[512];
+	uint64_t h = FNV1A_INIT;
 	int r;
 
 	if (pathf(b->golden_dir, "%s/golden", b->dir) < 0)
 		return -ENAMETOOLONG;
 	if (mkdir(b->golden_dir, 0700) < 0 && errno != EEXIST)
 		return -errno;
-	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-		if ((r = file_identity(files[i], part, sizeof(part))) < 0)
-			return r;
-		h = fnv1a(h, part);
-	}
+	if ((r = fnv1a_file(&h, b->qemu)) < 0)
+		return r;
 	/* What else the frozen guest was made with (the image is in the key);
 	 * format 2. */
 	snprintf(extra, sizeof(extra), "golden-2;%s;%s;tb=%u;machine=%u;", kernel_args, b->kvm ? "kvm" : "tcg",

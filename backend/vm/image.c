@@ -25,8 +25,6 @@
 /* The device the root disk is to the guest: the only virtio-blk device. */
 #define ROOT_DEVICE "/dev/vda"
 
-static const char *const image_files[] = { "vmlinux", "initrd.cpio.gz", "manifest" };
-
 /* The value of key in a manifest's text, or NULL (copied into out). */
 static const char *manifest_get(const char *text, const char *key, char *out, size_t n)
 {
@@ -110,9 +108,7 @@ static int manifest_load(const char *dir, struct vm_image *img, char *err, size_
  * busybox-like, named by its files' identity. */
 static int legacy_load(const char *dir, struct vm_image *img, char *err, size_t errlen)
 {
-	char part[PATH_MAX + 64];
-	uint64_t h = 0xcbf29ce484222325ull;
-	struct stat st;
+	uint64_t h = FNV1A_INIT;
 	int r;
 
 	if ((r = pathf(img->kernel, "%s/vmlinux", dir)) < 0 || (r = pathf(img->initrd, "%s/initrd.cpio.gz", dir)) < 0)
@@ -120,16 +116,9 @@ static int legacy_load(const char *dir, struct vm_image *img, char *err, size_t 
 	for (int i = 0; i < 2; i++) {
 		const char *f = i ? img->initrd : img->kernel;
 
-		if (stat(f, &st) < 0) {
-			r = -errno;
+		if ((r = fnv1a_file(&h, f)) < 0) {
 			snprintf(err, errlen, "%s: %s", f, strerror(-r));
 			return r;
-		}
-		snprintf(part, sizeof(part), "%lld:%lld.%09ld;", (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-			 st.st_mtim.tv_nsec);
-		for (const char *c = part; *c; c++) {
-			h ^= (unsigned char)*c;
-			h *= 0x100000001b3ull;
 		}
 	}
 	snprintf(img->digest, sizeof(img->digest), "%016llx", (unsigned long long)h);
@@ -182,21 +171,23 @@ out:
  * STATE/vm/images/<digest>; img's paths are rewritten to it. */
 static int pin(struct backend *b, const char *src, struct vm_image *img, char *err, size_t errlen)
 {
-	char dir[PATH_MAX], tmp[PATH_MAX], from[PATH_MAX], to[PATH_MAX], mark[PATH_MAX], root_name[NAME_MAX + 1];
-	const char *root = NULL;
-	bool manifest;
+	char dir[PATH_MAX], tmp[PATH_MAX], from[PATH_MAX], to[PATH_MAX], root_name[NAME_MAX + 1];
+	/* What an image is: the kernel, the initramfs, and the manifest and
+	 * the root disk where it has them. */
+	const char *files[4] = { "vmlinux", "initrd.cpio.gz" }, *root = NULL;
+	size_t nfiles = 2;
 	int r;
 
 	if (img->root[0]) {
 		snprintf(root_name, sizeof(root_name), "%s", strrchr(img->root, '/') + 1);
-		root = root_name;
+		root = files[nfiles++] = root_name;
 	}
-
 	if ((r = pathf(dir, "%s/%s", b->images_dir, img->digest)) < 0 ||
 	    (r = pathf(tmp, "%s/.%s.tmp", b->images_dir, img->digest)) < 0 ||
-	    (r = pathf(mark, "%s/manifest", src)) < 0)
+	    (r = pathf(from, "%s/manifest", src)) < 0)
 		return r;
-	manifest = exists(mark);
+	if (exists(from))
+		files[nfiles++] = "manifest";
 	if (!exists(dir)) {
 		rm_tree(tmp);
 		if (mkdir(tmp, 0700) < 0) {
@@ -204,12 +195,8 @@ static int pin(struct backend *b, const char *src, struct vm_image *img, char *e
 			snprintf(err, errlen, "%s: %s", tmp, strerror(-r));
 			return r;
 		}
-		for (size_t i = 0; i <= sizeof(image_files) / sizeof(image_files[0]); i++) {
-			const char *f = i < sizeof(image_files) / sizeof(image_files[0]) ? image_files[i] : root;
-
-			if (!f || (!manifest && strcmp(f, "manifest") == 0))
-				continue;
-			if ((r = pathf(from, "%s/%s", src, f)) < 0 || (r = pathf(to, "%s/%s", tmp, f)) < 0)
+		for (size_t i = 0; i < nfiles; i++) {
+			if ((r = pathf(from, "%s/%s", src, files[i])) < 0 || (r = pathf(to, "%s/%s", tmp, files[i])) < 0)
 				return r;
 			if ((r = pin_file(from, to)) < 0) {
 				snprintf(err, errlen, "%s -> %s: %s", from, to, strerror(-r));

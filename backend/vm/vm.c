@@ -717,7 +717,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	const struct vm_image *img;
 	struct sandbox *s = NULL;
 	struct vm_config c;
-	bool cow, pooled = false;
+	bool pooled = false;
 	int fd = -1, ram_to = -1, r;
 
 	if (parent) {
@@ -732,15 +732,14 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 		if (fd < 0)
 			return fd;
 	}
-	cow = c.cow;
 	t = now_ms();
-	if ((r = sandbox_prepare(b, child_id, img, c.mem_mib, c.vcpus, cow, c.machine, &s, &pooled)) < 0) {
+	if ((r = sandbox_prepare(b, child_id, img, c.mem_mib, c.vcpus, c.cow, c.machine, &s, &pooled)) < 0) {
 		s = NULL;
 		goto out;
 	}
 	s->steps.prepare_ms = now_ms() - t;
 	s->steps.from = parent ? "parent" : "snapshot";
-	if (cow) {
+	if (c.cow) {
 		if ((r = ram_path(b, child_id, ram)) < 0 || (ram_to = r = ram_open_dest(ram)) < 0) {
 			say(child_id, "%s: %s", ram, strerror(-r));
 			goto fail;
@@ -750,14 +749,14 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	if (parent) {
 		r = branch_state_of_parent(parent, s, ram_to, &frozen);
 		s->steps.freeze_ms = frozen;
-		s->steps.clone_ms = cow ? parent->clone_in_freeze_ms : 0;
+		s->steps.clone_ms = c.cow ? parent->clone_in_freeze_ms : 0;
 		/* The child starts from its own files: siblings can start at once. */
 		if (info && info->parent_done)
 			info->parent_done(info->parent_done_arg);
 		parent = NULL;
 		if ((fd = r) < 0)
 			goto fail;
-	} else if (cow) {
+	} else if (c.cow) {
 		int src = open(src_ram, O_RDONLY | O_CLOEXEC);
 
 		r = src < 0 ? -errno : ram_clone_fd(src, ram_to);

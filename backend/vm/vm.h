@@ -150,6 +150,11 @@ void tmp_sweep(const char *dir);
 int rm_tree(const char *path);
 int mkdir_p(char *path);
 int find_program(const char *name, char out[PATH_MAX]);
+/* FNV-1a: h extended with text; with a file's identity (path, size, mtime:
+ * what changes when it is replaced or rebuilt), -errno if it has none. */
+#define FNV1A_INIT 0xcbf29ce484222325ull
+uint64_t fnv1a(uint64_t h, const char *text);
+int fnv1a_file(uint64_t *h, const char *path);
 void log_tail(const char *dir, const char *name, char *out, size_t n);
 
 /* The machine a VM is started as; its device state only loads into the same.

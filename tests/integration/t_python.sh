@@ -9,15 +9,16 @@
 
 [ "$WFS_BACKEND" = vm ] || wfs_skip "the Python session needs backend=vm"
 
-# py DIR CODE: run CODE (a Python block) in DIR's Python session; the
-# status of close(2), as wfs_exec.
+# py DIR CODE, pyrun DIR CODE: wfs_exec and wfs_run of CODE, a Python
+# block, in DIR's Python session.
 py() {
-	env printf '#!python3\n%s\n' "$2" >"$1/exec"
+	wfs_exec "$1" "#!python3
+$2"
 }
 
-# pyrun DIR CODE: the same, then print its stdout.
 pyrun() {
-	py "$1" "$2" && cat "$1/stdout"
+	wfs_run "$1" "#!python3
+$2"
 }
 
 wfs_mount
