@@ -11,14 +11,14 @@
 
 #include "fs/node.h"
 #include "fs/ops.h"
+#include "backend/util/strbuf.h"
 
 struct handle {
 	struct node n;
 	pthread_mutex_t lock;
 	char *data;          /* what reads return: content at open, or a run's stdout */
 	size_t len;
-	char *code;          /* exec: code written and not yet run */
-	size_t code_len, code_cap;
+	struct strbuf code;  /* exec: code written and not yet run */
 	char *value;         /* value files: the bytes written so far on this descriptor */
 	size_t value_len;
 	off_t write_end;     /* exec: file offset after the last write */
@@ -330,8 +330,8 @@ static int handle_run(struct runtime *rt, struct handle *h)
 	struct run_result res;
 	int err;
 
-	err = runtime_exec(rt, h->n.e, h->code, h->code_len, &res);
-	h->code_len = 0;
+	err = runtime_exec(rt, h->n.e, h->code.buf, h->code.len, &res);
+	strbuf_reset(&h->code);
 	/* After writing N bytes of code the descriptor's offset is N: the run's
 	 * stdout reads from there as if from its start. */
 	h->data_base = h->write_end;
@@ -352,7 +352,7 @@ static int wfs_read(const char *path, char *buf, size_t size, off_t off, struct 
 
 	(void)path;
 	pthread_mutex_lock(&h->lock);
-	if (h->code_len)
+	if (h->code.len)
 		err = handle_run(rt_of(), h);
 	if (off >= h->data_base)
 		off -= h->data_base;
@@ -410,25 +410,10 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 	pthread_mutex_lock(&h->lock);
 	if (h->n.type == NODE_FILE && h->n.file->id == F_EXEC) {
 		/* Code accumulates over any number of writes until the run. */
-		if (h->code_len + size > EXEC_CODE_MAX) {
+		if (h->code.len + size > EXEC_CODE_MAX) {
 			runtime_log("%s: code larger than 16 MiB", path);
 			err = -EFBIG;
-		} else if (h->code_len + size > h->code_cap) {
-			size_t cap = h->code_cap ? h->code_cap : 4096;
-			char *c;
-			while (cap < h->code_len + size)
-				cap *= 2;
-			c = realloc(h->code, cap);
-			if (!c)
-				err = -ENOMEM;
-			else {
-				h->code = c;
-				h->code_cap = cap;
-			}
-		}
-		if (!err) {
-			memcpy(h->code + h->code_len, buf, size);
-			h->code_len += size;
+		} else if (!(err = strbuf_add(&h->code, buf, size))) {
 			h->write_end = off + (off_t)size;
 		}
 		goto out;
@@ -474,7 +459,7 @@ static int wfs_flush(const char *path, struct fuse_file_info *fi)
 
 	(void)path;
 	pthread_mutex_lock(&h->lock);
-	if (h->code_len)
+	if (h->code.len)
 		err = handle_run(rt_of(), h);
 	pthread_mutex_unlock(&h->lock);
 	return err;
@@ -488,7 +473,7 @@ static int wfs_release(const char *path, struct fuse_file_info *fi)
 	node_release(rt_of(), &h->n);
 	pthread_mutex_destroy(&h->lock);
 	free(h->data);
-	free(h->code);
+	strbuf_release(&h->code);
 	free(h->value);
 	free(h);
 	return 0;

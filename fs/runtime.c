@@ -15,14 +15,7 @@
 #include <unistd.h>
 
 #include "fs/runtime.h"
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
+#include "backend/util/clock.h"
 
 /* The log.  Everything written to stderr in this process (ours, the
  * backends', libfuse's, SQLite's) goes through a pipe to one thread that

@@ -70,6 +70,9 @@
 #include <unistd.h>
 
 #include "backend/agent/proto.h"
+#include "backend/util/clock.h"
+#include "backend/util/io.h"
+#include "backend/util/strbuf.h"
 
 #define AGENT_NAME "worldfs-agent " PROTO_VERSION
 #define SHELL_PATH "/bin/sh"
@@ -95,11 +98,6 @@
  * so that one call at the end of a run takes everything written before. */
 #define READ_BURST (1u << 20)
 
-struct buf {
-	uint8_t *p;
-	size_t len, cap;
-};
-
 /* One captured stream of a run: a FIFO read end and what it gave so far.
  * The agent also holds a write end (hold) for the length of the run, so
  * the shell closing its end at the end of the code wakes nobody: under TCG
@@ -111,7 +109,7 @@ struct stream {
 	int hold;
 	const char *name;     /* FIFO name inside the run dir */
 	bool eof;             /* no writer now: stop polling until the end */
-	struct buf data;
+	struct strbuf data;
 	uint64_t total;       /* bytes read, kept or not */
 };
 
@@ -131,7 +129,7 @@ struct session {
 	pid_t pid;            /* the interpreter, 0 when there is none */
 	int ctl;              /* we write commands here */
 	int status;           /* it writes status lines here */
-	struct buf line;      /* partial status line */
+	struct strbuf line;      /* partial status line */
 	char note[200];       /* why the previous session ended, for the next run */
 };
 
@@ -159,7 +157,7 @@ struct agent {
 	bool quit;
 	long long port_retry; /* don't touch the port before this */
 	bool port_waiting_logged;
-	struct buf in;
+	struct strbuf in;
 	int sigfd;
 	const char *dir;
 	char *py_text;            /* the Python session program, copied into dir */
@@ -187,92 +185,12 @@ static void say(const char *fmt, ...)
 	va_end(ap);
 }
 
-static long long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static double uptime(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_BOOTTIME, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int buf_reserve(struct buf *b, size_t need)
-{
-	size_t cap = b->cap ? b->cap : 4096;
-	uint8_t *p;
-
-	if (need <= b->cap)
-		return 0;
-	while (cap < need)
-		cap *= 2;
-	p = realloc(b->p, cap);
-	if (!p)
-		return -ENOMEM;
-	b->p = p;
-	b->cap = cap;
-	return 0;
-}
-
-static int buf_add(struct buf *b, const void *data, size_t len)
-{
-	int ret = buf_reserve(b, b->len + len);
-
-	if (ret < 0)
-		return ret;
-	memcpy(b->p + b->len, data, len);
-	b->len += len;
-	return 0;
-}
-
-static int buf_printf(struct buf *b, const char *fmt, ...)
-{
-	va_list ap;
-	int n, ret;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return -EINVAL;
-	/* vsnprintf writes a terminating NUL, which len does not count. */
-	if ((ret = buf_reserve(b, b->len + (size_t)n + 1)) < 0)
-		return ret;
-	va_start(ap, fmt);
-	vsnprintf((char *)b->p + b->len, (size_t)n + 1, fmt, ap);
-	va_end(ap);
-	b->len += (size_t)n;
-	return 0;
-}
-
-static void buf_release(struct buf *b)
-{
-	free(b->p);
-	*b = (struct buf){ 0 };
-}
-
-static int write_all(int fd, const void *data, size_t len)
-{
-	const uint8_t *p = data;
-	ssize_t w;
-
-	while (len) {
-		w = write(fd, p, len);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		p += w;
-		len -= w;
-	}
-	return 0;
 }
 
 /* path gets exactly data (0600).  Returns 0 or -errno. */
@@ -528,7 +446,7 @@ static int port_open(void)
 
 static void port_close(struct agent *a, int retry_ms)
 {
-	a->in.len = 0;
+	strbuf_reset(&a->in);
 	a->port_retry = now_ms() + retry_ms;
 	if (a->fixed_port)
 		return;
@@ -677,7 +595,7 @@ static const char session_trap[] =
  * with a note saying so. */
 static void session_py_load(struct agent *a, const char *path)
 {
-	struct buf b = { 0 };
+	struct strbuf b = { 0 };
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	ssize_t r;
 
@@ -686,15 +604,15 @@ static void session_py_load(struct agent *a, const char *path)
 		return;
 	}
 	while ((r = read(fd, chunk, sizeof(chunk))) > 0 && b.len + r <= SESSION_PY_MAX)
-		if (buf_add(&b, chunk, r) < 0)
+		if (strbuf_add(&b, chunk, r) < 0)
 			break;
 	close(fd);
 	if (r != 0) {
 		say("%s: %s (no Python session)", path, r < 0 ? strerror(errno) : "too large");
-		buf_release(&b);
+		strbuf_release(&b);
 		return;
 	}
-	a->py_text = (char *)b.p;
+	a->py_text = b.buf;
 	a->py_len = b.len;
 }
 
@@ -790,7 +708,7 @@ static int session_start(struct agent *a, enum session_kind kind)
 	s->pid = pid;
 	s->ctl = in[1];
 	s->status = st[0];
-	s->line.len = 0;
+	strbuf_reset(&s->line);
 	in[1] = st[0] = -1;
 	fcntl(s->status, F_SETFL, O_NONBLOCK);
 	ret = 0;
@@ -817,7 +735,7 @@ static void session_forget(struct agent *a, enum session_kind kind)
 		close(s->status);
 	s->ctl = s->status = -1;
 	s->pid = 0;
-	s->line.len = 0;
+	strbuf_reset(&s->line);
 }
 
 /* Which sessions are alive, as PROTO_F_SESSION_* bits. */
@@ -879,7 +797,7 @@ static bool stream_read(struct stream *s, size_t max)
 		/* Out of memory loses bytes, which the truncation marker
 		 * then reports. */
 		if (keep)
-			(void)buf_add(&s->data, chunk, keep);
+			(void)strbuf_add(&s->data, chunk, keep);
 	}
 	return false;
 }
@@ -930,18 +848,18 @@ static bool stream_truncate(struct stream *s, size_t max)
 {
 	if (s->total <= max && s->data.len == s->total)
 		return false;
-	buf_printf(&s->data, "\n[worldfs: output truncated at %zu bytes]\n", max);
+	strbuf_addf(&s->data, "\n" PROTO_NOTE_TRUNCATED "\n", max);
 	return true;
 }
 
-static void marker_line(struct buf *b)
+static void marker_line(struct strbuf *b)
 {
-	if (b->len && b->p[b->len - 1] != '\n')
-		buf_add(b, "\n", 1);
+	if (b->len && b->buf[b->len - 1] != '\n')
+		strbuf_add(b, "\n", 1);
 }
 
 static void send_result(struct agent *a, uint32_t id, int status, uint32_t flags,
-			const struct buf *out, const struct buf *err)
+			const struct strbuf *out, const struct strbuf *err)
 {
 	uint8_t hdr[16];
 	struct iovec iov[3];
@@ -951,29 +869,29 @@ static void send_result(struct agent *a, uint32_t id, int status, uint32_t flags
 	proto_put_u32(hdr + 8, flags | sessions_alive(a));
 	proto_put_u32(hdr + 12, (uint32_t)out->len);
 	iov[0] = (struct iovec){ .iov_base = hdr, .iov_len = sizeof(hdr) };
-	iov[1] = (struct iovec){ .iov_base = out->p, .iov_len = out->len };
-	iov[2] = (struct iovec){ .iov_base = err->p, .iov_len = err->len };
+	iov[1] = (struct iovec){ .iov_base = out->buf, .iov_len = out->len };
+	iov[2] = (struct iovec){ .iov_base = err->buf, .iov_len = err->len };
 	port_send(a, PROTO_RESULT, iov, 3);
 }
 
 /* Add why the session of this kind ended before this run, if it did. */
-static uint32_t note_take(struct agent *a, enum session_kind kind, struct buf *err)
+static uint32_t note_take(struct agent *a, enum session_kind kind, struct strbuf *err)
 {
 	struct session *s = &a->sess[kind];
 
 	if (!s->note[0])
 		return 0;
 	marker_line(err);
-	buf_printf(err, "%s\n", s->note);
+	strbuf_addf(err, "%s\n", s->note);
 	s->note[0] = 0;
 	return PROTO_F_SESSION_RESET;
 }
 
 /* Answer a run that never reached its session (agent trouble, no such
  * interpreter), with its status and stderr. */
-static void send_early_result(struct agent *a, uint32_t id, enum session_kind kind, int status, struct buf *err)
+static void send_early_result(struct agent *a, uint32_t id, enum session_kind kind, int status, struct strbuf *err)
 {
-	struct buf none = { 0 };
+	struct strbuf none = STRBUF_INIT;
 	uint32_t flags = note_take(a, kind, err);
 
 	send_result(a, id, status, flags, &none, err);
@@ -996,25 +914,24 @@ static void run_finish(struct agent *a, int status, bool died)
 	if (r->flags & PROTO_F_TIMED_OUT) {
 		status = 124;
 		marker_line(&r->err.data);
-		buf_printf(&r->err.data, "[worldfs: run killed after %u ms (exec_timeout)]\n",
-			   r->timeout_ms);
+		strbuf_addf(&r->err.data, PROTO_NOTE_TIMED_OUT "\n", r->timeout_ms);
 	}
 	/* The session had died between runs. */
 	r->flags |= note_take(a, r->kind, &r->err.data);
 	if (died) {
 		marker_line(&r->err.data);
 		if (r->killed_shell)
-			buf_printf(&r->err.data, "[worldfs: session restarted: %s did not stop%s]\n",
+			strbuf_addf(&r->err.data, "[worldfs: session restarted: %s did not stop%s]\n",
 				   session_kinds[r->kind].noun, session_kinds[r->kind].loss);
 		else
-			buf_printf(&r->err.data, "[worldfs: session restarted: %s exited with status %d%s]\n",
+			strbuf_addf(&r->err.data, PROTO_NOTE_SESSION_EXITED "\n",
 				   session_kinds[r->kind].noun, status, session_kinds[r->kind].loss);
 		r->flags |= PROTO_F_SESSION_RESET;
 	}
 	send_result(a, r->id, status, r->flags, &r->out.data, &r->err.data);
 
-	buf_release(&r->out.data);
-	buf_release(&r->err.data);
+	strbuf_release(&r->out.data);
+	strbuf_release(&r->err.data);
 	run_path(a, path, sizeof(path), r->out.name);
 	unlink(path);
 	run_path(a, path, sizeof(path), r->err.name);
@@ -1076,25 +993,25 @@ static int run_kind(const uint8_t *code, size_t len, enum session_kind *kind, ch
 }
 
 /* s in single quotes for sh, appended to b. */
-static void sh_quote(struct buf *b, const char *s)
+static void sh_quote(struct strbuf *b, const char *s)
 {
-	buf_add(b, "'", 1);
+	strbuf_add(b, "'", 1);
 	for (; *s; s++) {
 		if (*s == '\'')
-			buf_add(b, "'\\''", 4);
+			strbuf_add(b, "'\\''", 4);
 		else
-			buf_add(b, s, 1);
+			strbuf_add(b, s, 1);
 	}
-	buf_add(b, "'", 1);
+	strbuf_add(b, "'", 1);
 }
 
 /* The command that makes the session run DIR/code: for sh one line that
  * sources it (or runs the one-off interpreter on it) with the run's
  * redirections, then prints the status line; for Python "run SEQ". */
-static int run_command(struct agent *a, const struct run *r, const char *interp, const char *arg, struct buf *cmd)
+static int run_command(struct agent *a, const struct run *r, const char *interp, const char *arg, struct strbuf *cmd)
 {
 	if (r->kind == SESSION_PYTHON)
-		return buf_printf(cmd, "run %lu\n", r->seq);
+		return strbuf_addf(cmd, "run %lu\n", r->seq);
 	/* `command .` keeps errors that would end a non-interactive shell
 	 * (assignment to a readonly, ${x?}, set -u) to the run, as in an
 	 * interactive one.  The status goes to the shell's own stdout;
@@ -1103,26 +1020,26 @@ static int run_command(struct agent *a, const struct run *r, const char *interp,
 	 * finds the trap disarmed.  A one-off script is not sourced, so the
 	 * trap stays disarmed (its `return` would end the session) and only
 	 * the interpreter, in the foreground, gets the SIGINT. */
-	buf_printf(cmd, "%s; ", session_trap);
+	strbuf_addf(cmd, "%s; ", session_trap);
 	if (interp[0]) {
-		buf_printf(cmd, "__worldfs_in= __worldfs_k=0; { ");
+		strbuf_addf(cmd, "__worldfs_in= __worldfs_k=0; { ");
 		sh_quote(cmd, interp);
 		if (arg[0]) {
-			buf_add(cmd, " ", 1);
+			strbuf_add(cmd, " ", 1);
 			sh_quote(cmd, arg);
 		}
-		buf_printf(cmd, " %s/code; }", a->dir);
+		strbuf_addf(cmd, " %s/code; }", a->dir);
 	} else {
-		buf_printf(cmd, "__worldfs_in=1; __worldfs_k=0; { \\command . %s/code; }", a->dir);
+		strbuf_addf(cmd, "__worldfs_in=1; __worldfs_k=0; { \\command . %s/code; }", a->dir);
 	}
-	buf_printf(cmd, " </dev/null >%s/out 2>%s/err; __worldfs_in= __worldfs_st=$?; ", a->dir, a->dir);
-	return buf_printf(cmd, "\\command printf '" STATUS_TAG "%%s %%s\\n' %lu \"$__worldfs_st\"\n", r->seq);
+	strbuf_addf(cmd, " </dev/null >%s/out 2>%s/err; __worldfs_in= __worldfs_st=$?; ", a->dir, a->dir);
+	return strbuf_addf(cmd, "\\command printf '" STATUS_TAG "%%s %%s\\n' %lu \"$__worldfs_st\"\n", r->seq);
 }
 
 static void run_start(struct agent *a, const uint8_t *p, size_t len)
 {
 	struct run *r = &a->run;
-	struct buf msg = { 0 }, cmd = { 0 };
+	struct strbuf msg = STRBUF_INIT, cmd = STRBUF_INIT;
 	char interp[SHEBANG_MAX], arg[SHEBANG_MAX];
 	int status = 125, ret;
 	const char *step;
@@ -1139,12 +1056,12 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 		r->output_max = OUTPUT_CAP;
 
 	if (a->root_error) {
-		buf_printf(&msg, "[worldfs: this world's root disk is not mounted: %s]\n", a->root_error);
+		strbuf_addf(&msg, "[worldfs: this world's root disk is not mounted: %s]\n", a->root_error);
 		goto fail_early;
 	}
 	if (run_kind(p + 12, len - 12, &r->kind, interp, arg) < 0) {
 		status = 126;
-		buf_printf(&msg, "[worldfs: the #! line is longer than %d bytes]\n", SHEBANG_MAX - 1);
+		strbuf_addf(&msg, "[worldfs: the #! line is longer than %d bytes]\n", SHEBANG_MAX - 1);
 		goto fail_early;
 	}
 	step = "write the code";
@@ -1156,7 +1073,7 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 		ret = session_start(a, r->kind);
 		if (ret == -ENOENT) {
 			status = 127;
-			buf_printf(&msg, "[worldfs: %s: not found in this world (the busybox image has none; "
+			strbuf_addf(&msg, "[worldfs: %s: not found in this world (the busybox image has none; "
 				   "use image=debian)]\n", PYTHON_NAME);
 			goto fail_early;
 		}
@@ -1172,7 +1089,7 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 	step = "talk to the session";
 	ret = run_command(a, r, interp, arg, &cmd);
 	if (ret >= 0)
-		ret = write_all(a->sess[r->kind].ctl, cmd.p, cmd.len);
+		ret = write_all(a->sess[r->kind].ctl, cmd.buf, cmd.len);
 	if (ret < 0)
 		goto fail;
 	r->active = true;
@@ -1181,15 +1098,15 @@ static void run_start(struct agent *a, const uint8_t *p, size_t len)
 	goto out;
 fail:
 	/* The agent failed, not the code: 125, as env(1) and timeout(1) do. */
-	buf_printf(&msg, "[worldfs: agent could not %s: %s]\n", step, strerror(-ret));
+	strbuf_addf(&msg, "[worldfs: agent could not %s: %s]\n", step, strerror(-ret));
 	say("run %u: could not %s: %s", r->id, step, strerror(-ret));
 fail_early:
 	stream_close(&r->out);
 	stream_close(&r->err);
 	send_early_result(a, r->id, r->kind, status, &msg);
 out:
-	buf_release(&cmd);
-	buf_release(&msg);
+	strbuf_release(&cmd);
+	strbuf_release(&msg);
 }
 
 static void run_start_next(struct agent *a)
@@ -1233,9 +1150,8 @@ static void session_read_status(struct agent *a, enum session_kind kind)
 	struct session *s = &a->sess[kind];
 	unsigned long seq;
 	int status;
-	uint8_t *nl;
+	char *nl;
 	ssize_t r;
-	size_t n;
 
 	if (s->status < 0)
 		return;
@@ -1246,17 +1162,15 @@ static void session_read_status(struct agent *a, enum session_kind kind)
 		if (r <= 0)
 			break;
 		if (s->line.len + r > 4096)
-			s->line.len = 0;  /* not ours: nothing else writes here */
-		buf_add(&s->line, chunk, r);
+			strbuf_reset(&s->line);  /* not ours: nothing else writes here */
+		strbuf_add(&s->line, chunk, r);
 	}
-	while (s->line.len && (nl = memchr(s->line.p, '\n', s->line.len))) {
+	while (s->line.len && (nl = memchr(s->line.buf, '\n', s->line.len))) {
 		*nl = 0;
-		if (sscanf((char *)s->line.p, STATUS_TAG "%lu %d", &seq, &status) == 2 &&
+		if (sscanf(s->line.buf, STATUS_TAG "%lu %d", &seq, &status) == 2 &&
 		    a->run.active && a->run.kind == kind && seq == a->run.seq)
 			run_finish(a, status, false);
-		n = nl + 1 - s->line.p;
-		memmove(s->line.p, nl + 1, s->line.len - n);
-		s->line.len -= n;
+		strbuf_remove(&s->line, 0, nl + 1 - s->line.buf);
 	}
 }
 
@@ -1461,7 +1375,7 @@ static void port_dispatch(struct agent *a)
 	long n;
 
 	while (a->queue_len < QUEUE_MAX) {
-		n = proto_parse(a->in.p + off, a->in.len - off, &f);
+		n = proto_parse((const uint8_t *)a->in.buf + off, a->in.len - off, &f);
 		if (n == 0)
 			break;
 		if (n < 0) {
@@ -1475,30 +1389,28 @@ static void port_dispatch(struct agent *a)
 		}
 		off += n;
 	}
-	if (off) {
-		memmove(a->in.p, a->in.p + off, a->in.len - off);
-		a->in.len -= off;
-	}
+	strbuf_remove(&a->in, 0, off);
 }
 
 static void port_input(struct agent *a)
 {
+	uint32_t frame;
 	size_t need;
 	ssize_t r;
 
 	for (;;) {
 		need = a->in.len + sizeof(chunk);
 		/* Once the header is in, make room for exactly the frame. */
-		if (a->in.len >= 4 && proto_get_u32(a->in.p) <= PROTO_FRAME_MAX &&
-		    4 + (size_t)proto_get_u32(a->in.p) > need)
-			need = 4 + (size_t)proto_get_u32(a->in.p);
-		if (buf_reserve(&a->in, need) < 0) {
+		if (a->in.len >= 4 && (frame = proto_get_u32((const uint8_t *)a->in.buf)) <= PROTO_FRAME_MAX &&
+		    4 + (size_t)frame > need)
+			need = 4 + (size_t)frame;
+		if (strbuf_grow(&a->in, need - a->in.len) < 0) {
 			port_reset(a, "out of memory");
 			return;
 		}
-		r = read(a->port, a->in.p + a->in.len, a->in.cap - a->in.len);
+		r = read(a->port, a->in.buf + a->in.len, strbuf_avail(&a->in));
 		if (r > 0) {
-			a->in.len += r;
+			strbuf_setlen(&a->in, a->in.len + r);
 			port_dispatch(a);
 			if (a->port < 0 || a->queue_len >= QUEUE_MAX)
 				return;
@@ -1513,7 +1425,7 @@ static void port_input(struct agent *a)
 			 * would report POLLHUP at once, so look again later. */
 			if (a->fixed_port)
 				a->quit = true;
-			a->in.len = 0;
+			strbuf_reset(&a->in);
 			a->port_retry = now_ms() + PORT_RETRY_MS;
 			return;
 		}
@@ -1633,14 +1545,14 @@ static void agent_release(struct agent *a)
 	for (i = 0; i < a->ndrain; i++)
 		close(a->drain[i]);
 	if (a->run.active) {
-		buf_release(&a->run.out.data);
-		buf_release(&a->run.err.data);
+		strbuf_release(&a->run.out.data);
+		strbuf_release(&a->run.err.data);
 	}
 	for (i = 0; i < SESSION_KINDS; i++) {
 		session_forget(a, i);
-		buf_release(&a->sess[i].line);
+		strbuf_release(&a->sess[i].line);
 	}
-	buf_release(&a->in);
+	strbuf_release(&a->in);
 	free(a->py_text);
 	free(a->root_error);
 	close(a->sigfd);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "backend/agent/proto.h"
+#include "backend/util/clock.h"
 
 #define PROTO_HDR 5  /* u32 length + u8 type */
 
@@ -53,14 +54,6 @@ long proto_parse(const uint8_t *buf, size_t len, struct proto_frame *f)
 	f->payload = buf + PROTO_HDR;
 	f->len = flen - 1;
 	return 4 + (long)flen;
-}
-
-static long long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Wait for events on fd until deadline (< 0: forever).  Returns the revents,

@@ -29,6 +29,14 @@ enum proto_type {
 	PROTO_RESEEDED = 66, /* version 1: empty; 2: u32 PROTO_F_SESSION_* bits */
 };
 
+/* The notes a run's output may end with, in the same words from every
+ * backend (the agent, morph's session script) and quoted by the man page.
+ * Each is a line of its own; the output before it ends with a newline. */
+#define PROTO_NOTE_TRUNCATED "[worldfs: output truncated at %zu bytes]"     /* output_max */
+#define PROTO_NOTE_TIMED_OUT "[worldfs: run killed after %u ms (exec_timeout)]" /* timeout_ms */
+/* session noun, its status, what the restart lost ("" for sh) */
+#define PROTO_NOTE_SESSION_EXITED "[worldfs: session restarted: %s exited with status %d%s]"
+
 /* RESEED2 flags. */
 enum proto_reseed_flags {
 	/* Also reseed the sessions' interpreters' global generators (Python's

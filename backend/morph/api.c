@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "backend/morph/api.h"
+#include "backend/util/clock.h"
 
 void morph_exec_release(struct morph_exec *x)
 {
@@ -143,14 +144,6 @@ static void pause_ms(long ms)
 
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
-}
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 int morph_instance_start(struct morph_http *h, const char *snapshot_id, const char *tag,

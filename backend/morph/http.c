@@ -11,6 +11,8 @@
 #include <string.h>
 
 #include "backend/morph/http.h"
+#include "backend/util/clock.h"
+#include "backend/util/strbuf.h"
 
 #define POOL_MAX 16
 
@@ -219,9 +221,9 @@ static void handle_give(struct morph_http *h, CURL *c)
 		curl_easy_cleanup(c);
 }
 
+/* A reply's body, at most MORPH_BODY_MAX bytes. */
 struct body {
-	char *p;
-	size_t len, cap;
+	struct strbuf text;
 	bool too_big;
 };
 
@@ -230,33 +232,11 @@ static size_t body_write(char *data, size_t size, size_t n, void *arg)
 	struct body *b = arg;
 	size_t add = size * n;
 
-	if (b->len + add + 1 > MORPH_BODY_MAX) {
+	if (b->text.len + add + 1 > MORPH_BODY_MAX) {
 		b->too_big = true;
 		return 0;
 	}
-	if (b->len + add + 1 > b->cap) {
-		size_t cap = b->cap ? b->cap : 4096;
-		char *p;
-		while (cap < b->len + add + 1)
-			cap *= 2;
-		p = realloc(b->p, cap);
-		if (!p)
-			return 0;
-		b->p = p;
-		b->cap = cap;
-	}
-	memcpy(b->p + b->len, data, add);
-	b->len += add;
-	b->p[b->len] = '\0';
-	return add;
-}
-
-static void sleep_ms(long ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
+	return strbuf_add(&b->text, data, add) ? 0 : add;
 }
 
 /* One try.  Returns the HTTP status (> 0), or 0 on a transport failure
@@ -313,7 +293,7 @@ static long try_once(struct morph_http *h, CURL *c, const struct morph_call *cal
 int morph_http_call(struct morph_http *h, const struct morph_call *call, json_t **reply)
 {
 	char *url = NULL, *body = NULL, why[512], text[240];
-	struct body b = { 0 };
+	struct body b = { STRBUF_INIT, false };
 	CURL *c = NULL;
 	int err = -EIO;
 
@@ -335,19 +315,17 @@ int morph_http_call(struct morph_http *h, const struct morph_call *call, json_t 
 		long retry_after = -1, status;
 		json_error_t jerr;
 
-		b.len = 0;
+		strbuf_reset(&b.text);
 		b.too_big = false;
-		if (b.p)
-			b.p[0] = '\0';
 		status = try_once(h, c, call, url, body, &b, &retry_after, why, sizeof(why));
 		if (status >= 200 && status < 300) {
 			/* Output may hold NUL bytes (\u0000 in the JSON). */
-			*reply = b.len ? json_loadb(b.p, b.len, JSON_ALLOW_NUL, &jerr) : json_null();
+			*reply = b.text.len ? json_loadb(b.text.buf, b.text.len, JSON_ALLOW_NUL, &jerr) : json_null();
 			if (*reply) {
 				err = 0;
 				goto out;
 			}
-			log_text(h, b.p, b.len < 120 ? b.len : 120, text, sizeof(text));
+			log_text(h, b.text.buf, b.text.len < 120 ? b.text.len : 120, text, sizeof(text));
 			snprintf(why, sizeof(why), "HTTP %ld but the reply is not JSON (%s): %s", status,
 				 jerr.text, text);
 			err = -EIO;
@@ -357,7 +335,7 @@ int morph_http_call(struct morph_http *h, const struct morph_call *call, json_t 
 			retry = call->idempotent && !b.too_big;
 		} else {
 			err = morph_status_errno(status, &retry);
-			log_text(h, b.p ? b.p : "", b.len, text, sizeof(text));
+			log_text(h, b.text.buf ? b.text.buf : "", b.text.len, text, sizeof(text));
 			snprintf(why, sizeof(why), "HTTP %ld%s%s", status, text[0] ? ": " : "", text);
 			if (status == 404 && call->quiet_404)
 				goto out;
@@ -380,7 +358,7 @@ int morph_http_call(struct morph_http *h, const struct morph_call *call, json_t 
 out:
 	if (c)
 		handle_give(h, c);
-	free(b.p);
+	strbuf_release(&b.text);
 	free(body);
 	free(url);
 	return err;

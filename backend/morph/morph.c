@@ -23,6 +23,7 @@
 #include "backend/morph/http.h"
 #include "backend/morph/record.h"
 #include "backend/morph/session.h"
+#include "backend/util/clock.h"
 
 #define DEFAULT_URL "https://cloud.morph.so/api"
 #define DEFAULT_IMAGE "morphvm-minimal"
@@ -58,14 +59,6 @@ struct sandbox {
 	char instance[MORPH_ID_MAX];
 	char branch_snapshot[MORPH_ID_MAX];  /* made by a live branch for this one, or "" */
 };
-
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
 
 /* ---- instances ---- */
 

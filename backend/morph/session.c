@@ -11,6 +11,8 @@
 #include <time.h>
 
 #include "backend/morph/session.h"
+#include "backend/agent/proto.h"
+#include "backend/util/strbuf.h"
 
 /* OUTER: $1 INNER, $2 nonce, $3 timeout (s), $4 output cap (bytes), $5 mode
  * (i: the code is $6, %b-encoded; u: it was uploaded), then NAME OFF LEN
@@ -372,45 +374,28 @@ void session_nonce(char out[SESSION_NONCE_LEN + 1])
 
 /* ---- the answer ---- */
 
-static int append(char **p, size_t *len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* A note on a line of its own. */
+static int note(struct strbuf *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-static int append(char **p, size_t *len, const char *fmt, ...)
+static int note(struct strbuf *sb, const char *fmt, ...)
 {
+	char text[256];
 	va_list ap;
-	char line[256];
-	int n;
-	char *np;
-
-	va_start(ap, fmt);
-	n = vsnprintf(line, sizeof(line), fmt, ap);
-	va_end(ap);
-	if (n < 0)
-		return -EIO;
-	if ((size_t)n >= sizeof(line))
-		n = sizeof(line) - 1;
-	np = realloc(*p, *len + n + 1);
-	if (!np)
-		return -ENOMEM;
-	memcpy(np + *len, line, n + 1);
-	*p = np;
-	*len += n;
-	return 0;
-}
-
-/* The marker goes on a line of its own. */
-static int note(char **p, size_t *len, const char *text)
-{
 	int err = 0;
 
-	if (*len && (*p)[*len - 1] != '\n')
-		err = append(p, len, "\n");
-	return err ? err : append(p, len, "%s\n", text);
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	if (sb->len && sb->buf[sb->len - 1] != '\n')
+		err = strbuf_add(sb, "\n", 1);
+	return err ? err : strbuf_addf(sb, "%s\n", text);
 }
 
 int session_result(const char *nonce, int exit_code, char *out, size_t out_len, char *err, size_t err_len,
 		   size_t output_max, unsigned timeout_s, struct run_result *res)
 {
-	char want[64], text[128];
+	struct strbuf o = STRBUF_INIT, e = STRBUF_INIT;
+	char want[64];
 	unsigned long long out_total = out_len, err_total;
 	int status = exit_code, timed_out = 0, reset = 0, rc = 0;
 	size_t hl;
@@ -433,32 +418,31 @@ int session_result(const char *nonce, int exit_code, char *out, size_t out_len, 
 	}
 	err_total = err_total > err_len ? err_total : err_len;
 	out_total = out_total > out_len ? out_total : out_len;
-	res->out = out;
-	res->err = err;
-	res->out_len = out_len > output_max ? output_max : out_len;
-	res->err_len = err_len > output_max ? output_max : err_len;
 	res->status = status < 0 || status > 255 ? 255 : status;
+	/* out and err hold out_len and err_len bytes and their NULs. */
+	strbuf_attach(&o, out, out_len, out_len + 1);
+	strbuf_attach(&e, err, err_len, err_len + 1);
+	strbuf_setlen(&o, out_len > output_max ? output_max : out_len);
+	strbuf_setlen(&e, err_len > output_max ? output_max : err_len);
 	if (out_total > output_max) {
 		res->truncated = true;
-		rc = append(&res->out, &res->out_len, "\n[worldfs: output truncated at %zu bytes]\n", output_max);
+		rc = strbuf_addf(&o, "\n" PROTO_NOTE_TRUNCATED "\n", output_max);
 	}
 	if (!rc && err_total > output_max) {
 		res->truncated = true;
-		rc = append(&res->err, &res->err_len, "\n[worldfs: output truncated at %zu bytes]\n", output_max);
+		rc = strbuf_addf(&e, "\n" PROTO_NOTE_TRUNCATED "\n", output_max);
 	}
 	if (!rc && timed_out) {
 		res->timed_out = true;
 		res->status = 124;
-		snprintf(text, sizeof(text), "[worldfs: run killed after %llu ms (exec_timeout)]",
-			 (unsigned long long)timeout_s * 1000);
-		rc = note(&res->err, &res->err_len, text);
+		rc = note(&e, PROTO_NOTE_TIMED_OUT, timeout_s * 1000u);
 	}
 	if (!rc && reset) {
 		res->session_reset = true;
-		snprintf(text, sizeof(text), "[worldfs: session restarted: the session shell exited with status %d]",
-			 res->status);
-		rc = note(&res->err, &res->err_len, text);
+		rc = note(&e, PROTO_NOTE_SESSION_EXITED, "the session shell", res->status, "");
 	}
+	res->out = strbuf_detach(&o, &res->out_len);
+	res->err = strbuf_detach(&e, &res->err_len);
 	if (rc)
 		run_result_release(res);
 	return rc;

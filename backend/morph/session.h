@@ -68,7 +68,8 @@ bool session_ready(const char *out, size_t len);
 /* Turn what exec returned into a run result: strip the header, cap each
  * stream at output_max with the same marker as vm, add the notes for a
  * time-out and a session that ended.  A reply without the header (the
- * wrapper itself failed) is taken as it is.  out/err are consumed. */
+ * wrapper itself failed) is taken as it is.  out/err (malloc'ed, each
+ * with its NUL after its length) are consumed. */
 int session_result(const char *nonce, int exit_code, char *out, size_t out_len, char *err, size_t err_len,
 		   size_t output_max, unsigned timeout_s, struct run_result *res);
 

@@ -26,30 +26,6 @@ void say(const char *id, const char *fmt, ...)
 	fprintf(stderr, "worldfs: vm %s: %s\n", id, msg);
 }
 
-double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-/* Milliseconds left until deadline, for poll(2)-style timeouts. */
-int ms_left(double deadline)
-{
-	double left = deadline - now_ms();
-
-	return left <= 0 ? 0 : left > INT32_MAX ? INT32_MAX : (int)left + 1;
-}
-
-void sleep_ms(long ms)
-{
-	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000 };
-
-	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-		;
-}
-
 const char *str_or(const char *s, const char *fallback)
 {
 	return s ? s : fallback;
@@ -94,23 +70,6 @@ int fsync_path(const char *path)
 		r = -errno;
 	close(fd);
 	return r;
-}
-
-int write_all(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-
-	while (len > 0) {
-		ssize_t n = write(fd, p, len);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			return -errno;
-		p += n;
-		len -= (size_t)n;
-	}
-	return 0;
 }
 
 /* Replace dir/name with text, atomically (temp file, rename) and, if

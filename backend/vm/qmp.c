@@ -12,36 +12,20 @@
 #include <unistd.h>
 
 #include "backend/vm/qmp.h"
+#include "backend/util/clock.h"
 
 /* --- line buffer ---------------------------------------------------------- */
 
 int qmp_lines_feed(struct qmp_lines *l, const void *data, size_t n)
 {
 	/* Drop the lines already handed out before growing. */
-	if (l->start > 0) {
-		memmove(l->buf, l->buf + l->start, l->len - l->start);
-		l->len -= l->start;
-		l->start = 0;
-	}
-	if (l->len + n > QMP_LINE_MAX) {
-		l->len = 0;
+	strbuf_remove(&l->text, 0, l->start);
+	l->start = 0;
+	if (l->text.len + n > QMP_LINE_MAX) {
+		strbuf_reset(&l->text);
 		return -E2BIG;
 	}
-	if (l->len + n + 1 > l->cap) {
-		size_t cap = l->cap ? l->cap : 4096;
-		char *p;
-
-		while (cap < l->len + n + 1)
-			cap *= 2;
-		p = realloc(l->buf, cap);
-		if (!p)
-			return -ENOMEM;
-		l->buf = p;
-		l->cap = cap;
-	}
-	memcpy(l->buf + l->len, data, n);
-	l->len += n;
-	return 0;
+	return strbuf_add(&l->text, data, n);
 }
 
 char *qmp_lines_next(struct qmp_lines *l, size_t *len)
@@ -49,10 +33,10 @@ char *qmp_lines_next(struct qmp_lines *l, size_t *len)
 	char *line, *nl;
 	size_t n;
 
-	if (l->start >= l->len)
+	if (l->start >= l->text.len)
 		return NULL;
-	line = l->buf + l->start;
-	nl = memchr(line, '\n', l->len - l->start);
+	line = l->text.buf + l->start;
+	nl = memchr(line, '\n', l->text.len - l->start);
 	if (!nl)
 		return NULL;
 	n = (size_t)(nl - line);
@@ -67,8 +51,8 @@ char *qmp_lines_next(struct qmp_lines *l, size_t *len)
 
 void qmp_lines_release(struct qmp_lines *l)
 {
-	free(l->buf);
-	memset(l, 0, sizeof(*l));
+	strbuf_release(&l->text);
+	l->start = 0;
 }
 
 /* --- messages ------------------------------------------------------------- */
@@ -141,26 +125,8 @@ struct qmp {
 	unsigned next_event;
 };
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Milliseconds left until deadline (< 0: none) in poll(2)'s terms. */
-static int remaining(int64_t deadline)
-{
-	int64_t left;
-
-	if (deadline < 0)
-		return -1;
-	left = deadline - now_ms();
-	return left < 0 ? 0 : (int)(left > INT32_MAX ? INT32_MAX : left);
-}
-
-static int64_t deadline_after(int timeout_ms)
+/* A deadline (-1: none) for ms_left. */
+static double deadline_after(int timeout_ms)
 {
 	return timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
 }
@@ -196,7 +162,7 @@ void qmp_forget_events(struct qmp *q)
 
 /* Read the next message, waiting until deadline.  A line that is not QMP
  * is consumed and reported as -EPROTO, so the stream stays usable. */
-static int read_msg(struct qmp *q, struct qmp_msg *m, int64_t deadline)
+static int read_msg(struct qmp *q, struct qmp_msg *m, double deadline)
 {
 	char chunk[4096];
 
@@ -215,7 +181,7 @@ static int read_msg(struct qmp *q, struct qmp_msg *m, int64_t deadline)
 				fprintf(stderr, "worldfs: qmp: not a QMP message: %.200s\n", line);
 			return r;
 		}
-		r = poll(&pfd, 1, remaining(deadline));
+		r = poll(&pfd, 1, ms_left(deadline));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
@@ -271,7 +237,7 @@ static int send_all(int sock, const char *buf, size_t len, int fd)
 static int exchange(struct qmp *q, const char *name, json_t *args, int fd,
 		    json_t **ret, int timeout_ms)
 {
-	int64_t deadline = deadline_after(timeout_ms);
+	double deadline = deadline_after(timeout_ms);
 	json_int_t id = ++q->last_id;
 	json_t *cmd = NULL;
 	char *text = NULL;
@@ -354,7 +320,7 @@ const char *qmp_error_desc(const struct qmp *q)
 
 int qmp_open_fd(struct qmp **out, int fd, int timeout_ms)
 {
-	int64_t deadline = deadline_after(timeout_ms);
+	double deadline = deadline_after(timeout_ms);
 	enum qmp_kind kind;
 	struct qmp_msg m;
 	struct qmp *q;
@@ -378,7 +344,7 @@ int qmp_open_fd(struct qmp **out, int fd, int timeout_ms)
 			goto fail;
 		}
 	} while (kind != QMP_GREETING);
-	r = qmp_command(q, "qmp_capabilities", NULL, NULL, remaining(deadline));
+	r = qmp_command(q, "qmp_capabilities", NULL, NULL, ms_left(deadline));
 	if (r < 0)
 		goto fail;
 	*out = q;
@@ -390,7 +356,7 @@ fail:
 
 int qmp_open(struct qmp **out, const char *path, int timeout_ms)
 {
-	int64_t deadline = deadline_after(timeout_ms);
+	double deadline = deadline_after(timeout_ms);
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd;
 
@@ -409,11 +375,11 @@ int qmp_open(struct qmp **out, const char *path, int timeout_ms)
 		close(fd);
 		if (err != ENOENT && err != ECONNREFUSED && err != EAGAIN && err != EINTR)
 			return -err;
-		if (remaining(deadline) == 0)
+		if (ms_left(deadline) == 0)
 			return -ETIMEDOUT;
 		nanosleep(&(struct timespec){ .tv_nsec = 10 * 1000000 }, NULL);
 	}
-	return qmp_open_fd(out, fd, remaining(deadline));
+	return qmp_open_fd(out, fd, ms_left(deadline));
 }
 
 void qmp_close(struct qmp *q)

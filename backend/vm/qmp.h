@@ -9,6 +9,8 @@
 
 #include <jansson.h>
 
+#include "backend/util/strbuf.h"
+
 #define QMP_LINE_MAX (16u << 20)  /* query-qmp-schema is ~200 KB; leave room */
 #define QMP_EVENTS_KEPT 8
 
@@ -16,10 +18,8 @@
 
 /* Bytes read from the socket, cut into lines.  Zero-initialize before use. */
 struct qmp_lines {
-	char *buf;
-	size_t start;  /* first byte not yet returned as a line */
-	size_t len;
-	size_t cap;
+	struct strbuf text;
+	size_t start;  /* first byte of text not yet returned as a line */
 };
 
 /* Append n bytes.  -ENOMEM, or -E2BIG when a line grows past QMP_LINE_MAX

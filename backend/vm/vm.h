@@ -24,6 +24,9 @@
 #include <sys/un.h>
 
 #include "backend/backend.h"
+#include "backend/util/clock.h"
+#include "backend/util/io.h"
+#include "backend/util/strbuf.h"
 #include "backend/vm/qmp.h"
 
 #define ID_MAX 64
@@ -133,15 +136,11 @@ struct sandbox {
 /* --- files.c --------------------------------------------------------------- */
 
 void say(const char *id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-double now_ms(void);
-int ms_left(double deadline);
-void sleep_ms(long ms);
 const char *str_or(const char *s, const char *fallback);
 int pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int id_check(const char *id);
 bool exists(const char *path);
 int fsync_path(const char *path);
-int write_all(int fd, const void *buf, size_t len);
 int write_file(const char *dir, const char *name, const char *text, bool durable);
 ssize_t read_small(const char *path, char *buf, size_t n);
 int rm_tree_at(int parent, const char *name);

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "backend/agent/proto.h"
+#include "backend/util/clock.h"
 
 /* A frame as the wire carries it. */
 static size_t frame(uint8_t *out, uint8_t type, const void *payload, size_t len)
@@ -24,14 +25,6 @@ static size_t frame(uint8_t *out, uint8_t type, const void *payload, size_t len)
 	out[4] = type;
 	memcpy(out + 5, payload, len);
 	return 5 + len;
-}
-
-static long long now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static void test_byte_order(void **state)
