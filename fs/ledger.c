@@ -1,5 +1,6 @@
-/* ledger.c: the Multiverse Finance balance map (owner -> amount) and the
- * enum names shared by the tree and the registry. */
+/* ledger.c: the Multiverse Finance balance map (owner -> amount), and the
+ * entity enums' names (shared by the tree and the registry) and what each
+ * state forbids. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,17 @@ static const char *const state_names[] = { "running", "won", "collapsed", "faile
 
 const char *entity_kind_name(enum entity_kind k) { return kind_names[k]; }
 const char *entity_state_name(enum entity_state s) { return state_names[s]; }
+
+int entity_state_errno(const struct entity *e)
+{
+	switch (e->state) {
+	case STATE_COLLAPSED: return -EROFS;
+	case STATE_FAILED: return -EIO;
+	case STATE_RUNNING:
+	case STATE_WON: return 0;
+	}
+	return -EIO;
+}
 
 int entity_kind_parse(const char *s, enum entity_kind *out)
 {

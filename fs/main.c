@@ -251,7 +251,7 @@ static void report(int fd, char verdict)
 		dup2(null, 1);
 		if (null > 2)
 			close(null);
-		runtime_log_echo(false);
+		worldfs_log_echo(false);
 	}
 }
 
@@ -320,9 +320,9 @@ int main(int argc, char *argv[])
 	}
 	/* Until the mount is up the terminal sees every line too; in the
 	 * background it stops there (report()), with -f it goes on. */
-	runtime_log_open(log_path, true);
+	worldfs_log_open(log_path, true);
 	if (runtime_open(&rt, ops, &cfg, err, sizeof(err)) < 0) {
-		runtime_log("%s", err);
+		worldfs_log("%s", err);
 		goto out;
 	}
 	rt.mount_uid = getuid();
@@ -339,7 +339,7 @@ int main(int argc, char *argv[])
 		goto out_fuse;
 	if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
 		goto out_unmount;
-	runtime_log("serving %s", copts.mountpoint);
+	worldfs_log("serving %s", copts.mountpoint);
 	report(report_fd, 0);
 	report_fd = -1;
 
@@ -373,6 +373,6 @@ out:
 	free(o.morph_image);
 	free(o.branch);
 	free(o.reseed);
-	runtime_log_close();
+	worldfs_log_close();
 	return rc;
 }

@@ -1,4 +1,8 @@
-/* node.c: path lookup and the content of every file. */
+/* node.c: the files of the mount, from one table per directory kind
+ * (acme's Dirtab is the model): entity_files[] and meta_files[] are what
+ * lookup walks, what listing shows, what stat reports and what render
+ * fills; the names a verse may not take are the table's names too.  No
+ * other file knows the tree's shape. */
 #include <errno.h>
 #include <stdarg.h>
 #include <jansson.h>
@@ -33,6 +37,14 @@ const struct file_desc meta_files[] = {
 	{ "metrics",     F_METRICS,     S_IFREG | 0444, 0 },
 };
 const size_t n_meta_files = sizeof(meta_files) / sizeof(meta_files[0]);
+
+bool name_is_reserved(const char *name)
+{
+	for (size_t i = 0; i < n_entity_files; i++)
+		if (strcmp(entity_files[i].name, name) == 0)
+			return true;
+	return false;
+}
 
 static mode_t file_mode(const struct file_desc *f, const struct entity *e)
 {
@@ -209,9 +221,64 @@ static int json_line(char **buf, size_t *len, char *json)
 	return err;
 }
 
+/* e's info object as one line of JSON (rt->lock held). */
+static char *info_json(struct runtime *rt, struct entity *e)
+{
+	char path[1024];
+	json_t *o, *sb;
+	char *s;
+
+	runtime_path(e, path, sizeof(path));
+	if (e->kind == ENTITY_SNAPSHOT) {
+		o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:f}",
+			      "id", e->id, "entity_id", e->id, "entity_type", "snapshot",
+			      "name", e->name, "path", path,
+			      "parent_id", e->parent ? e->parent->id : "",
+			      "created_at", e->created_at, "size_bytes", (json_int_t)e->size_bytes,
+			      "snapshot_time_ms", e->snapshot_ms);
+	} else {
+		o = json_pack("{s:s,s:s,s:s,s:s,s:o,s:o,s:i,s:f,s:s,s:i,s:i,s:f,s:s,s:o,s:i,s:o}",
+			      "entity_id", e->id, "entity_type", entity_kind_name(e->kind),
+			      "name", e->name, "path", path,
+			      "parent_id", e->parent ? json_string(e->parent->id) : json_null(),
+			      "snapshot_id", e->parent && e->parent->kind == ENTITY_SNAPSHOT
+			      ? json_string(e->parent->id) : json_null(),
+			      "trit", e->trit, "prob", (double)e->prob / PROB_ONE, "state", entity_state_name(e->state),
+			      "memory_mib", (int)e->mem_mib, "vcpu_count", (int)e->vcpus,
+			      "boot_time_ms", e->boot_ms, "created_at", e->created_at,
+			      "resolved_at", e->resolved_at[0] ? json_string(e->resolved_at) : json_null(),
+			      "owner_uid", (int)e->uid,
+			      "failure", e->failure ? json_string(e->failure) : json_null());
+		if (!o)
+			return NULL;
+		sb = NULL;
+		if (e->sb) {
+			char *d = rt->be_ops->describe(e->sb);
+			sb = d ? json_loads(d, 0, NULL) : NULL;
+			free(d);
+			if (!sb)
+				sb = json_object();
+			if (!json_object_get(sb, "status"))
+				json_object_set_new(sb, "status", json_string("up"));
+		} else {
+			const char *status = "down";
+			if ((e->state == STATE_RUNNING || e->state == STATE_WON) &&
+			    rt->be_ops->probe(rt->be, e->id, e->handle) != SANDBOX_GONE)
+				status = "suspended";
+			sb = json_pack("{s:s,s:s}", "backend", rt->be_ops->name, "status", status);
+		}
+		json_object_set_new(o, "sandbox", sb);
+	}
+	if (!o)
+		return NULL;
+	s = json_dumps(o, JSON_OUT);
+	json_decref(o);
+	return s;
+}
+
 static void entities_dump(struct runtime *rt, struct entity *e, FILE *f)
 {
-	char *s = runtime_info_json(rt, e);
+	char *s = info_json(rt, e);
 
 	if (s && !e->busy_creating)
 		fprintf(f, "%s\n", s);
@@ -271,7 +338,7 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 	case F_STATE:
 		return text(buf, len, "%s\n", entity_state_name(e->state));
 	case F_INFO:
-		return json_line(buf, len, runtime_info_json(rt, e));
+		return json_line(buf, len, info_json(rt, e));
 	case F_TRIT:
 		return text(buf, len, "%d\n", e->trit);
 	case F_PROB: {
@@ -320,4 +387,73 @@ int node_size(struct runtime *rt, const struct node *n, off_t *size)
 	free(buf);
 	*size = (off_t)len;
 	return 0;
+}
+
+/* Names in a directory node, fixed files first (rt->lock held). */
+static int list_locked(struct runtime *rt, const struct node *n, node_fill_fn fill, void *ctx)
+{
+	struct entity *e = n->e;
+
+	switch (n->type) {
+	case NODE_ROOT:
+		fill(ctx, ".worldfs");
+		for (size_t i = 0; i < rt->nworlds; i++)
+			if (!rt->worlds[i]->busy_creating)
+				fill(ctx, rt->worlds[i]->name);
+		return 0;
+	case NODE_META_DIR:
+		for (size_t i = 0; i < n_meta_files; i++)
+			fill(ctx, meta_files[i].name);
+		return 0;
+	case NODE_ENTITY_DIR:
+		for (size_t i = 0; i < n_entity_files; i++)
+			if (file_mode(&entity_files[i], e))
+				fill(ctx, entity_files[i].name);
+		for (size_t i = 0; i < e->nverses; i++)
+			if (!e->verses[i]->busy_creating)
+				fill(ctx, e->verses[i]->name);
+		return 0;
+	case NODE_SNAPSHOT_DIR:
+		for (size_t i = 0; i < e->nsnapshots; i++)
+			if (!e->snapshots[i]->busy_creating)
+				fill(ctx, e->snapshots[i]->name);
+		return 0;
+	case NODE_BALANCE_DIR:
+		for (size_t i = 0; i < e->ledger.n; i++)
+			fill(ctx, e->ledger.v[i].owner);
+		return 0;
+	default:
+		return -ENOTDIR;
+	}
+}
+
+int node_list(struct runtime *rt, const struct node *n, node_fill_fn fill, void *ctx)
+{
+	int err;
+
+	pthread_mutex_lock(&rt->lock);
+	err = list_locked(rt, n, fill, ctx);
+	pthread_mutex_unlock(&rt->lock);
+	return err;
+}
+
+int node_stat(struct runtime *rt, const struct node *n, struct stat *st)
+{
+	off_t size = 0;
+	int err = 0;
+
+	memset(st, 0, sizeof(*st));
+	st->st_mode = node_mode(n);
+	st->st_nlink = S_ISDIR(st->st_mode) ? 2 : 1;
+	/* uid and gid never change after an entity is made. */
+	st->st_uid = n->e ? n->e->uid : rt->mount_uid;
+	st->st_gid = n->e ? n->e->gid : rt->mount_gid;
+	st->st_blksize = 4096;
+	st->st_atime = st->st_mtime = st->st_ctime = rt->mount_time;
+	if (S_ISREG(st->st_mode)) {
+		err = node_size(rt, n, &size);
+		st->st_size = size;
+		st->st_blocks = (size + 511) / 512;
+	}
+	return err;
 }

@@ -1,5 +1,6 @@
 /* node.h: paths of the mount and the fixed files of each directory,
- * declared once (the table drives lookup, readdir, getattr and render). */
+ * declared once: the table drives lookup, listing, stat and render, and
+ * the names it holds are reserved (name_is_reserved, values.h). */
 #ifndef WORLDFS_NODE_H
 #define WORLDFS_NODE_H
 
@@ -49,6 +50,15 @@ void node_release(struct runtime *rt, struct node *n);
 
 /* The mode bits (with type) of a node, 0 if absent. */
 mode_t node_mode(const struct node *n);
+
+/* The names in directory node n, each given to fill(ctx, name), fixed
+ * files first; -ENOTDIR for a file.  fill must not call back into the
+ * runtime (the tree is locked meanwhile). */
+typedef void (*node_fill_fn)(void *ctx, const char *name);
+int node_list(struct runtime *rt, const struct node *n, node_fill_fn fill, void *ctx);
+
+/* stat(2) of a node: mode, links, owner, size, times. */
+int node_stat(struct runtime *rt, const struct node *n, struct stat *st);
 
 /* Render a file node's content into a malloc'd buffer. */
 int node_render(struct runtime *rt, const struct node *n, char **buf, size_t *len);

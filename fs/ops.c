@@ -1,6 +1,7 @@
-/* ops.c: the FUSE face.  Paths become nodes (node.c); every operation is
- * one runtime call (runtime.c).  Errors are -errno, right after the failing
- * call, with a log line for bad input. */
+/* ops.c: the FUSE face.  Paths become nodes (node.c: lookup, list, stat,
+ * render); every change is one runtime call (runtime.h).  It takes no tree
+ * lock and reads no entity: only its own handles' locks.  Errors are
+ * -errno, right after the failing call, with a log line for bad input. */
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
@@ -63,34 +64,34 @@ static int wfs_getattr(const char *path, struct stat *st, struct fuse_file_info 
 {
 	struct runtime *rt = rt_of();
 	struct node n;
-	off_t size = 0;
 	int err;
 
 	(void)fi;
 	err = node_lookup(rt, path, &n);
 	if (err)
 		return err;
-	memset(st, 0, sizeof(*st));
-	st->st_mode = node_mode(&n);
-	st->st_nlink = S_ISDIR(st->st_mode) ? 2 : 1;
-	st->st_uid = n.e ? n.e->uid : rt->mount_uid;
-	st->st_gid = n.e ? n.e->gid : rt->mount_gid;
-	st->st_blksize = 4096;
-	st->st_atime = st->st_mtime = st->st_ctime = rt->mount_time;
-	if (S_ISREG(st->st_mode)) {
-		err = node_size(rt, &n, &size);
-		st->st_size = size;
-		st->st_blocks = (size + 511) / 512;
-	}
+	err = node_stat(rt, &n, st);
 	node_release(rt, &n);
 	return err;
+}
+
+struct dir_fill {
+	void *buf;
+	fuse_fill_dir_t fill;
+};
+
+static void dir_fill(void *ctx, const char *name)
+{
+	struct dir_fill *d = ctx;
+
+	d->fill(d->buf, name, NULL, 0, 0);
 }
 
 static int wfs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t off,
 		       struct fuse_file_info *fi, enum fuse_readdir_flags flags)
 {
 	struct runtime *rt = rt_of();
-	struct entity *e;
+	struct dir_fill d = { buf, fill };
 	struct node n;
 	int err;
 
@@ -100,42 +101,9 @@ static int wfs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t 
 	err = node_lookup(rt, path, &n);
 	if (err)
 		return err;
-	e = n.e;
 	fill(buf, ".", NULL, 0, 0);
 	fill(buf, "..", NULL, 0, 0);
-	pthread_mutex_lock(&rt->lock);
-	switch (n.type) {
-	case NODE_ROOT:
-		fill(buf, ".worldfs", NULL, 0, 0);
-		for (size_t i = 0; i < rt->nworlds; i++)
-			if (!rt->worlds[i]->busy_creating)
-				fill(buf, rt->worlds[i]->name, NULL, 0, 0);
-		break;
-	case NODE_META_DIR:
-		for (size_t i = 0; i < n_meta_files; i++)
-			fill(buf, meta_files[i].name, NULL, 0, 0);
-		break;
-	case NODE_ENTITY_DIR:
-		for (size_t i = 0; i < n_entity_files; i++)
-			if (e->kind == ENTITY_SNAPSHOT ? entity_files[i].snapshot_mode : entity_files[i].world_mode)
-				fill(buf, entity_files[i].name, NULL, 0, 0);
-		for (size_t i = 0; i < e->nverses; i++)
-			if (!e->verses[i]->busy_creating)
-				fill(buf, e->verses[i]->name, NULL, 0, 0);
-		break;
-	case NODE_SNAPSHOT_DIR:
-		for (size_t i = 0; i < e->nsnapshots; i++)
-			if (!e->snapshots[i]->busy_creating)
-				fill(buf, e->snapshots[i]->name, NULL, 0, 0);
-		break;
-	case NODE_BALANCE_DIR:
-		for (size_t i = 0; i < e->ledger.n; i++)
-			fill(buf, e->ledger.v[i].owner, NULL, 0, 0);
-		break;
-	default:
-		err = -ENOTDIR;
-	}
-	pthread_mutex_unlock(&rt->lock);
+	err = node_list(rt, &n, dir_fill, &d);
 	node_release(rt, &n);
 	return err;
 }
@@ -178,9 +146,9 @@ static int wfs_mkdir(const char *path, mode_t mode)
 		err = -ENOTDIR;
 	}
 	if (err == -EINVAL && name_check(name) < 0)
-		runtime_log("mkdir %s: invalid name (1-64 of [A-Za-z0-9._-], no leading '.', not a file name)", path);
+		worldfs_log("mkdir %s: invalid name (1-64 of [A-Za-z0-9._-], no leading '.', not a file name)", path);
 	else if (err && err != -EEXIST)
-		runtime_log("mkdir %s: %s", path, strerror(-err));
+		worldfs_log("mkdir %s: %s", path, strerror(-err));
 	node_release(rt, &n);
 out:
 	free(dir);
@@ -201,7 +169,7 @@ static int wfs_rmdir(const char *path)
 	case NODE_ENTITY_DIR:
 		err = runtime_remove(rt, n.e);
 		if (err == -ENOTEMPTY)
-			runtime_log("rmdir %s: live verses below it", path);
+			worldfs_log("rmdir %s: live verses below it", path);
 		break;
 	case NODE_ROOT:
 		err = -EBUSY;
@@ -234,16 +202,8 @@ static int handle_open(struct runtime *rt, struct node *n, struct fuse_file_info
 		return -EISDIR;
 	if (wr && !writable(n))
 		return -EACCES;
-	if (wr && n->type == NODE_FILE && n->file->id == F_EXEC) {
-		pthread_mutex_lock(&rt->lock);
-		if (n->e->state == STATE_COLLAPSED)
-			err = -EROFS;
-		else if (n->e->state == STATE_FAILED)
-			err = -EIO;
-		pthread_mutex_unlock(&rt->lock);
-		if (err)
-			return err;
-	}
+	if (wr && n->type == NODE_FILE && n->file->id == F_EXEC && (err = runtime_state_errno(rt, n->e)))
+		return err;
 	h = calloc(1, sizeof(*h));
 	if (!h)
 		return -ENOMEM;
@@ -296,17 +256,13 @@ static int wfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		goto out;
 	if (n.type != NODE_BALANCE_DIR) {
 		err = n.type == NODE_META_DIR ? -EACCES : -EPERM;
-	} else if (n.e->kind == ENTITY_SNAPSHOT) {
+	} else if (!writable(&n)) {
 		err = -EACCES;  /* a snapshot's ledger is what was captured */
 	} else if (name_check(name) < 0) {
-		runtime_log("create %s: invalid owner name", path);
+		worldfs_log("create %s: invalid owner name", path);
 		err = -EINVAL;
 	} else {
-		pthread_mutex_lock(&rt->lock);
-		made = !ledger_get(&n.e->ledger, name);
-		pthread_mutex_unlock(&rt->lock);
-		if (made)
-			err = runtime_set_balance(rt, n.e, name, 0);
+		err = runtime_add_balance(rt, n.e, name, &made);
 	}
 	node_release(rt, &n);
 	if (err)
@@ -340,8 +296,6 @@ static int handle_run(struct runtime *rt, struct handle *h)
 	h->len = res.out_len;
 	res.out = NULL;
 	run_result_release(&res);
-	if (err == -ETIMEDOUT)
-		runtime_log("%s: run killed after exec_timeout", h->n.e->id);
 	return err;
 }
 
@@ -411,7 +365,7 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 	if (h->n.type == NODE_FILE && h->n.file->id == F_EXEC) {
 		/* Code accumulates over any number of writes until the run. */
 		if (h->code.len + size > EXEC_CODE_MAX) {
-			runtime_log("%s: code larger than 16 MiB", path);
+			worldfs_log("%s: code larger than 16 MiB", path);
 			err = -EFBIG;
 		} else if (!(err = strbuf_add(&h->code, buf, size))) {
 			h->write_end = off + (off_t)size;
@@ -435,9 +389,9 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 		if (err) {
 			free(v);
 			if (err == -EINVAL)
-				runtime_log("%s: invalid value", path);
+				worldfs_log("%s: invalid value", path);
 			else
-				runtime_log("%s: write: %s", path, strerror(-err));
+				worldfs_log("%s: write: %s", path, strerror(-err));
 			if (h->created && !h->written)
 				runtime_delete_balance(rt, h->n.e, h->n.owner);
 		} else {
@@ -509,7 +463,7 @@ static int wfs_unlink(const char *path)
 	if (err)
 		return err;
 	if (n.type == NODE_BALANCE_FILE)
-		err = n.e->kind == ENTITY_SNAPSHOT ? -EACCES : runtime_delete_balance(rt, n.e, n.owner);
+		err = writable(&n) ? runtime_delete_balance(rt, n.e, n.owner) : -EACCES;
 	else if (S_ISDIR(node_mode(&n)))
 		err = -EISDIR;
 	else

@@ -136,6 +136,8 @@ static int exec_sql(struct registry *r, const char *sql)
 	return rc == SQLITE_OK ? 0 : fail(r, rc, sql);
 }
 
+static void registry_rollback(struct registry *r);
+
 int registry_begin(struct registry *r) { return exec_sql(r, "BEGIN IMMEDIATE"); }
 
 /* A transaction whose commit is not flushed to disk: it survives worldfs
@@ -164,7 +166,7 @@ static void end_lazy(struct registry *r)
 
 /* A failed COMMIT leaves the transaction open: roll it back, or every
  * later BEGIN would fail. */
-int registry_commit(struct registry *r)
+static int registry_commit(struct registry *r)
 {
 	int rc = exec_sql(r, "COMMIT");
 
@@ -174,10 +176,19 @@ int registry_commit(struct registry *r)
 	return rc;
 }
 
-void registry_rollback(struct registry *r)
+static void registry_rollback(struct registry *r)
 {
 	sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
 	end_lazy(r);
+}
+
+int registry_finish(struct registry *r, int err)
+{
+	if (err) {
+		registry_rollback(r);
+		return err;
+	}
+	return registry_commit(r);
 }
 
 /* Prepare, bind with a tiny format ("t" text or NULL, "i" int64, "d" double,

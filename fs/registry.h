@@ -1,6 +1,6 @@
 /* registry.h: the SQLite registry (WAL), the source of truth.  Callers
  * serialize access (the tree lock); each mutating call is one transaction
- * unless wrapped in registry_begin/commit. */
+ * unless wrapped in registry_begin ... registry_finish. */
 #ifndef WORLDFS_REGISTRY_H
 #define WORLDFS_REGISTRY_H
 
@@ -23,11 +23,20 @@ void registry_new_id(const char *prefix, char out[24]);
 int registry_open(struct registry **out, const char *path, char *err, size_t errlen);
 void registry_close(struct registry *r);
 
-/* Group several changes into one durable transaction. */
+/* Group several changes into one transaction: registry_begin (durable)
+ * or registry_begin_lazy (see registry.c), then the changes, each only
+ * while err is still 0, then registry_finish(r, err), which commits when
+ * err is 0 and rolls back otherwise, and returns err or the commit's
+ * error.  This is the only way a transaction ends:
+ *
+ *	err = registry_begin(reg);
+ *	if (!err)
+ *		err = registry_entity_put(reg, e);
+ *	err = registry_finish(reg, err);
+ */
 int registry_begin(struct registry *r);
-int registry_commit(struct registry *r);
 int registry_begin_lazy(struct registry *r);
-void registry_rollback(struct registry *r);
+int registry_finish(struct registry *r, int err);
 
 /* The entity row (and for snapshots the snapshots row); insert or update. */
 int registry_entity_put(struct registry *r, const struct entity *e);

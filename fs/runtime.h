@@ -1,7 +1,10 @@
 /* runtime.h: the World Runtime over the tree: create, branch, snapshot,
  * exec, resolve, remove, values.  Every change is committed to the
  * registry before the call returns; backend work runs outside the tree
- * lock, serialized per entity by its oplock. */
+ * lock, serialized per entity by its oplock.  Implemented by runtime.c
+ * (the operations), tree.c (the tree: references, finding, paths) and
+ * mount.c (open and close); the tree lock never leaves these files and
+ * node.c. */
 #ifndef WORLDFS_RUNTIME_H
 #define WORLDFS_RUNTIME_H
 
@@ -9,6 +12,7 @@
 #include <stdio.h>
 
 #include "backend/backend.h"
+#include "fs/log.h"
 #include "fs/registry.h"
 #include "fs/world.h"
 
@@ -61,18 +65,15 @@ int runtime_set_prob(struct runtime *rt, struct entity *e, int64_t prob);
 int runtime_set_balance(struct runtime *rt, struct entity *e, const char *owner, int64_t amount);
 int runtime_delete_balance(struct runtime *rt, struct entity *e, const char *owner);
 
-/* Under rt->lock: gf3 of e's children; e's path below the mount; e's info object. */
+/* The bar every run, branch and snapshot of e passes: entity_state_errno
+ * of e, read under the tree lock. */
+int runtime_state_errno(struct runtime *rt, struct entity *e);
+/* Give owner a balance of 0 in e unless it has one; *made says whether
+ * this call made it. */
+int runtime_add_balance(struct runtime *rt, struct entity *e, const char *owner, bool *made);
+
+/* Under rt->lock: gf3 of e's children; e's path below the mount. */
 int runtime_gf3(const struct entity *e);
 void runtime_path(const struct entity *e, char *out, size_t len);
-char *runtime_info_json(struct runtime *rt, struct entity *e);
-
-/* One line to stderr.  After runtime_log_open, stderr (of the whole
- * process) feeds the log file STATE/worldfs.log, each line timestamped, and
- * is echoed to the original stderr while echo is on.  Call it after any
- * fork: it starts a thread. */
-void runtime_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-void runtime_log_open(const char *path, bool echo);
-void runtime_log_echo(bool echo);
-void runtime_log_close(void);
 
 #endif

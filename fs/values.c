@@ -6,19 +6,6 @@
 
 #include "fs/values.h"
 
-static const char *const reserved[] = {
-	"exec", "stdout", "stderr", "status", "state", "info", "trit", "prob",
-	"gf3", "balance", "resolve", "wev", "snapshot",
-};
-
-bool name_is_reserved(const char *name)
-{
-	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
-		if (strcmp(name, reserved[i]) == 0)
-			return true;
-	return false;
-}
-
 int name_check(const char *name)
 {
 	size_t n = strlen(name);

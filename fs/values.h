@@ -10,10 +10,12 @@
 #define NAME_MAX_LEN 64
 #define PROB_ONE 1000000000LL  /* probabilities are integer billionths: exact decimals */
 
-/* 0 if name is a valid world/verse/snapshot/owner name, else -EINVAL. */
+/* 0 if name is a valid world/verse/snapshot/owner name, else -EINVAL:
+ * 1-64 of [A-Za-z0-9._-], no leading '.', and not reserved. */
 int name_check(const char *name);
 
-/* Is this one of the fixed file names of an entity directory? */
+/* Is this one of the fixed file names of an entity directory?  Defined in
+ * node.c, from the one table of those files (entity_files[]). */
 bool name_is_reserved(const char *name);
 
 /* Parse a value written to a file: buf[0..len), one trailing newline allowed.

@@ -71,6 +71,10 @@ struct entity {
 
 const char *entity_kind_name(enum entity_kind k);
 const char *entity_state_name(enum entity_state s);
+/* What e's state lets it do: 0 (running, won: it runs, branches and
+ * snapshots), -EROFS (collapsed: nothing runs in it again) or -EIO
+ * (failed: its sandbox is gone; info says why). */
+int entity_state_errno(const struct entity *e);
 int entity_kind_parse(const char *s, enum entity_kind *out);
 int entity_state_parse(const char *s, enum entity_state *out);
 

@@ -171,14 +171,14 @@ static void lazy_and_durable_commits(void **state)
 	assert_int_equal(registry_begin_lazy(r), 0);
 	assert_int_equal(registry_output_put(r, "w-1", 3, "out", 3, "err!", 4, 1.5), 0);
 	assert_int_equal(registry_metric_add(r, "w-1", "exec", 1.5), 0);
-	assert_int_equal(registry_commit(r), 0);
+	assert_int_equal(registry_finish(r, 0), 0);
 	/* a lazy transaction that is rolled back leaves nothing behind */
 	assert_int_equal(registry_begin_lazy(r), 0);
 	assert_int_equal(registry_metric_add(r, "w-1", "exec", 99), 0);
-	registry_rollback(r);
+	assert_int_equal(registry_finish(r, -EIO), -EIO);
 	assert_int_equal(registry_begin(r), 0);
 	assert_int_equal(registry_branch_add(r, "w-1", "v-1", "live", 4.5, 0), 0);
-	assert_int_equal(registry_commit(r), 0);
+	assert_int_equal(registry_finish(r, 0), 0);
 	registry_close(r);
 
 	assert_int_equal(registry_open(&r, path, err, sizeof(err)), 0);

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "fs/node.h"
 #include "fs/runtime.h"
 
 /* ---- a backend that keeps nothing but names ---- */
@@ -339,6 +340,100 @@ static void snapshots_and_removal(void **state)
 	runtime_close(&rt);
 }
 
+struct listing {
+	char names[64][NAME_MAX_LEN + 1];
+	int n;
+};
+
+static void collect_name(void *ctx, const char *name)
+{
+	struct listing *l = ctx;
+
+	assert_true(l->n < 64);
+	snprintf(l->names[l->n++], NAME_MAX_LEN + 1, "%s", name);
+}
+
+/* What a directory lists, looked up one by one: each name is there, with
+ * the mode stat gives it.  Returns how many entries are directories. */
+static int list_and_walk(struct runtime *rt, const char *dir, struct listing *l)
+{
+	struct node n, c;
+	struct stat st;
+	char path[256];
+	int dirs = 0;
+
+	memset(l, 0, sizeof(*l));
+	assert_int_equal(node_lookup(rt, dir, &n), 0);
+	assert_int_equal(node_list(rt, &n, collect_name, l), 0);
+	node_release(rt, &n);
+	for (int i = 0; i < l->n; i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, l->names[i]);
+		assert_int_equal(node_lookup(rt, path, &c), 0);
+		assert_int_equal(node_stat(rt, &c, &st), 0);
+		assert_int_equal(st.st_mode, node_mode(&c));
+		dirs += S_ISDIR(st.st_mode);
+		node_release(rt, &c);
+	}
+	return dirs;
+}
+
+static bool listed(const struct listing *l, const char *name)
+{
+	for (int i = 0; i < l->n; i++)
+		if (strcmp(l->names[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* One table drives lookup, listing, stat and the names a verse may not
+ * take: no verse can be named like a file of its directory, a listing
+ * shows exactly what lookup finds, a snapshot shows only its own files. */
+static void the_file_table(void **state)
+{
+	struct runtime rt;
+	struct listing l;
+	struct entity *w;
+	bool made;
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "w", 0, 0), 0);
+	w = verse(&rt, NULL, "w");
+	for (size_t i = 0; i < n_entity_files; i++)
+		assert_int_equal(runtime_branch(&rt, w, entity_files[i].name, 0, 0), -EINVAL);
+	assert_int_equal(runtime_branch(&rt, w, "v", 0, 0), 0);
+	assert_int_equal(runtime_add_balance(&rt, w, "alice", &made), 0);
+	assert_true(made);
+	assert_int_equal(runtime_add_balance(&rt, w, "alice", &made), 0);
+	assert_false(made);
+	assert_int_equal(runtime_snapshot(&rt, w, "s", 0, 0), 0);
+
+	/* exec..snapshot, then the verse v: balance/, snapshot/ and v are dirs */
+	assert_int_equal(list_and_walk(&rt, "/w", &l), 3);
+	assert_int_equal(l.n, (int)n_entity_files + 1);
+	assert_true(listed(&l, "exec") && listed(&l, "v"));
+	/* a snapshot: info, gf3, balance/, resolve, wev; no exec, no snapshot/ */
+	assert_int_equal(list_and_walk(&rt, "/w/snapshot/s", &l), 1);
+	assert_int_equal(l.n, 5);
+	assert_false(listed(&l, "exec"));
+	assert_false(listed(&l, "snapshot"));
+	list_and_walk(&rt, "/w/balance", &l);
+	assert_int_equal(l.n, 1);
+	assert_string_equal(l.names[0], "alice");
+	list_and_walk(&rt, "/", &l);
+	assert_true(listed(&l, ".worldfs") && listed(&l, "w"));
+	list_and_walk(&rt, "/.worldfs", &l);
+	assert_int_equal(l.n, (int)n_meta_files);
+
+	/* what a collapsed verse refuses */
+	assert_int_equal(runtime_branch(&rt, w, "x", 0, 0), 0);
+	assert_int_equal(runtime_resolve(&rt, w, "v", 0), 0);
+	assert_int_equal(runtime_state_errno(&rt, verse(&rt, w, "v")), 0);
+	assert_int_equal(runtime_state_errno(&rt, verse(&rt, w, "x")), -EROFS);
+	assert_int_equal(runtime_branch(&rt, verse(&rt, w, "x"), "y", 0, 0), -EROFS);
+	runtime_close(&rt);
+}
+
 static void parent_runs_while_child_starts(void **state)
 {
 	struct runtime rt;
@@ -367,6 +462,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(scenario, setup, teardown),
 		cmocka_unit_test_setup_teardown(snapshots_and_removal, setup, teardown),
 		cmocka_unit_test_setup_teardown(parent_runs_while_child_starts, setup, teardown),
+		cmocka_unit_test_setup_teardown(the_file_table, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

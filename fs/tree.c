@@ -1,0 +1,227 @@
+/* tree.c: the in-memory world tree: entities, their references, their
+ * places among their siblings, finding them by name, walking subtrees,
+ * and marking one failed.  Callers hold rt->lock unless a function says
+ * otherwise. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs/tree.h"
+
+struct entity *entity_new(enum entity_kind kind, const char *name)
+{
+	struct entity *e = calloc(1, sizeof(*e));
+
+	if (!e)
+		return NULL;
+	e->kind = kind;
+	snprintf(e->name, sizeof(e->name), "%s", name);
+	registry_new_id(kind == ENTITY_WORLD ? "w" : kind == ENTITY_VERSE ? "v" : "s", e->id);
+	pthread_mutex_init(&e->oplock, NULL);
+	e->refs = 1;
+	return e;
+}
+
+void entity_free(struct entity *e)
+{
+	free(e->verses);
+	free(e->snapshots);
+	free(e->failure);
+	ledger_release(&e->ledger);
+	pthread_mutex_destroy(&e->oplock);
+	free(e);
+}
+
+void runtime_get(struct entity *e)
+{
+	e->refs++;
+}
+
+void runtime_put(struct runtime *rt, struct entity *e)
+{
+	bool gone;
+
+	if (!e)
+		return;
+	pthread_mutex_lock(&rt->lock);
+	gone = --e->refs == 0;
+	pthread_mutex_unlock(&rt->lock);
+	if (gone)
+		entity_free(e);
+}
+
+int entity_array_add(struct entity ***v, size_t *n, struct entity *e)
+{
+	struct entity **nv = realloc(*v, (*n + 1) * sizeof(**v));
+
+	if (!nv)
+		return -ENOMEM;
+	nv[(*n)++] = e;
+	*v = nv;
+	return 0;
+}
+
+static void array_del(struct entity **v, size_t *n, struct entity *e)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (v[i] == e) {
+			memmove(&v[i], &v[i + 1], (*n - i - 1) * sizeof(*v));
+			(*n)--;
+			return;
+		}
+}
+
+/* The array an entity lives in. */
+static void entity_siblings(struct runtime *rt, struct entity *e, struct entity ****v, size_t **n)
+{
+	if (!e->parent) {
+		*v = &rt->worlds;
+		*n = &rt->nworlds;
+	} else if (e->kind == ENTITY_SNAPSHOT) {
+		*v = &e->parent->snapshots;
+		*n = &e->parent->nsnapshots;
+	} else {
+		*v = &e->parent->verses;
+		*n = &e->parent->nverses;
+	}
+}
+
+int entity_attach(struct runtime *rt, struct entity *e)
+{
+	struct entity ***v;
+	size_t *n;
+
+	entity_siblings(rt, e, &v, &n);
+	return entity_array_add(v, n, e);
+}
+
+void entity_detach(struct runtime *rt, struct entity *e)
+{
+	struct entity ***v;
+	size_t *n;
+
+	entity_siblings(rt, e, &v, &n);
+	array_del(*v, n, e);
+	e->removed = true;
+}
+
+struct entity *runtime_find_verse(struct runtime *rt, struct entity *parent, const char *name, bool with_busy)
+{
+	struct entity **v = parent ? parent->verses : rt->worlds;
+	size_t n = parent ? parent->nverses : rt->nworlds;
+
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i]->name, name) == 0 && (with_busy || !v[i]->busy_creating))
+			return v[i];
+	return NULL;
+}
+
+struct entity *runtime_find_snapshot(struct entity *w, const char *name, bool with_busy)
+{
+	for (size_t i = 0; i < w->nsnapshots; i++)
+		if (strcmp(w->snapshots[i]->name, name) == 0 && (with_busy || !w->snapshots[i]->busy_creating))
+			return w->snapshots[i];
+	return NULL;
+}
+
+static bool is_live(const struct entity *e)
+{
+	return e->kind != ENTITY_SNAPSHOT && (e->state == STATE_RUNNING || e->busy_creating);
+}
+
+/* Does anything below e (children, verses of its snapshots, recursively) still run? */
+bool subtree_has_live(const struct entity *e)
+{
+	for (size_t i = 0; i < e->nverses; i++)
+		if (is_live(e->verses[i]) || subtree_has_live(e->verses[i]))
+			return true;
+	for (size_t i = 0; i < e->nsnapshots; i++)
+		if (subtree_has_live(e->snapshots[i]))
+			return true;
+	return false;
+}
+
+int runtime_gf3(const struct entity *e)
+{
+	int s = 0;
+
+	for (size_t i = 0; i < e->nverses; i++)
+		if (!e->verses[i]->busy_creating)
+			s = (s + e->verses[i]->trit + 3) % 3;
+	return s == 2 ? -1 : s;
+}
+
+void runtime_path(const struct entity *e, char *out, size_t len)
+{
+	char tail[1024];
+
+	if (!e) {
+		snprintf(out, len, "%s", "");
+		return;
+	}
+	runtime_path(e->parent, tail, sizeof(tail));
+	if (e->kind == ENTITY_SNAPSHOT)
+		snprintf(out, len, "%s/snapshot/%s", tail, e->name);
+	else
+		snprintf(out, len, "%s/%s", tail, e->name);
+}
+
+/* Mark e failed with a reason (under rt->lock), durable. */
+void mark_failed_locked(struct runtime *rt, struct entity *e, const char *why)
+{
+	char path[1024];
+
+	runtime_path(e, path, sizeof(path));
+	worldfs_log("%s (%s): failed: %s", path, e->id, why);
+	e->state = STATE_FAILED;
+	free(e->failure);
+	e->failure = strdup(why);
+	registry_entity_put(rt->reg, e);
+}
+
+void mark_failed(struct runtime *rt, struct entity *e, const char *why)
+{
+	pthread_mutex_lock(&rt->lock);
+	if (!e->removed)
+		mark_failed_locked(rt, e, why);
+	pthread_mutex_unlock(&rt->lock);
+}
+
+/* e's newest snapshot, referenced, or NULL. */
+struct entity *latest_snapshot(struct runtime *rt, struct entity *e)
+{
+	struct entity *snap = NULL;
+
+	pthread_mutex_lock(&rt->lock);
+	for (size_t i = e->nsnapshots; i-- > 0;)
+		if (!e->snapshots[i]->busy_creating) {
+			snap = e->snapshots[i];
+			runtime_get(snap);
+			break;
+		}
+	pthread_mutex_unlock(&rt->lock);
+	return snap;
+}
+
+/* Post-order list of e's subtree including e. */
+int subtree_collect(struct entity *e, struct entity ***v, size_t *n)
+{
+	int err = 0;
+
+	for (size_t i = 0; !err && i < e->nverses; i++)
+		err = subtree_collect(e->verses[i], v, n);
+	for (size_t i = 0; !err && i < e->nsnapshots; i++)
+		err = subtree_collect(e->snapshots[i], v, n);
+	return err ? err : entity_array_add(v, n, e);
+}
+
+void subtree_free(struct entity *e)
+{
+	for (size_t i = 0; i < e->nverses; i++)
+		subtree_free(e->verses[i]);
+	for (size_t i = 0; i < e->nsnapshots; i++)
+		subtree_free(e->snapshots[i]);
+	entity_free(e);
+}
