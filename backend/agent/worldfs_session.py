@@ -97,6 +97,9 @@ def execute(source, name, namespace):
     except SystemExit as exc:
         status = exit_status(exc)
     except BaseException as exc:  # KeyboardInterrupt too: the agent says 124
+        # The agent repeats SIGINT until the status comes: a second one
+        # must not cut the traceback short (under TCG printing it is slow).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print_traceback(exc)
         status = 1
     finally:
