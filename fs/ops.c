@@ -20,8 +20,8 @@ struct handle {
 	char *data;          /* what reads return: content at open, or a run's stdout */
 	size_t len;
 	struct strbuf code;  /* exec: code written and not yet run */
-	char *value;         /* value files: the bytes written so far on this descriptor */
-	size_t value_len;
+	struct strbuf value; /* value files: the bytes written on this descriptor */
+	bool pending;        /* value holds bytes not applied yet (no newline so far) */
 	off_t write_end;     /* exec: file offset after the last write */
 	off_t data_base;     /* exec: file offset at which the run's stdout starts */
 	bool created;        /* balance made by this create(); undone if its first write fails */
@@ -354,6 +354,55 @@ static int apply_value(struct runtime *rt, struct handle *h, const char *v, size
 	}
 }
 
+/* Apply what value holds, once: a failure is logged, and a balance this
+ * descriptor's create() made is undone if its first value fails. */
+static int value_apply(struct runtime *rt, struct handle *h, const char *path)
+{
+	int err = apply_value(rt, h, h->value.buf, h->value.len);
+
+	h->pending = false;
+	if (err == -EINVAL)
+		worldfs_log("%s: invalid value", path);
+	else if (err)
+		worldfs_log("%s: write: %s", path, strerror(-err));
+	if (err && h->created && !h->written)
+		runtime_delete_balance(rt, h->n.e, h->n.owner);
+	if (!err)
+		h->written = true;
+	return err;
+}
+
+/* A value file gathers the bytes written on the descriptor (at most
+ * VALUE_MAX; a write at an earlier offset replaces what followed it).  The
+ * value is applied once it is a whole line, by the write that ends it with
+ * a newline (`echo v > file`: that write reports the error), or else at
+ * close (`printf v > file`).  So no prefix of a value written in pieces is
+ * ever applied, and a write that fails changes nothing, then or at close. */
+static int value_write(struct runtime *rt, struct handle *h, const char *path, const char *buf, size_t size,
+		       off_t off)
+{
+	size_t before = h->value.len;
+	int err;
+
+	/* After a refused write nothing of this descriptor's is applied. */
+	h->pending = false;
+	if (off < 0 || (size_t)off > h->value.len || (size_t)off + size > VALUE_MAX) {
+		worldfs_log("%s: a value is one line of at most %d bytes", path, VALUE_MAX);
+		return -EINVAL;
+	}
+	strbuf_setlen(&h->value, (size_t)off);
+	if ((err = strbuf_add(&h->value, buf, size)))
+		return err;
+	if (!size || buf[size - 1] != '\n') {
+		h->pending = true;
+		return 0;
+	}
+	err = value_apply(rt, h, path);
+	if (err)
+		strbuf_setlen(&h->value, before < h->value.len ? before : h->value.len);
+	return err;
+}
+
 static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
@@ -372,35 +421,7 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 		}
 		goto out;
 	}
-	/* A value file: the bytes written on this descriptor so far (from
-	 * offset 0) are the value; each write either takes it whole or fails
-	 * and changes nothing. */
-	{
-		size_t keep = (size_t)off < h->value_len ? (size_t)off : h->value_len;
-		char *v = malloc(keep + size);
-		if (!v) {
-			err = -ENOMEM;
-			goto out;
-		}
-		if (keep)
-			memcpy(v, h->value, keep);
-		memcpy(v + keep, buf, size);
-		err = apply_value(rt, h, v, keep + size);
-		if (err) {
-			free(v);
-			if (err == -EINVAL)
-				worldfs_log("%s: invalid value", path);
-			else
-				worldfs_log("%s: write: %s", path, strerror(-err));
-			if (h->created && !h->written)
-				runtime_delete_balance(rt, h->n.e, h->n.owner);
-		} else {
-			free(h->value);
-			h->value = v;
-			h->value_len = keep + size;
-			h->written = true;
-		}
-	}
+	err = value_write(rt, h, path, buf, size, off);
 out:
 	pthread_mutex_unlock(&h->lock);
 	return err ? err : (int)size;
@@ -411,10 +432,11 @@ static int wfs_flush(const char *path, struct fuse_file_info *fi)
 	struct handle *h = handle_of(fi);
 	int err = 0;
 
-	(void)path;
 	pthread_mutex_lock(&h->lock);
 	if (h->code.len)
 		err = handle_run(rt_of(), h);
+	else if (h->pending)
+		err = value_apply(rt_of(), h, path);
 	pthread_mutex_unlock(&h->lock);
 	return err;
 }
@@ -428,7 +450,7 @@ static int wfs_release(const char *path, struct fuse_file_info *fi)
 	pthread_mutex_destroy(&h->lock);
 	free(h->data);
 	strbuf_release(&h->code);
-	free(h->value);
+	strbuf_release(&h->value);
 	free(h);
 	return 0;
 }

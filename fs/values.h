@@ -10,6 +10,9 @@
 #define NAME_MAX_LEN 64
 #define PROB_ONE 1000000000LL  /* probabilities are integer billionths: exact decimals */
 
+/* The most a value file takes on one descriptor: a value is one short line. */
+#define VALUE_MAX 4096
+
 /* 0 if name is a valid world/verse/snapshot/owner name, else -EINVAL:
  * 1-64 of [A-Za-z0-9._-], no leading '.', and not reserved. */
 int name_check(const char *name);

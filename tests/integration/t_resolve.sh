@@ -69,6 +69,9 @@ expect_errno ENOTEMPTY rmdir "$W/b"
 expect_errno ENOTEMPTY rmdir "$W"
 expect_errno ENOENT wfs_put "$W/resolve" nosuch
 expect_errno ENOENT wfs_put "$W/resolve" x
+# "ab" written a byte at a time names no verse: "a", its prefix, must
+# not win on the first byte.
+expect_errno ENOENT sh -c 'printf "ab\n" | dd bs=1 of="$1" status=none' _ "$W/resolve"
 expect_eq "nothing changed after unknown outcomes" "running running running 0" \
 	"$(wfs_vals "$W/a/state" "$W/b/state" "$W/c/state" "$W/wev")"
 expect_ok "resolve w -> a" wfs_put "$W/resolve" a

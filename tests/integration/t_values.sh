@@ -62,6 +62,21 @@ for v in -3 ten 1.5 9223372036854775808 ""; do
 	expect_errno EINVAL wfs_put "$W/balance/alice" "$v"
 done
 expect_eq "balance unchanged by rejected writes" 250 "$(wfs_val "$W/balance/alice")"
+# A value written in pieces is applied whole, once its line ends or the
+# file closes, never a prefix of it (dd bs=1: one byte a write).
+expect_ok "trit -1 written a byte at a time" sh -c 'printf -- "-1\n" | dd bs=1 of="$1" status=none' _ "$W/trit"
+expect_eq "trit -1 from single bytes" -1 "$(wfs_val "$W/trit")"
+expect_ok "prob 0.25 a byte at a time, no newline" sh -c 'printf 0.25 | dd bs=1 of="$1" status=none' _ "$W/prob"
+expect_eq "prob 0.25 from single bytes" 0.25 "$(wfs_val "$W/prob")"
+expect_ok "balance 77 in two writes" sh -c 'exec 3>"$1"; printf 7 >&3; printf "7\n" >&3' _ "$W/balance/alice"
+expect_eq "balance 77, not 7" 77 "$(wfs_val "$W/balance/alice")"
+# A value is one short line: a flood is refused at once (EINVAL), not
+# gathered and parsed again on every write.
+expect_errno EINVAL sh -c 'head -c 50000000 /dev/zero | tr "\0" 1 >"$1"' _ "$W/balance/alice"
+expect_eq "balance unchanged by the flood" 77 "$(wfs_val "$W/balance/alice")"
+wfs_put "$W/balance/alice" 250
+wfs_put "$W/prob" 1
+wfs_put "$W/trit" 0
 expect_errno EINVAL wfs_put "$W/balance/bob" -3
 expect_eq "a rejected first write leaves no owner behind" "alice max" "$(ls "$W/balance" | tr '\n' ' ' | sed 's/ $//')"
 expect_ok "owner name of 64 characters" wfs_put "$W/balance/$long64" 1
