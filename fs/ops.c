@@ -169,7 +169,7 @@ static int wfs_rmdir(const char *path)
 	case NODE_ENTITY_DIR:
 		err = runtime_remove(rt, n.e);
 		if (err == -ENOTEMPTY)
-			worldfs_log("rmdir %s: live verses below it", path);
+			worldfs_log("rmdir %s: live verses below it, or a verse or snapshot being made", path);
 		break;
 	case NODE_ROOT:
 		err = -EBUSY;

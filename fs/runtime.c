@@ -222,8 +222,10 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 	}
 
 	pthread_mutex_lock(&rt->lock);
-	if (!err && parent->removed)
-		err = -ENOENT;
+	/* A live parent may have been collapsed (a resolve above it) or
+	 * failed meanwhile: then the verse is not made at all. */
+	if (!err)
+		err = parent->removed ? -ENOENT : from_snapshot ? 0 : entity_state_errno(parent);
 	if (!err) {
 		unsigned old_count = parent->branch_count;
 		e->sb = sb;
@@ -270,6 +272,7 @@ int runtime_snapshot(struct runtime *rt, struct entity *w, const char *name, uid
 	struct snapshot_info info = { 0 };
 	struct entity *s;
 	double t0 = now_ms();
+	bool made;
 	int err;
 
 	pthread_mutex_lock(&rt->lock);
@@ -287,8 +290,10 @@ int runtime_snapshot(struct runtime *rt, struct entity *w, const char *name, uid
 	pthread_mutex_unlock(&w->oplock);
 
 	pthread_mutex_lock(&rt->lock);
-	if (!err && w->removed)
-		err = -ENOENT;
+	made = !err;
+	/* The same bar as at the start: w may have collapsed meanwhile. */
+	if (!err)
+		err = w->removed ? -ENOENT : entity_state_errno(w);
 	if (!err) {
 		s->size_bytes = info.size_bytes;
 		s->snapshot_ms = info.snapshot_time_ms;
@@ -301,9 +306,9 @@ int runtime_snapshot(struct runtime *rt, struct entity *w, const char *name, uid
 		if (!err)
 			err = registry_metric_add(rt->reg, s->id, "snapshot", now_ms() - t0);
 		err = registry_finish(rt->reg, err);
-		if (err)
-			rt->be_ops->snapshot_delete(rt->be, s->id);
 	}
+	if (err && made)
+		rt->be_ops->snapshot_delete(rt->be, s->id);
 	if (err)
 		unreserve_locked(rt, s);
 	else
@@ -462,8 +467,12 @@ struct saved_state {
 	char resolved_at[32];
 };
 
+/* A verse still being made is left alone: its branch finds its parent
+ * collapsed when it commits, and undoes itself (see runtime_branch). */
 static int collapse_subtree(struct entity *e, const char *now, struct saved_state **v, size_t *n)
 {
+	if (e->busy_creating)
+		return 0;
 	for (size_t i = 0; i < e->nverses; i++) {
 		int err = collapse_subtree(e->verses[i], now, v, n);
 		if (err)

@@ -126,19 +126,19 @@ struct entity *runtime_find_snapshot(struct entity *w, const char *name, bool wi
 	return NULL;
 }
 
+/* Running, or being made (a snapshot too: its files are being written). */
 static bool is_live(const struct entity *e)
 {
-	return e->kind != ENTITY_SNAPSHOT && (e->state == STATE_RUNNING || e->busy_creating);
+	return e->busy_creating || (e->kind != ENTITY_SNAPSHOT && e->state == STATE_RUNNING);
 }
 
-/* Does anything below e (children, verses of its snapshots, recursively) still run? */
 bool subtree_has_live(const struct entity *e)
 {
 	for (size_t i = 0; i < e->nverses; i++)
 		if (is_live(e->verses[i]) || subtree_has_live(e->verses[i]))
 			return true;
 	for (size_t i = 0; i < e->nsnapshots; i++)
-		if (subtree_has_live(e->snapshots[i]))
+		if (is_live(e->snapshots[i]) || subtree_has_live(e->snapshots[i]))
 			return true;
 	return false;
 }

@@ -19,7 +19,7 @@ void entity_detach(struct runtime *rt, struct entity *e);
 int entity_array_add(struct entity ***v, size_t *n, struct entity *e);
 
 /* Does anything below e (children, verses of its snapshots, recursively)
- * still run or is being made? */
+ * still run, or is anything (a verse or a snapshot) being made there? */
 bool subtree_has_live(const struct entity *e);
 /* e's subtree, e included, in post-order (children first), appended to *v. */
 int subtree_collect(struct entity *e, struct entity ***v, size_t *n);

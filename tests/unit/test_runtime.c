@@ -65,14 +65,66 @@ static int f_exec(struct sandbox *s, const char *code, size_t len, struct run_re
 	r->status = len == 4 && memcmp(code, "fail", 4) == 0 ? 3 : 0;
 	return 0;
 }
+/* Another operation in the middle of a branch's or a snapshot's backend
+ * work: fn runs on its own thread, and the backend call returns once fn
+ * has finished or happened() says its effect is there (fn may go on to
+ * wait for the entity this backend call holds). */
+static struct {
+	struct runtime *rt;
+	int (*fn)(void);
+	bool (*happened)(void);
+	pthread_t thread;
+	bool started;
+	volatile bool finished;
+	int rc;
+} midway;
+
+static void *midway_run(void *arg)
+{
+	(void)arg;
+	midway.rc = midway.fn();
+	midway.finished = true;
+	return NULL;
+}
+
+static void midway_now(void)
+{
+	if (!midway.fn || midway.started)
+		return;
+	midway.started = true;
+	pthread_create(&midway.thread, NULL, midway_run, NULL);
+	for (int i = 0; i < 5000 && !midway.finished; i++) {
+		bool seen;
+		pthread_mutex_lock(&midway.rt->lock);
+		seen = midway.happened && midway.happened();
+		pthread_mutex_unlock(&midway.rt->lock);
+		if (seen)
+			break;
+		usleep(1000);
+	}
+}
+
+/* After the call under test has returned. */
+static int midway_join(void)
+{
+	pthread_join(midway.thread, NULL);
+	midway.fn = NULL;
+	midway.happened = NULL;
+	midway.started = midway.finished = false;
+	return midway.rc;
+}
+
+static int snapshots_deleted;
+
 static int f_snapshot(struct sandbox *s, const char *snap, struct snapshot_info *i)
 {
 	(void)s; (void)snap;
+	midway_now();
 	i->size_bytes = 4096;
 	i->snapshot_time_ms = 1;
 	return 0;
 }
-static int f_snapshot_delete(struct backend *b, const char *snap) { (void)b; (void)snap; return 0; }
+static int f_snapshot_delete(struct backend *b, const char *snap) { (void)b; (void)snap; snapshots_deleted++; return 0; }
 /* A slow branch: once it has let the parent go, the parent must answer an
  * exec while the child is still starting. */
 static struct {
@@ -112,6 +164,9 @@ static int f_branch(struct backend *b, struct sandbox *parent, const char *snap,
 	pthread_t t;
 
 	(void)snap;
+	if (midway.fn && i->parent_done)
+		i->parent_done(i->parent_done_arg);
+	midway_now();
 	if (slow.on && parent) {
 		slow_child_start(i, &t);
 		if (!slow.exec_in_time)
@@ -434,6 +489,87 @@ static void the_file_table(void **state)
 	runtime_close(&rt);
 }
 
+static struct runtime *race_rt;
+static struct entity *race_w, *race_b;
+
+static int resolve_w_a(void) { return runtime_resolve(race_rt, race_w, "a", 0); }
+static int remove_w(void) { return runtime_remove(race_rt, race_w); }
+static bool b_collapsed(void) { return race_b->state == STATE_COLLAPSED; }
+static bool w_removed(void) { return race_w->removed; }
+
+static void race_setup(struct runtime *rt)
+{
+	open_rt(rt);
+	assert_int_equal(runtime_create_world(rt, "w", 0, 0), 0);
+	race_rt = rt;
+	race_w = verse(rt, NULL, "w");
+	assert_int_equal(runtime_branch(rt, race_w, "a", 0, 0), 0);
+	assert_int_equal(runtime_branch(rt, race_w, "b", 0, 0), 0);
+	race_b = verse(rt, race_w, "b");
+	midway.rt = rt;
+	snapshots_deleted = 0;
+}
+
+/* mkdir w/b/x while w resolves to a: b collapses, and x is not made at
+ * all: no verse, no sandbox, no registry row. */
+static void resolve_racing_branch(void **state)
+{
+	struct runtime rt;
+	(void)state;
+
+	race_setup(&rt);
+	midway.fn = resolve_w_a;
+	midway.happened = b_collapsed;
+	assert_int_equal(runtime_branch(&rt, race_b, "x", 0, 0), -EROFS);
+	assert_int_equal(midway_join(), 0);
+	assert_null(verse(&rt, race_b, "x"));
+	assert_int_equal(race_b->state, STATE_COLLAPSED);
+	assert_int_equal(fake.live, 2);  /* w and a */
+	runtime_close(&rt);
+	open_rt(&rt);
+	assert_null(verse(&rt, verse(&rt, verse(&rt, NULL, "w"), "b"), "x"));
+	runtime_close(&rt);
+}
+
+/* mkdir w/b/snapshot/s while w resolves to a: the snapshot of the now
+ * collapsed b is not kept, and its files are deleted. */
+static void resolve_racing_snapshot(void **state)
+{
+	struct runtime rt;
+	(void)state;
+
+	race_setup(&rt);
+	midway.fn = resolve_w_a;
+	midway.happened = b_collapsed;
+	assert_int_equal(runtime_snapshot(&rt, race_b, "s", 0, 0), -EROFS);
+	assert_int_equal(midway_join(), 0);
+	assert_null(runtime_find_snapshot(race_b, "s", true));
+	assert_int_equal(snapshots_deleted, 1);
+	runtime_close(&rt);
+}
+
+/* rmdir w while mkdir w/snapshot/s runs: the rmdir waits for nothing and
+ * fails with ENOTEMPTY; the snapshot is made whole. */
+static void rmdir_racing_snapshot(void **state)
+{
+	struct runtime rt;
+	(void)state;
+
+	race_setup(&rt);
+	assert_int_equal(runtime_resolve(&rt, race_w, "a", 0), 0);
+	assert_int_equal(runtime_remove(&rt, verse(&rt, race_w, "a")), 0);
+	assert_int_equal(runtime_remove(&rt, race_b), 0);
+	midway.fn = remove_w;
+	midway.happened = w_removed;
+	assert_int_equal(runtime_snapshot(&rt, race_w, "s", 0, 0), 0);
+	assert_int_equal(midway_join(), -ENOTEMPTY);
+	assert_non_null(runtime_find_snapshot(race_w, "s", false));
+	assert_int_equal(snapshots_deleted, 0);
+	assert_int_equal(runtime_remove(&rt, race_w), 0);
+	assert_null(verse(&rt, NULL, "w"));
+	runtime_close(&rt);
+}
+
 static void parent_runs_while_child_starts(void **state)
 {
 	struct runtime rt;
@@ -463,6 +599,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(snapshots_and_removal, setup, teardown),
 		cmocka_unit_test_setup_teardown(parent_runs_while_child_starts, setup, teardown),
 		cmocka_unit_test_setup_teardown(the_file_table, setup, teardown),
+		cmocka_unit_test_setup_teardown(resolve_racing_branch, setup, teardown),
+		cmocka_unit_test_setup_teardown(resolve_racing_snapshot, setup, teardown),
+		cmocka_unit_test_setup_teardown(rmdir_racing_snapshot, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
