@@ -54,6 +54,8 @@ static int load_one(void *ctx, struct entity *row, const char *parent_id)
 		e->verses = e->snapshots = NULL;
 		e->nverses = e->nsnapshots = 0;
 		e->sb = NULL;
+		e->sb_desc = NULL;
+		e->sb_saved = false;
 		err = ledger_copy(&e->ledger, &l);
 	}
 	if (!err)
@@ -145,6 +147,7 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 		if (e->kind == ENTITY_SNAPSHOT)
 			continue;
 		p = rt->be_ops->probe(rt->be, e->id, e->handle);
+		e->sb_saved = live && p == SANDBOX_SAVED;
 		if (live && p == SANDBOX_RUNNING) {
 			/* Reattach now (cheap), so a clean unmount suspends it. */
 			pthread_mutex_lock(&e->oplock);
@@ -184,9 +187,14 @@ static void *suspend_one(void *arg)
 	struct suspend_job *j = arg;
 	int err;
 
+	struct sandbox *sb;
+
 	pthread_mutex_lock(&j->e->oplock);
-	err = j->rt->be_ops->suspend(j->e->sb);
-	j->e->sb = NULL;
+	sb = j->e->sb;
+	pthread_mutex_lock(&j->rt->lock);
+	sandbox_set_locked(j->rt, j->e, NULL, NULL, true);
+	pthread_mutex_unlock(&j->rt->lock);
+	err = j->rt->be_ops->suspend(sb);
 	pthread_mutex_unlock(&j->e->oplock);
 	if (err)
 		worldfs_log("%s: suspend failed: %s", j->e->id, strerror(-err));
@@ -240,5 +248,8 @@ void runtime_close(struct runtime *rt)
 	if (rt->lock_fd >= 0)
 		close(rt->lock_fd);
 	rt->lock_fd = -1;
+	for (size_t i = 0; i < sizeof(rt->meta_cache) / sizeof(rt->meta_cache[0]); i++)
+		free(rt->meta_cache[i].buf);
+	memset(rt->meta_cache, 0, sizeof(rt->meta_cache));
 	pthread_mutex_destroy(&rt->lock);
 }

@@ -37,6 +37,8 @@ const struct file_desc meta_files[] = {
 	{ "metrics",     F_METRICS,     S_IFREG | 0444, 0 },
 };
 const size_t n_meta_files = sizeof(meta_files) / sizeof(meta_files[0]);
+_Static_assert(sizeof(meta_files) / sizeof(meta_files[0]) <= sizeof(((struct runtime *)0)->meta_cache) /
+	       sizeof(((struct runtime *)0)->meta_cache[0]), "one cache slot per .worldfs file");
 
 bool name_is_reserved(const char *name)
 {
@@ -251,19 +253,16 @@ static char *info_json(struct runtime *rt, struct entity *e)
 			      "failure", e->failure ? json_string(e->failure) : json_null());
 		if (!o)
 			return NULL;
-		sb = NULL;
-		if (e->sb) {
-			char *d = rt->be_ops->describe(e->sb);
-			sb = d ? json_loads(d, 0, NULL) : NULL;
-			free(d);
+		/* As the runtime last saw the sandbox: no backend call here. */
+		if (e->sb_desc) {
+			sb = json_loads(e->sb_desc, 0, NULL);
 			if (!sb)
 				sb = json_object();
 			if (!json_object_get(sb, "status"))
 				json_object_set_new(sb, "status", json_string("up"));
 		} else {
 			const char *status = "down";
-			if ((e->state == STATE_RUNNING || e->state == STATE_WON) &&
-			    rt->be_ops->probe(rt->be, e->id, e->handle) != SANDBOX_GONE)
+			if ((e->state == STATE_RUNNING || e->state == STATE_WON) && e->sb_saved)
 				status = "suspended";
 			sb = json_pack("{s:s,s:s}", "backend", rt->be_ops->name, "status", status);
 		}
@@ -359,12 +358,43 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 	return -ENOENT;
 }
 
+/* The .worldfs files summarize the whole mount (entities renders every
+ * entity, metrics scans the metrics table): each is rendered again only
+ * once something changed since, so that stat(2), ls -l and repeated reads
+ * cost a copy.  rt->lock held. */
+static int render_meta_locked(struct runtime *rt, const struct node *n, char **buf, size_t *len)
+{
+	struct rendered *c = &rt->meta_cache[n->file - meta_files];
+	uint64_t changes = registry_changes(rt->reg) + rt->sb_changes;
+	int err;
+
+	if (!c->valid || c->changes != changes) {
+		free(c->buf);
+		c->valid = false;
+		err = render_locked(rt, n, &c->buf, &c->len);
+		if (err)
+			return err;
+		c->changes = changes;
+		c->valid = true;
+	}
+	*len = c->len;
+	*buf = malloc(c->len + 1);
+	if (!*buf)
+		return -ENOMEM;
+	memcpy(*buf, c->buf ? c->buf : "", c->len);
+	(*buf)[c->len] = '\0';
+	return 0;
+}
+
 int node_render(struct runtime *rt, const struct node *n, char **buf, size_t *len)
 {
 	int err;
 
 	pthread_mutex_lock(&rt->lock);
-	err = render_locked(rt, n, buf, len);
+	if (n->type == NODE_META_FILE)
+		err = render_meta_locked(rt, n, buf, len);
+	else
+		err = render_locked(rt, n, buf, len);
 	pthread_mutex_unlock(&rt->lock);
 	return err;
 }

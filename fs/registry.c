@@ -182,6 +182,11 @@ static void registry_rollback(struct registry *r)
 	end_lazy(r);
 }
 
+uint64_t registry_changes(struct registry *r)
+{
+	return (uint64_t)sqlite3_total_changes64(r->db);
+}
+
 int registry_finish(struct registry *r, int err)
 {
 	if (err) {

@@ -37,6 +37,9 @@ void registry_close(struct registry *r);
 int registry_begin(struct registry *r);
 int registry_begin_lazy(struct registry *r);
 int registry_finish(struct registry *r, int err);
+/* Grows with every row written (rolled back or not): what was read from
+ * the registry is still current while it has not moved. */
+uint64_t registry_changes(struct registry *r);
 
 /* The entity row (and for snapshots the snapshots row); insert or update. */
 int registry_entity_put(struct registry *r, const struct entity *e);

@@ -14,12 +14,43 @@
 
 /* ---- sandboxes ---- */
 
+/* What info shows of a sandbox, from whoever owns it (a backend call:
+ * never under the tree lock). */
+static char *describe(struct runtime *rt, struct sandbox *sb)
+{
+	return sb ? rt->be_ops->describe(sb) : NULL;
+}
+
+void sandbox_set_locked(struct runtime *rt, struct entity *e, struct sandbox *sb, char *desc, bool saved)
+{
+	e->sb = sb;
+	free(e->sb_desc);
+	e->sb_desc = sb ? desc : NULL;
+	if (!sb)
+		free(desc);
+	e->sb_saved = !sb && saved;
+	rt->sb_changes++;
+}
+
+/* Under e->oplock: unset e's sandbox and destroy it (the world died). */
+static void sandbox_kill(struct runtime *rt, struct entity *e)
+{
+	struct sandbox *old = e->sb;
+
+	pthread_mutex_lock(&rt->lock);
+	sandbox_set_locked(rt, e, NULL, NULL, false);
+	pthread_mutex_unlock(&rt->lock);
+	if (old)
+		rt->be_ops->destroy(old);
+}
+
 /* With e->oplock held: make sure e's sandbox is up, resuming a suspended
  * one or reattaching one that kept running while worldfs was down. */
 int sandbox_ensure(struct runtime *rt, struct entity *e)
 {
 	char handle[BACKEND_HANDLE_MAX] = "";
 	struct sandbox *sb = NULL;
+	char *desc;
 	int err;
 
 	pthread_mutex_lock(&rt->lock);
@@ -50,8 +81,9 @@ int sandbox_ensure(struct runtime *rt, struct entity *e)
 		mark_failed(rt, e, why);
 		return -EIO;
 	}
+	desc = describe(rt, sb);
 	pthread_mutex_lock(&rt->lock);
-	e->sb = sb;
+	sandbox_set_locked(rt, e, sb, desc, false);
 	snprintf(e->handle, sizeof(e->handle), "%s", handle);
 	registry_entity_put(rt->reg, e);
 	pthread_mutex_unlock(&rt->lock);
@@ -65,8 +97,7 @@ static void sandbox_drop(struct runtime *rt, struct entity *e)
 	if (e->kind == ENTITY_SNAPSHOT) {
 		rt->be_ops->snapshot_delete(rt->be, e->id);
 	} else if (e->sb) {
-		rt->be_ops->destroy(e->sb);
-		e->sb = NULL;
+		sandbox_kill(rt, e);
 	} else {
 		rt->be_ops->discard(rt->be, e->id, e->handle);
 	}
@@ -131,7 +162,7 @@ int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t 
 {
 	struct entity *e;
 	struct sandbox *sb = NULL;
-	char handle[BACKEND_HANDLE_MAX] = "";
+	char handle[BACKEND_HANDLE_MAX] = "", *desc;
 	double boot_ms = 0;
 	int err;
 
@@ -142,10 +173,12 @@ int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t 
 		return err;
 
 	err = rt->be_ops->create(rt->be, e->id, e->mem_mib, e->vcpus, &sb, handle, &boot_ms);
+	desc = describe(rt, sb);
 
 	pthread_mutex_lock(&rt->lock);
 	if (!err) {
-		e->sb = sb;
+		sandbox_set_locked(rt, e, sb, desc, false);
+		desc = NULL;
 		snprintf(e->handle, sizeof(e->handle), "%s", handle);
 		e->boot_ms = boot_ms;
 		registry_now(e->created_at);
@@ -155,16 +188,17 @@ int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t 
 		if (!err)
 			err = registry_metric_add(rt->reg, e->id, "boot", boot_ms);
 		err = registry_finish(rt->reg, err);
-		if (err) {
-			rt->be_ops->destroy(sb);
-			e->sb = NULL;
-		}
+		if (err)
+			sandbox_set_locked(rt, e, NULL, NULL, false);
 	}
 	if (err)
 		unreserve_locked(rt, e);
 	else
 		e->busy_creating = false;
 	pthread_mutex_unlock(&rt->lock);
+	free(desc);
+	if (err && sb)
+		rt->be_ops->destroy(sb);
 	if (!err)
 		worldfs_log("created world %s (%s) in %.0f ms", name, e->id, boot_ms);
 	runtime_put(rt, e);
@@ -196,7 +230,7 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 	struct entity *e;
 	struct sandbox *sb = NULL;
 	struct branch_info info = { 0 };
-	char handle[BACKEND_HANDLE_MAX] = "";
+	char handle[BACKEND_HANDLE_MAX] = "", *desc;
 	int err;
 
 	pthread_mutex_lock(&rt->lock);
@@ -220,6 +254,7 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 			err = rt->be_ops->branch(rt->be, parent->sb, NULL, e->id, &sb, handle, &info);
 		parent_release(&h);
 	}
+	desc = describe(rt, sb);
 
 	pthread_mutex_lock(&rt->lock);
 	/* A live parent may have been collapsed (a resolve above it) or
@@ -228,7 +263,8 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 		err = parent->removed ? -ENOENT : from_snapshot ? 0 : entity_state_errno(parent);
 	if (!err) {
 		unsigned old_count = parent->branch_count;
-		e->sb = sb;
+		sandbox_set_locked(rt, e, sb, desc, false);
+		desc = NULL;
 		snprintf(e->handle, sizeof(e->handle), "%s", handle);
 		e->trit = trit_for_child(parent->branch_count++);
 		e->boot_ms = info.total_ms;
@@ -254,12 +290,13 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 		}
 	}
 	if (err) {
-		if (sb)
-			rt->be_ops->destroy(sb);
-		e->sb = NULL;
+		sandbox_set_locked(rt, e, NULL, NULL, false);
 		unreserve_locked(rt, e);
 	}
 	pthread_mutex_unlock(&rt->lock);
+	free(desc);
+	if (err && sb)
+		rt->be_ops->destroy(sb);
 	if (!err)
 		worldfs_log("branched %s (%s) from %s in %.0f ms (parent paused %.1f ms)", name, e->id,
 			    parent->id, info.total_ms, info.snapshot_time_ms);
@@ -417,12 +454,18 @@ int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t 
 	} else {
 		err = rt->be_ops->exec(e->sb, code, len, res);
 		record = ran = err == 0;
-		if (err) {
+		if (!err) {
+			/* What the run changed there (the sessions alive). */
+			char *desc = describe(rt, e->sb);
+
+			pthread_mutex_lock(&rt->lock);
+			sandbox_set_locked(rt, e, e->sb, desc, false);
+			pthread_mutex_unlock(&rt->lock);
+		} else {
 			char why[256];
 
 			snprintf(why, sizeof(why), "sandbox died during a run: %s", strerror(-err));
-			rt->be_ops->destroy(e->sb);
-			e->sb = NULL;
+			sandbox_kill(rt, e);
 			mark_failed(rt, e, why);
 			record = lost_run(res, "[worldfs: the world died during this run (%s); it is failed now, "
 					  "info says why]\n", strerror(-err)) == 0;

@@ -30,6 +30,14 @@ struct runtime {
 	uid_t mount_uid;
 	gid_t mount_gid;
 	time_t mount_time;
+	unsigned long sb_changes;      /* a sandbox was set or unset (sandbox_set_locked) */
+	/* Rendered .worldfs files (node.c), reused while nothing changed. */
+	struct rendered {
+		char *buf;
+		size_t len;
+		uint64_t changes;          /* registry_changes + sb_changes when made */
+		bool valid;
+	} meta_cache[8];
 };
 
 /* Open the registry under cfg->state_dir, start the backend, load the tree. */

@@ -33,7 +33,14 @@ void mark_failed(struct runtime *rt, struct entity *e, const char *why);
 /* e's newest snapshot, referenced, or NULL (takes rt->lock). */
 struct entity *latest_snapshot(struct runtime *rt, struct entity *e);
 
-/* runtime.c.  With e->oplock held (not rt->lock): make sure e's sandbox
+/* runtime.c.  Under rt->lock: e's sandbox is now sb, which desc (taken
+ * over) describes; or none (sb NULL), with its state on disk when saved.
+ * The caller owns the sandboxes involved (holds e->oplock, or made it) and
+ * destroys an old one only after this, outside the tree lock: info reads
+ * sb_desc, never a sandbox. */
+void sandbox_set_locked(struct runtime *rt, struct entity *e, struct sandbox *sb, char *desc, bool saved);
+
+/* With e->oplock held (not rt->lock): make sure e's sandbox
  * is up, resuming a suspended one or reattaching one that kept running
  * while worldfs was down.  -ENOENT removed, entity_state_errno's errors,
  * -EIO when it cannot come back (e is then failed). */

@@ -59,9 +59,14 @@ struct entity {
 	uint64_t size_bytes;      /* snapshot */
 	double snapshot_ms;       /* snapshot */
 
-	/* Backend side.  sb is NULL while the sandbox is down or suspended. */
+	/* Backend side.  sb is NULL while the sandbox is down or suspended;
+	 * only the holder of oplock uses it.  What info shows of it is kept
+	 * apart (sb_desc, sb_saved: runtime.c's sandbox_set_locked), so that
+	 * readers under the tree lock never touch a sandbox. */
 	struct sandbox *sb;
 	char handle[BACKEND_HANDLE_MAX];
+	char *sb_desc;            /* the backend's description of sb, or NULL */
+	bool sb_saved;            /* no sb, but its state is on disk (suspended) */
 
 	pthread_mutex_t oplock;   /* serializes backend work on this entity */
 	int refs;                 /* lookups in flight; guarded by the tree lock */
