@@ -3,6 +3,7 @@
  * that stamps each line into STATE/worldfs.log and, while echoing, copies
  * it to the terminal worldfs was started from. */
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -49,9 +50,12 @@ static void *log_pump(void *arg)
 
 void worldfs_log_open(const char *path, bool echo)
 {
-	int p[2];
+	/* Private (it holds names and failure texts of every user's worlds),
+	 * also when an older worldfs made it with the umask's mode. */
+	int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600), p[2];
 
-	log_sink.file = fopen(path, "a");
+	if (fd >= 0 && (fchmod(fd, 0600) < 0 || !(log_sink.file = fdopen(fd, "a"))))
+		close(fd);
 	if (log_sink.file)
 		setvbuf(log_sink.file, NULL, _IOLBF, 0);
 	if (pipe2(p, O_CLOEXEC) < 0)
@@ -116,5 +120,10 @@ void worldfs_log(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
+	/* Paths and names come from users: one message is one line, whatever
+	 * they hold (a newline in a mkdir path must not forge a log line). */
+	for (char *p = line; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
 	fprintf(stderr, "worldfs: %s\n", line);
 }

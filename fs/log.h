@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 
+/* Control characters in the message (a newline in a path) become '?'. */
 void worldfs_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Call it after any fork: it starts a thread. */
 void worldfs_log_open(const char *path, bool echo);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -19,7 +20,7 @@
 
 struct options {
 	char *backend, *accel, *state, *image, *morph_url, *morph_snapshot, *morph_image, *branch, *reseed;
-	unsigned mem, vcpus, exec_timeout, pool;
+	unsigned mem, vcpus, exec_timeout, pool, max_worlds;
 	unsigned long output_max;
 	int help, version;
 };
@@ -40,6 +41,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("branch=%s", branch),
 	OPT("pool=%u", pool),
 	OPT("reseed=%s", reseed),
+	OPT("max_worlds=%u", max_worlds),
 	OPT("-h", help),
 	OPT("--help", help),
 	OPT("-V", version),
@@ -67,6 +69,9 @@ static void usage(const char *prog)
 	       "    -o vcpus=N              vCPUs of a new top-level world (default: 1)\n"
 	       "    -o exec_timeout=SEC     longest run of one exec (default: 60)\n"
 	       "    -o output_max=BYTES     largest captured stdout/stderr per run (default: 1048576)\n"
+	       "    -o max_worlds=N         live worlds + verses one uid other than the mounting user\n"
+	       "                            may hold at once; beyond it mkdir fails with EDQUOT\n"
+	       "                            (default: 32; 0: no limit)\n"
 	       "    -o reseed=all|kernel    after a branch or restore, reseed the guest kernel's RNG\n"
 	       "                            and the sessions' generators (Python random, numpy.random),\n"
 	       "                            or the kernel's only, keeping common random numbers\n"
@@ -132,6 +137,40 @@ static int make_dirs(const char *path)
 	return 0;
 }
 
+/* The state directory holds every user's outputs and the registry: it
+ * must be the mounting user's alone (another's, or one others can write,
+ * is refused; one others can only read is made 0700).  A comma would also break the QEMU
+ * option strings that name files below it. */
+static int state_dir_check(const char *dir)
+{
+	struct stat st;
+
+	if (strchr(dir, ',')) {
+		fprintf(stderr, "worldfs: state=%s: a comma in the path is not supported\n", dir);
+		return -EINVAL;
+	}
+	if (stat(dir, &st) < 0) {
+		fprintf(stderr, "worldfs: state=%s: %s\n", dir, strerror(errno));
+		return -errno;
+	}
+	if (st.st_uid != geteuid()) {
+		fprintf(stderr, "worldfs: state=%s: owned by uid %u, not by this user (%u)\n", dir,
+			(unsigned)st.st_uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	if (st.st_mode & 022) {
+		fprintf(stderr, "worldfs: state=%s: writable by other users (mode %03o): chmod go-w it\n", dir,
+			(unsigned)(st.st_mode & 0777));
+		return -EPERM;
+	}
+	/* Readable by others: its files are private anyway; make it so. */
+	if ((st.st_mode & 077) && chmod(dir, st.st_mode & 0700) < 0) {
+		fprintf(stderr, "worldfs: state=%s: chmod 700: %s\n", dir, strerror(errno));
+		return -errno;
+	}
+	return 0;
+}
+
 static int parse_config(struct options *o, struct backend_config *cfg, char **state_abs)
 {
 	char *abs;
@@ -192,6 +231,10 @@ static int parse_config(struct options *o, struct backend_config *cfg, char **st
 	if (err || !(abs = realpath(o->state, NULL))) {
 		fprintf(stderr, "worldfs: state=%s: %s\n", o->state, strerror(err ? -err : errno));
 		return err ? err : -errno;
+	}
+	if ((err = state_dir_check(abs)) < 0) {
+		free(abs);
+		return err;
 	}
 	*state_abs = abs;
 	if (!o->image)
@@ -271,7 +314,8 @@ static void raise_fd_limit(void)
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct options o = { .mem = 0, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 2 };
+	struct options o = { .mem = 0, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 2,
+			     .max_worlds = 32 };
 	struct fuse_cmdline_opts copts = { 0 };
 	struct backend_config cfg;
 	const struct backend_ops *ops;
@@ -281,6 +325,10 @@ int main(int argc, char *argv[])
 	char err[512] = "", *state = NULL, log_path[PATH_MAX];
 	int report_fd = -1, rc = 1;
 
+	/* What worldfs creates (registry, log, states) is the mounting user's
+	 * alone; a peer that went away is an error, never a signal. */
+	umask(077);
+	signal(SIGPIPE, SIG_IGN);
 	if (fuse_opt_parse(&args, &o, option_spec, NULL) < 0)
 		goto out;
 	if (o.version) {
@@ -327,6 +375,7 @@ int main(int argc, char *argv[])
 	}
 	rt.mount_uid = getuid();
 	rt.mount_gid = getgid();
+	rt.max_worlds = o.max_worlds;
 	rt.mount_time = time(NULL);
 
 	/* Permissions are the kernel's, from the modes and owners we report. */
@@ -353,6 +402,7 @@ int main(int argc, char *argv[])
 	rc = rc ? 1 : 0;
 	fuse_loop_cfg_destroy(loop);
 	fuse_remove_signal_handlers(fuse_get_session(fuse));
+	signal(SIGPIPE, SIG_IGN);  /* libfuse put it back to the default */
 out_unmount:
 	fuse_unmount(fuse);
 out_fuse:

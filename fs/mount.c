@@ -83,7 +83,7 @@ static int state_lock(struct runtime *rt, const char *dir, char *err, size_t err
 	int fd, rc;
 
 	snprintf(path, sizeof(path), "%s/worldfs.lock", dir);
-	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0) {
 		rc = -errno;
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -104,6 +104,20 @@ static int state_lock(struct runtime *rt, const char *dir, char *err, size_t err
 	}
 	rt->lock_fd = fd;
 	return 0;
+}
+
+/* Every user's outputs live in the registry: keep its files private, also
+ * when an older worldfs made them with the umask's modes (0644). */
+static void private_files(const char *dir)
+{
+	static const char *const names[] = { "worldfs.db", "worldfs.db-wal", "worldfs.db-shm", "worldfs.log" };
+	char path[4096];
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+		if (chmod(path, 0600) < 0 && errno != ENOENT)
+			worldfs_log("%s: %s", path, strerror(errno));
+	}
 }
 
 int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct backend_config *cfg,
@@ -129,6 +143,7 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 	rc = registry_open(&rt->reg, path, err, errlen);
 	if (rc)
 		goto fail;
+	private_files(cfg->state_dir);
 	rc = rt->be_ops->init(&rt->be, &rt->cfg, err, errlen);
 	if (rc)
 		goto fail;

@@ -95,7 +95,7 @@ static const char *next_component(const char *p, char *buf, size_t len, int *err
 	return p + n;
 }
 
-int node_lookup(struct runtime *rt, const char *path, struct node *n)
+int node_lookup(struct runtime *rt, const char *path, uid_t uid, struct node *n)
 {
 	char c[256];
 	const char *p = path;
@@ -103,6 +103,8 @@ int node_lookup(struct runtime *rt, const char *path, struct node *n)
 	int err = 0;
 
 	memset(n, 0, sizeof(*n));
+	n->uid = uid;
+	n->sees_all = uid == 0 || uid == rt->mount_uid;
 	pthread_mutex_lock(&rt->lock);
 	p = next_component(p, c, sizeof(c), &err);
 	if (!p) {
@@ -275,17 +277,20 @@ static char *info_json(struct runtime *rt, struct entity *e)
 	return s;
 }
 
-static void entities_dump(struct runtime *rt, struct entity *e, FILE *f)
+/* Each entity the reader may see, one JSON line each, depth first. */
+static void entities_dump(struct runtime *rt, const struct node *n, struct entity *e, FILE *f)
 {
-	char *s = info_json(rt, e);
+	if (!e->busy_creating && (n->sees_all || e->uid == n->uid)) {
+		char *s = info_json(rt, e);
 
-	if (s && !e->busy_creating)
-		fprintf(f, "%s\n", s);
-	free(s);
+		if (s)
+			fprintf(f, "%s\n", s);
+		free(s);
+	}
 	for (size_t i = 0; i < e->nverses; i++)
-		entities_dump(rt, e->verses[i], f);
+		entities_dump(rt, n, e->verses[i], f);
 	for (size_t i = 0; i < e->nsnapshots; i++)
-		entities_dump(rt, e->snapshots[i], f);
+		entities_dump(rt, n, e->snapshots[i], f);
 }
 
 /* Content of a file; called with rt->lock held. */
@@ -313,13 +318,13 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 		if (!f)
 			return -ENOMEM;
 		for (size_t i = 0; i < rt->nworlds; i++)
-			entities_dump(rt, rt->worlds[i], f);
+			entities_dump(rt, n, rt->worlds[i], f);
 		return fclose(f) == 0 ? 0 : -ENOMEM;
 	}
 	case F_BRANCHES:
-		return registry_dump(rt->reg, "world_branches", buf, len);
+		return registry_dump(rt->reg, "world_branches", n->sees_all ? -1 : (long long)n->uid, buf, len);
 	case F_RESOLUTIONS:
-		return registry_dump(rt->reg, "verse_resolutions", buf, len);
+		return registry_dump(rt->reg, "verse_resolutions", n->sees_all ? -1 : (long long)n->uid, buf, len);
 	case F_METRICS: {
 		json_t *m = registry_metrics(rt->reg);
 		char *s = m ? json_dumps(m, JSON_OUT) : NULL;
@@ -361,7 +366,8 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 /* The .worldfs files summarize the whole mount (entities renders every
  * entity, metrics scans the metrics table): each is rendered again only
  * once something changed since, so that stat(2), ls -l and repeated reads
- * cost a copy.  rt->lock held. */
+ * cost a copy.  The cache holds the whole view (root's and the mounting
+ * user's); another uid's own part is rendered each time.  rt->lock held. */
 static int render_meta_locked(struct runtime *rt, const struct node *n, char **buf, size_t *len)
 {
 	struct rendered *c = &rt->meta_cache[n->file - meta_files];
@@ -391,7 +397,7 @@ int node_render(struct runtime *rt, const struct node *n, char **buf, size_t *le
 	int err;
 
 	pthread_mutex_lock(&rt->lock);
-	if (n->type == NODE_META_FILE)
+	if (n->type == NODE_META_FILE && n->sees_all)
 		err = render_meta_locked(rt, n, buf, len);
 	else
 		err = render_locked(rt, n, buf, len);

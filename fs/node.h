@@ -34,6 +34,8 @@ struct file_desc {
 
 struct node {
 	enum node_type type;
+	uid_t uid;                     /* who looks: .worldfs shows them their own */
+	bool sees_all;                 /* root or the mounting user: everything */
 	const struct file_desc *file;  /* NODE_FILE, NODE_META_FILE */
 	struct entity *e;              /* referenced; node_release drops it */
 	char owner[NAME_MAX_LEN + 1];  /* NODE_BALANCE_FILE */
@@ -44,8 +46,8 @@ extern const size_t n_entity_files;
 extern const struct file_desc meta_files[];
 extern const size_t n_meta_files;
 
-/* Resolve a path; 0 or -ENOENT/-ENOTDIR.  Holds a reference on n->e. */
-int node_lookup(struct runtime *rt, const char *path, struct node *n);
+/* Resolve a path for uid; 0 or -ENOENT/-ENOTDIR.  Holds a reference on n->e. */
+int node_lookup(struct runtime *rt, const char *path, uid_t uid, struct node *n);
 void node_release(struct runtime *rt, struct node *n);
 
 /* The mode bits (with type) of a node, 0 if absent. */

@@ -38,6 +38,12 @@ static struct handle *handle_of(struct fuse_file_info *fi)
 	return (struct handle *)(uintptr_t)fi->fh;
 }
 
+/* The node at path, as the calling uid sees it. */
+static int lookup(struct runtime *rt, const char *path, struct node *n)
+{
+	return node_lookup(rt, path, fuse_get_context()->uid, n);
+}
+
 /* Split "/a/b/c" into its directory "/a/b" and name "c" (copies). */
 static int split(const char *path, char **dir, char **name)
 {
@@ -67,7 +73,7 @@ static int wfs_getattr(const char *path, struct stat *st, struct fuse_file_info 
 	int err;
 
 	(void)fi;
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (err)
 		return err;
 	err = node_stat(rt, &n, st);
@@ -98,7 +104,7 @@ static int wfs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t 
 	(void)off;
 	(void)fi;
 	(void)flags;
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (err)
 		return err;
 	fill(buf, ".", NULL, 0, 0);
@@ -118,14 +124,14 @@ static int wfs_mkdir(const char *path, mode_t mode)
 
 	(void)mode;
 	/* Anything already there, a fixed file included, exists. */
-	if (node_lookup(rt, path, &n) == 0) {
+	if (lookup(rt, path, &n) == 0) {
 		node_release(rt, &n);
 		return -EEXIST;
 	}
 	err = split(path, &dir, &name);
 	if (err)
 		return err;
-	err = node_lookup(rt, dir, &n);
+	err = lookup(rt, dir, &n);
 	if (err)
 		goto out;
 	switch (n.type) {
@@ -162,7 +168,7 @@ static int wfs_rmdir(const char *path)
 	struct node n;
 	int err;
 
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (err)
 		return err;
 	switch (n.type) {
@@ -231,7 +237,7 @@ static int wfs_open(const char *path, struct fuse_file_info *fi)
 	struct node n;
 	int err;
 
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (err)
 		return err;
 	err = handle_open(rt, &n, fi);
@@ -251,7 +257,7 @@ static int wfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	err = split(path, &dir, &name);
 	if (err)
 		return err;
-	err = node_lookup(rt, dir, &n);
+	err = lookup(rt, dir, &n);
 	if (err)
 		goto out;
 	if (n.type != NODE_BALANCE_DIR) {
@@ -267,7 +273,7 @@ static int wfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	node_release(rt, &n);
 	if (err)
 		goto out;
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (!err) {
 		err = handle_open(rt, &n, fi);
 		node_release(rt, &n);
@@ -462,7 +468,7 @@ static int wfs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	int err;
 
 	(void)fi;
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (err)
 		return err;
 	if (S_ISDIR(node_mode(&n)))
@@ -481,7 +487,7 @@ static int wfs_unlink(const char *path)
 	struct node n;
 	int err;
 
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (err)
 		return err;
 	if (n.type == NODE_BALANCE_FILE)
@@ -502,7 +508,7 @@ static int wfs_utimens(const char *path, const struct timespec tv[2], struct fus
 
 	(void)tv;
 	(void)fi;
-	err = node_lookup(rt, path, &n);
+	err = lookup(rt, path, &n);
 	if (!err)
 		node_release(rt, &n);
 	return err;

@@ -481,9 +481,9 @@ int registry_load(struct registry *r, int (*cb)(void *ctx, struct entity *e, con
 }
 
 /* Each row as one JSON object line; columns holding JSON arrays are embedded. */
-int registry_dump(struct registry *r, const char *table, char **out, size_t *len)
+int registry_dump(struct registry *r, const char *table, long long owner, char **out, size_t *len)
 {
-	char sql[128];
+	char sql[256];
 	sqlite3_stmt *st = NULL;
 	char *buf = NULL;
 	size_t n = 0;
@@ -492,10 +492,12 @@ int registry_dump(struct registry *r, const char *table, char **out, size_t *len
 
 	if (strcmp(table, "world_branches") && strcmp(table, "verse_resolutions"))
 		return -EINVAL;
-	snprintf(sql, sizeof(sql), "SELECT * FROM %s ORDER BY rowid", table);
+	snprintf(sql, sizeof(sql), "SELECT t.* FROM %s t WHERE ?1 < 0 OR t.parent_entity_id IN"
+		 " (SELECT entity_id FROM world_runtime_entities WHERE owner_uid = ?1) ORDER BY t.rowid", table);
 	rc = sqlite3_prepare_v2(r->db, sql, -1, &st, NULL);
 	if (rc != SQLITE_OK)
 		return fail(r, rc, "dump");
+	sqlite3_bind_int64(st, 1, owner);
 	f = open_memstream(&buf, &n);
 	if (!f) {
 		sqlite3_finalize(st);

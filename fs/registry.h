@@ -68,8 +68,9 @@ int registry_metric_add(struct registry *r, const char *entity_id, const char *o
 int registry_load(struct registry *r, int (*cb)(void *ctx, struct entity *e,
 						const char *parent_id), void *ctx);
 
-/* JSON lines of world_branches / verse_resolutions, malloc'd. */
-int registry_dump(struct registry *r, const char *table, char **out, size_t *len);
+/* JSON lines of world_branches / verse_resolutions, malloc'd: every row,
+ * or (owner >= 0) only the rows of entities that uid owns. */
+int registry_dump(struct registry *r, const char *table, long long owner, char **out, size_t *len);
 /* The .worldfs/metrics object: counts and p50/p95/max timings (new reference). */
 json_t *registry_metrics(struct registry *r);
 

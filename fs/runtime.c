@@ -124,6 +124,11 @@ static int reserve(struct runtime *rt, struct entity *parent, enum entity_kind k
 		return -EEXIST;
 	if (name_check(name) < 0)
 		return -EINVAL;
+	if (kind != ENTITY_SNAPSHOT && rt->max_worlds && uid != rt->mount_uid &&
+	    live_count_of(rt, uid) >= rt->max_worlds) {
+		worldfs_log("uid %u holds max_worlds=%u live worlds and verses", (unsigned)uid, rt->max_worlds);
+		return -EDQUOT;
+	}
 	e = entity_new(kind, name);
 	if (!e)
 		return -ENOMEM;

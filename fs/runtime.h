@@ -30,6 +30,7 @@ struct runtime {
 	uid_t mount_uid;
 	gid_t mount_gid;
 	time_t mount_time;
+	unsigned max_worlds;           /* live worlds + verses per uid but the mounting user's; 0: any */
 	unsigned long sb_changes;      /* a sandbox was set or unset (sandbox_set_locked) */
 	/* Rendered .worldfs files (node.c), reused while nothing changed. */
 	struct rendered {

@@ -207,6 +207,26 @@ struct entity *latest_snapshot(struct runtime *rt, struct entity *e)
 }
 
 /* Post-order list of e's subtree including e. */
+static size_t live_below(const struct entity *e, uid_t uid)
+{
+	size_t n = e->uid == uid && e->kind != ENTITY_SNAPSHOT && is_live(e);
+
+	for (size_t i = 0; i < e->nverses; i++)
+		n += live_below(e->verses[i], uid);
+	for (size_t i = 0; i < e->nsnapshots; i++)
+		n += live_below(e->snapshots[i], uid);
+	return n;
+}
+
+size_t live_count_of(struct runtime *rt, uid_t uid)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < rt->nworlds; i++)
+		n += live_below(rt->worlds[i], uid);
+	return n;
+}
+
 int subtree_collect(struct entity *e, struct entity ***v, size_t *n)
 {
 	int err = 0;

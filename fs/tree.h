@@ -21,6 +21,8 @@ int entity_array_add(struct entity ***v, size_t *n, struct entity *e);
 /* Does anything below e (children, verses of its snapshots, recursively)
  * still run, or is anything (a verse or a snapshot) being made there? */
 bool subtree_has_live(const struct entity *e);
+/* How many worlds and verses uid holds that run or are being made. */
+size_t live_count_of(struct runtime *rt, uid_t uid);
 /* e's subtree, e included, in post-order (children first), appended to *v. */
 int subtree_collect(struct entity *e, struct entity ***v, size_t *n);
 /* Free e's subtree (at close, with nobody else left). */

@@ -111,6 +111,7 @@ wfs_strerror() {
 	EBUSY) echo 'Device or resource busy' ;;
 	EPERM) echo 'Operation not permitted' ;;
 	EFBIG) echo 'File too large' ;;
+	EDQUOT) echo 'Disk quota exceeded' ;;
 	ENOTDIR) echo 'Not a directory' ;;
 	EISDIR) echo 'Is a directory' ;;
 	*) echo "unknown errno name $1" >&2; return 1 ;;

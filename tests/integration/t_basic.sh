@@ -40,6 +40,13 @@ if [ "$WFS_BACKEND" = vm ]; then
 	expect_eq "image=no-such-image fails the mount" 1 "$?"
 	expect_match "and names the image and how to build one" 'image=no-such-image: .*build-image.sh' "$bad"
 fi
+# A state directory other users can write is refused: it would hold
+# every user's outputs, and they could plant files in it.
+mkdir -m 0777 "$wfs_tmp/open"
+chmod 0777 "$wfs_tmp/open"
+bad=$("$WORLDFS" -o "state=$wfs_tmp/open" "$MNT2" 2>&1)
+expect_eq "a state= directory others can write fails the mount" 1 "$?"
+expect_match "and says so" 'writable by other users' "$bad"
 mountpoint -q "$MNT2" && fusermount3 -u "$MNT2"
 rmdir "$MNT2"
 

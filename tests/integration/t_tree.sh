@@ -4,7 +4,7 @@
 # operations a worldfs tree does not offer, and permissions between uids.
 . "$(dirname "$0")/lib.sh"
 
-wfs_mount allow_other
+wfs_mount allow_other,max_worlds=1
 W=$MNT/w
 expect_ok "mkdir w" mkdir "$W" || bail "cannot create a world"
 expect_ok "exec in w" wfs_exec "$W" 'echo out-w; echo err-w >&2'
@@ -58,6 +58,26 @@ expect_errno EACCES as_nobody rmdir "$W/a"
 expect_errno EACCES as_nobody cat "$W/a/balance/alice"
 expect_errno EACCES as_nobody mkdir "$W/snapshot/s/intruder"
 expect_eq "the world is unchanged" "out-w a" "$(wfs_val "$W/stdout") $(ls "$W" | grep -x a)"
+
+# Each uid sees its own entities in .worldfs (root and the mounting user
+# see all), and holds at most max_worlds live worlds and verses.
+expect_ok "nobody makes a world of its own" as_nobody mkdir "$MNT/n"
+expect_eq "owned by nobody" 65534 "$(stat -c %u "$MNT/n")"
+expect_errno EDQUOT as_nobody mkdir "$MNT/n/v"
+expect_errno EDQUOT as_nobody mkdir "$MNT/n2"
+expect_eq "nobody's entities: its world only" "/n" \
+	"$(as_nobody cat "$MNT/.worldfs/entities" | sed -n 's/.*"path": *"\([^"]*\)".*/\1/p' | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "nobody sees no branch of w" "" "$(as_nobody cat "$MNT/.worldfs/branches")"
+expect_match "root sees w's branches" '"parent_entity_id"' "$(cat "$MNT/.worldfs/branches")"
+expect_match "root sees nobody's world" '"path": *"/n"' "$(cat "$MNT/.worldfs/entities")"
+expect_ok "the mounting user is not limited" mkdir "$W/c" "$W/d"
+expect_ok "nobody removes its world" as_nobody rmdir "$MNT/n"
+expect_ok "... and may make another" as_nobody mkdir "$MNT/n2"
+expect_ok "rmdir n2" as_nobody rmdir "$MNT/n2"
+expect_ok "rmdir w/c w/d" rmdir "$W/c" "$W/d"
+# The state directory is the mounting user's alone.
+expect_eq "state dir, registry and log are private" "700 600 600" \
+	"$(stat -c %a "$STATE" "$STATE/worldfs.db" "$STATE/worldfs.log" | tr '\n' ' ' | sed 's/ $//')"
 
 expect_ok "rmdir w/snapshot/s/v" rmdir "$W/snapshot/s/v"
 expect_ok "rmdir w/a" rmdir "$W/a"

@@ -112,7 +112,7 @@ static void history_and_metrics(void **state)
 	for (int i = 1; i <= 20; i++)
 		assert_int_equal(registry_metric_add(r, "w-1", "exec", i), 0);
 
-	assert_int_equal(registry_dump(r, "world_branches", &buf, &len), 0);
+	assert_int_equal(registry_dump(r, "world_branches", -1, &buf, &len), 0);
 	assert_true(len > 0 && buf[len - 1] == '\n');
 	o = json_loadb(buf, len, 0, NULL);
 	assert_non_null(o);
@@ -122,13 +122,17 @@ static void history_and_metrics(void **state)
 	json_decref(o);
 	free(buf);
 
-	assert_int_equal(registry_dump(r, "verse_resolutions", &buf, &len), 0);
+	assert_int_equal(registry_dump(r, "verse_resolutions", -1, &buf, &len), 0);
 	o = json_loadb(buf, len, 0, NULL);
 	assert_int_equal(json_integer_value(json_object_get(o, "wev_extracted")), 140);
 	assert_int_equal(json_array_size(json_object_get(o, "verses")), 2);
 	json_decref(o);
 	free(buf);
-	assert_int_equal(registry_dump(r, "balances", &buf, &len), -EINVAL);
+	assert_int_equal(registry_dump(r, "balances", -1, &buf, &len), -EINVAL);
+	/* Another uid sees none of it: w-1 is nobody's. */
+	assert_int_equal(registry_dump(r, "world_branches", 1000, &buf, &len), 0);
+	assert_int_equal(len, 0);
+	free(buf);
 
 	m = registry_metrics(r);
 	o = json_object_get(json_object_get(m, "timings_ms"), "exec");

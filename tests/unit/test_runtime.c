@@ -433,12 +433,12 @@ static int list_and_walk(struct runtime *rt, const char *dir, struct listing *l)
 	int dirs = 0;
 
 	memset(l, 0, sizeof(*l));
-	assert_int_equal(node_lookup(rt, dir, &n), 0);
+	assert_int_equal(node_lookup(rt, dir, 0, &n), 0);
 	assert_int_equal(node_list(rt, &n, collect_name, l), 0);
 	node_release(rt, &n);
 	for (int i = 0; i < l->n; i++) {
 		snprintf(path, sizeof(path), "%s/%s", dir, l->names[i]);
-		assert_int_equal(node_lookup(rt, path, &c), 0);
+		assert_int_equal(node_lookup(rt, path, 0, &c), 0);
 		assert_int_equal(node_stat(rt, &c, &st), 0);
 		assert_int_equal(st.st_mode, node_mode(&c));
 		dirs += S_ISDIR(st.st_mode);
@@ -598,7 +598,7 @@ static void *read_info(void *arg)
 
 	while (reading)
 		for (size_t i = 0; i < 3; i++)
-			if (node_lookup(rt, paths[i], &n) == 0) {
+			if (node_lookup(rt, paths[i], 0, &n) == 0) {
 				if (node_render(rt, &n, &buf, &len) == 0)
 					free(buf);
 				node_release(rt, &n);
@@ -634,7 +634,7 @@ static void info_while_sandboxes_go(void **state)
 	reading = false;
 	pthread_join(t, NULL);
 	/* The description is the one taken when the sandbox was set. */
-	assert_int_equal(node_lookup(&rt, "/w/info", &n), 0);
+	assert_int_equal(node_lookup(&rt, "/w/info", 0, &n), 0);
 	assert_int_equal(node_render(&rt, &n, &buf, &len), 0);
 	assert_non_null(strstr(buf, "\"status\":\"up\""));
 	assert_non_null(strstr(buf, w->id));
