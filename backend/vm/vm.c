@@ -1,6 +1,9 @@
-/* vm.c: the "vm" backend: one QEMU microVM per world, driven over QMP
- * (qmp.c, qemu.c), with the world's session in the guest agent, reached
- * over a virtio-serial port (agent.c, backend/agent/proto.h).
+/* vm.c: the "vm" backend's ops (vm_backend_ops): one QEMU microVM per
+ * world, driven over QMP (qmp.c, qemu.c), with the world's session in the
+ * guest agent, reached over a virtio-serial port (agent.c,
+ * backend/agent/proto.h).  The ops put together what the files below
+ * offer: sandboxes started and frozen (sandbox.c), taken from the warm
+ * pool (pool.c) or branched from the golden state (golden.c).
  *
  * Copy-on-write (the default where ram.c finds or makes a RAM directory):
  * a VM's RAM is a file mapped share=on, so a saved state is QEMU's device
@@ -28,9 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -46,149 +47,8 @@ static const char kernel_append[] =
 	"console=ttyS0 quiet panic=-1 cryptomgr.notests tsc=reliable no_timer_check pci=off mitigations=off "
 	"nowatchdog transparent_hugepage=never sysctl.vm.compaction_proactiveness=0";
 
-/* Names in STATE/vm that are not sandboxes. */
-static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs", "images" };
-
-static bool reserved(const char *name)
-{
-	for (size_t i = 0; i < sizeof(reserved_names) / sizeof(reserved_names[0]); i++)
-		if (strcmp(name, reserved_names[i]) == 0)
-			return true;
-	return false;
-}
-
-/* --- sandboxes ------------------------------------------------------------ */
-
-int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
-		struct sandbox **out)
-{
-	struct sandbox *s;
-	int r;
-
-	if ((r = id_check(id)) < 0)
-		return r;
-	if (reserved(id))
-		return -EINVAL;
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->b = b;
-	s->dirfd = s->agent = -1;
-	s->img = img ? img : b->img;
-	s->mem_mib = mem_mib ? mem_mib : b->mem_mib;
-	s->vcpus = vcpus ? vcpus : b->vcpus;
-	s->machine = MACHINE_CURRENT;
-	snprintf(s->id, sizeof(s->id), "%s", id);
-	if ((r = pathf(s->dir, "%s/%s", b->dir, id)) < 0) {
-		free(s);
-		return r;
-	}
-	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
-	if (getrandom(&s->next_run, sizeof(s->next_run), 0) != sizeof(s->next_run))
-		s->next_run = (uint32_t)time(NULL);
-	*out = s;
-	return 0;
-}
-
-int sandbox_open_dir(struct sandbox *s)
-{
-	s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	return s->dirfd < 0 ? -errno : 0;
-}
-
-/* Create s's directory and config; -EEXIST if the id is taken. */
-static int sandbox_make_dir(struct sandbox *s)
-{
-	struct vm_config c;
-	int r;
-
-	if (mkdir(s->dir, 0700) < 0) {
-		r = -errno;
-		if (r != -EEXIST)
-			say(s->id, "%s: %s", s->dir, strerror(-r));
-		return r;
-	}
-	config_of(s, &c);
-	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, &c, false)) < 0) {
-		say(s->id, "%s: %s", s->dir, strerror(-r));
-		if (s->dirfd >= 0)
-			close(s->dirfd);
-		s->dirfd = -1;
-		rm_tree(s->dir);
-	}
-	return r;
-}
-
-/* Close what s holds in worldfs; QEMU keeps running if it does. */
-void sandbox_free(struct sandbox *s)
-{
-	if (!s)
-		return;
-	if (s->agent >= 0)
-		close(s->agent);
-	qmp_close(s->qmp);
-	if (s->dirfd >= 0)
-		close(s->dirfd);
-	free(s);
-}
-
-/* Stop QEMU, delete s's files (its RAM file too), free s. */
-int sandbox_discard(struct sandbox *s)
-{
-	char ram[PATH_MAX];
-	int r;
-
-	qemu_kill(s);
-	if (s->dirfd >= 0)
-		close(s->dirfd);
-	s->dirfd = -1;
-	r = rm_tree(s->dir);
-	if (r < 0)
-		say(s->id, "%s: %s", s->dir, strerror(-r));
-	if (s->b->ram_ready && ram_path(s->b, s->id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
-		say(s->id, "%s: %s", ram, strerror(errno));
-	sandbox_free(s);
-	return r;
-}
-
-/* What a start reseeds: nothing (a golden state's first boot, reseeded
- * after its freeze), the kernel's RNG (a world that resumes), or the
- * interpreters' generators too (a new world; a branch under reseed=all). */
-enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_ALL };
-
-/* Bring s up: start QEMU unless it is already waiting (launched), load a
- * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
- * failure no process is left. */
-static int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline)
-{
-	double t = now_ms();
-	int r;
-
-	if (!launched && (r = qemu_launch(s, state_fd >= 0)) < 0)
-		return r;
-	s->steps.qemu_ms = launched ? 0 : now_ms() - t;
-	t = now_ms();
-	/* Connect before the state comes: the saved state has the host
-	 * connected, and a port found unconnected at load makes the guest
-	 * see a hang-up and then a new connection, which its agent only
-	 * notices on its next look at the port. */
-	if ((r = agent_connect(s, deadline)) < 0)
-		goto fail;
-	if (state_fd >= 0 && (r = state_load(s, state_fd, deadline)) < 0)
-		goto fail;
-	s->steps.load_ms = now_ms() - t;
-	t = now_ms();
-	if ((r = agent_ping(s, deadline)) < 0 ||
-	    (reseed != RESEED_NONE && (r = agent_reseed(s, deadline, reseed == RESEED_ALL)) < 0))
-		goto fail;
-	s->steps.ready_ms = now_ms() - t;
-	s->broken = false;
-	return 0;
-fail:
-	qemu_stop(s);
-	return r;
-}
-
+/* The handle the registry keeps for a running world: its QEMU's pid, by
+ * which resume() and probe() know the process again. */
 static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
 {
 	snprintf(handle, BACKEND_HANDLE_MAX, "%d", (int)s->pid);
@@ -198,10 +58,9 @@ static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
  * dir and RAM file already renamed to id) if pooled is not NULL, else a
  * new dir to start one in.  The pool's QEMUs are all MACHINE_CURRENT, of
  * the mount's image. */
-static int sandbox_prepare(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib,
-			   unsigned vcpus, bool cow, unsigned machine, struct sandbox **out, bool *pooled)
+static int take_or_make(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib,
+			unsigned vcpus, bool cow, unsigned machine, struct sandbox **out, bool *pooled)
 {
-	struct sandbox *s;
 	int r;
 
 	if (pooled)
@@ -215,88 +74,10 @@ static int sandbox_prepare(struct backend *b, const char *id, const struct vm_im
 		if (r != -ENOENT)
 			return r;
 	}
-	if ((r = sandbox_new(b, id, img, mem_mib, vcpus, &s)) < 0)
-		return r;
-	s->cow = cow;
-	s->machine = machine;
-	if ((r = sandbox_make_dir(s)) < 0) {
-		sandbox_free(s);
-		return r;
-	}
-	*out = s;
-	return 0;
+	return sandbox_make(b, id, img, mem_mib, vcpus, cow, machine, out);
 }
 
 /* --- backend ops ---------------------------------------------------------- */
-
-static bool cpu_has_virt(void)
-{
-	FILE *f = fopen("/proc/cpuinfo", "re");
-	char line[8192];
-	bool yes = false;
-
-	if (!f)
-		return false;
-	while (!yes && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "flags", 5) != 0)
-			continue;
-		char *save = NULL;
-
-		for (char *t = strtok_r(line, " \t\n", &save); t; t = strtok_r(NULL, " \t\n", &save))
-			if (strcmp(t, "vmx") == 0 || strcmp(t, "svm") == 0)
-				yes = true;
-		break;
-	}
-	fclose(f);
-	return yes;
-}
-
-/* KVM only where it can run a stock guest kernel: /dev/kvm alone may be
- * PVM, which can't (see VM-NOTES). */
-static bool choose_kvm(enum accel accel)
-{
-	int fd;
-
-	if (accel == ACCEL_KVM)
-		return true;
-	if (accel == ACCEL_TCG)
-		return false;
-	if (!cpu_has_virt()) {
-		fprintf(stderr, "worldfs: /dev/kvm: no vmx/svm, using tcg\n");
-		return false;
-	}
-	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		fprintf(stderr, "worldfs: /dev/kvm: %s, using tcg\n", strerror(errno));
-		return false;
-	}
-	close(fd);
-	fprintf(stderr, "worldfs: /dev/kvm: using kvm\n");
-	return true;
-}
-
-/* The host's TSC rate in kHz, measured; 0 if unknown.  Under TCG the
- * guest's TSC is the host's, and the guest's own calibration against the
- * emulated PIT fails often enough on a loaded host (the kernel then marks
- * the TSC unusable and hangs on this clockless machine) that we tell it. */
-static unsigned long host_tsc_khz(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	double t0, t1;
-	uint64_t c0, c1;
-
-	t0 = now_ms();
-	c0 = __builtin_ia32_rdtsc();
-	sleep_ms(20);
-	t1 = now_ms();
-	c1 = __builtin_ia32_rdtsc();
-	if (t1 <= t0 || c1 <= c0)
-		return 0;
-	return (unsigned long)((double)(c1 - c0) / (t1 - t0) + 0.5);
-#else
-	return 0;
-#endif
-}
 
 static int vm_init(struct backend **out, struct backend_config *cfg, char *err, size_t errlen)
 {
@@ -338,7 +119,7 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 		snprintf(err, errlen, "qemu-system-x86_64: not found in PATH (Debian: apt install qemu-system-x86)");
 		goto fail;
 	}
-	b->kvm = choose_kvm(cfg->accel);
+	b->kvm = host_use_kvm(cfg->accel);
 	snprintf(b->append, sizeof(b->append), "%s", kernel_append);
 	if (!b->kvm) {
 		unsigned long khz = host_tsc_khz();
@@ -390,7 +171,7 @@ static int create_cold(struct backend *b, const char *id, unsigned mem_mib, unsi
 	struct sandbox *s;
 	int r;
 
-	if ((r = sandbox_prepare(b, id, b->img, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
+	if ((r = take_or_make(b, id, b->img, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
 		return r;
 	if (b->cow && ((r = ram_path(b, id, ram)) < 0 || (r = ram_create(ram, s->mem_mib)) < 0)) {
 		say(id, "%s: %s", ram, strerror(-r));
@@ -422,7 +203,7 @@ static int create_from_golden(struct backend *b, const char *id, unsigned mem_mi
 	if (fd < 0)
 		return fd;
 	t = now_ms();
-	if ((r = sandbox_prepare(b, id, b->img, mem_mib, vcpus, true, MACHINE_CURRENT, &s, &pooled)) < 0) {
+	if ((r = take_or_make(b, id, b->img, mem_mib, vcpus, true, MACHINE_CURRENT, &s, &pooled)) < 0) {
 		close(fd);
 		return r;
 	}
@@ -500,6 +281,7 @@ static int vm_exec(struct sandbox *s, const char *code, size_t len, struct run_r
 	return agent_exec(s, code, len, 0, res);
 }
 
+/* A snapshot's dir and, if tmp is not NULL, the temp dir it is made in. */
 static int snapshot_paths(const struct backend *b, const char *snap_id, char dir[PATH_MAX], char tmp[PATH_MAX])
 {
 	int r = id_check(snap_id);
@@ -510,106 +292,9 @@ static int snapshot_paths(const struct backend *b, const char *snap_id, char dir
 		r = pathf(tmp, "%s/.%s.tmp", b->snap_dir, snap_id);
 	return r;
 }
-
 /* Snapshot into a temporary directory, renamed into place once durable:
  * a crash leaves either no snapshot or a whole one (a frozen RAM file
  * without its dir is garbage, collected at the next mount). */
-/* The directory that holds path (path without its last component). */
-static int parent_of(const char *path, char out[PATH_MAX])
-{
-	const char *slash = strrchr(path, '/');
-
-	if (!slash || slash == path || (size_t)(slash - path) >= PATH_MAX)
-		return -EINVAL;
-	memcpy(out, path, (size_t)(slash - path));
-	out[slash - path] = '\0';
-	return 0;
-}
-
-int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
-		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes)
-{
-	char state[PATH_MAX], ram_parent[PATH_MAX], parent[PATH_MAX];
-	bool ram_placed = false, dir_placed = false;
-	struct vm_config c;
-	struct stat st;
-	int fd = -1, ram_fd = -1, r;
-
-	if ((r = pathf(state, "%s/%s", tmp, s->cow ? "devstate" : "state")) < 0 ||
-	    (r = parent_of(dir, parent)) < 0 ||
-	    (s->cow && (r = parent_of(ram, ram_parent)) < 0))
-		return r;
-	if (s->broken)
-		return -EIO;
-	if (!replace && exists(dir))
-		return -EEXIST;
-	rm_tree(tmp);
-	if (mkdir(tmp, 0700) < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", tmp, strerror(-r));
-		return r;
-	}
-	fd = open(state, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", state, strerror(-r));
-		goto out;
-	}
-	if (s->cow && (ram_fd = open(ram_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", ram_tmp, strerror(-r));
-		goto out;
-	}
-	if ((r = state_save(s, fd, ram_fd, true, frozen)) < 0)
-		goto out;
-	if (fsync(fd) < 0 || fstat(fd, &st) < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", state, strerror(-r));
-		goto out;
-	}
-	if (s->cow) {
-		if (fsync(ram_fd) < 0 || rename(ram_tmp, ram) < 0) {
-			r = -errno;
-			say(s->id, "%s: %s", ram, strerror(-r));
-			goto out;
-		}
-		ram_placed = true;
-		if ((r = fsync_path(ram_parent)) < 0) {
-			say(s->id, "%s: %s", ram_parent, strerror(-r));
-			goto out;
-		}
-	}
-	config_of(s, &c);
-	if ((r = config_write(tmp, &c, true)) < 0 || (r = fsync_path(tmp)) < 0) {
-		say(s->id, "%s: %s", tmp, strerror(-r));
-		goto out;
-	}
-	if (replace)
-		rm_tree(dir);
-	if (rename(tmp, dir) < 0) {
-		r = errno == ENOTEMPTY ? -EEXIST : -errno;
-		say(s->id, "%s: %s", dir, strerror(-r));
-		goto out;
-	}
-	dir_placed = true;
-	if ((r = fsync_path(parent)) < 0)
-		say(s->id, "%s: %s", parent, strerror(-r));
-	*state_bytes = (uint64_t)st.st_size;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (ram_fd >= 0)
-		close(ram_fd);
-	if (r < 0) {
-		rm_tree(dir_placed ? dir : tmp);
-		if (s->cow)
-			unlink(ram_tmp);
-		if (ram_placed)
-			unlink(ram);
-	}
-	return r;
-}
-
 static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_info *info)
 {
 	char dir[PATH_MAX], tmp[PATH_MAX], ram[PATH_MAX] = "", ram_tmp[PATH_MAX] = "";
@@ -733,7 +418,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 			return fd;
 	}
 	t = now_ms();
-	if ((r = sandbox_prepare(b, child_id, img, c.mem_mib, c.vcpus, c.cow, c.machine, &s, &pooled)) < 0) {
+	if ((r = take_or_make(b, child_id, img, c.mem_mib, c.vcpus, c.cow, c.machine, &s, &pooled)) < 0) {
 		s = NULL;
 		goto out;
 	}
@@ -971,7 +656,7 @@ static enum sandbox_presence vm_probe(struct backend *b, const char *id, const c
 	char dir[PATH_MAX], qdir[PATH_MAX], path[PATH_MAX], ram[PATH_MAX];
 	struct vm_config c;
 
-	if (id_check(id) < 0 || reserved(id) || pathf(dir, "%s/%s", b->dir, id) < 0 ||
+	if (id_check(id) < 0 || sandbox_reserved(id) || pathf(dir, "%s/%s", b->dir, id) < 0 ||
 	    pathf(path, "%s/suspend.state", dir) < 0)
 		return SANDBOX_GONE;
 	qemu_origin(dir, qdir);
@@ -1016,7 +701,7 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 	if (!d)
 		return;
 	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.' || reserved(e->d_name) || known(ctx, e->d_name))
+		if (e->d_name[0] == '.' || sandbox_reserved(e->d_name) || known(ctx, e->d_name))
 			continue;
 		say(e->d_name, "not in the registry (left by a crash while being made): deleted");
 		vm_discard(b, e->d_name, "");

@@ -1,16 +1,25 @@
 /* vm.h: what the files of the vm backend share: the backend and sandbox
- * structs, and the functions each file offers the others.  Private to
- * backend/vm/; backend.h is the interface to the rest of worldfs.
+ * structs, and the functions each file offers the others, in sections by
+ * the file that defines them.  Private to backend/vm/; backend.h is the
+ * interface to the rest of worldfs.
  *
- *   files.c   small file helpers (durable writes, trees, config files, logs)
- *   image.c   guest images: their manifests, pinned copies, kernel arguments
- *   qemu.c    the QEMU process: start, stop, identity, migration over QMP
- *   agent.c   the guest agent: connect, ping, reseed, exec
- *   ram.c     the RAM directory (files that clone with FICLONE) and its
- *             loop-mounted XFS image
- *   golden.c  the frozen just-booted world every create branches from
- *   pool.c    QEMU processes started ahead, waiting for a state
- *   vm.c      the backend ops */
+ * From the bottom up; a file calls only the files above it in this list.
+ * Beside them, with headers of their own: qmp.c (the QMP client) and
+ * mountinfo.c (/proc/self/mountinfo, for ram.c).
+ *   files.c    small file helpers (paths, durable writes, trees, the VM
+ *              config file)
+ *   image.c    guest images: their manifests, pinned copies, kernel arguments
+ *   host.c     what the host offers: KVM or TCG, the TSC rate for TCG guests
+ *   ram.c      the RAM directory (files that clone with FICLONE) and its
+ *              loop-mounted XFS image
+ *   qemu.c     the QEMU process: its command line, start, stop, identity,
+ *              migration over QMP
+ *   agent.c    the guest agent: connect, ping, reseed, exec
+ *   sandbox.c  a sandbox's life: made, started, frozen into a state
+ *              directory, freed or discarded
+ *   golden.c   the frozen just-booted world every create branches from
+ *   pool.c     QEMU processes started ahead, waiting for a state
+ *   vm.c       the backend ops (vm_backend_ops, declared in backend.h) */
 #ifndef WORLDFS_VM_H
 #define WORLDFS_VM_H
 
@@ -133,7 +142,7 @@ struct sandbox {
 	struct start_steps steps;
 };
 
-/* --- files.c --------------------------------------------------------------- */
+/* --- files.c -------------------------------------------------------------- */
 
 void say(const char *id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *str_or(const char *s, const char *fallback);
@@ -177,7 +186,7 @@ int config_read(const char *dir, struct vm_config *c);
 /* The config of s as it runs. */
 void config_of(const struct sandbox *s, struct vm_config *c);
 
-/* --- image.c --------------------------------------------------------------- */
+/* --- image.c -------------------------------------------------------------- */
 
 void image_init(struct backend *b, const char *base);
 void image_fini(struct backend *b);
@@ -189,7 +198,36 @@ const struct vm_image *image_find(struct backend *b, const char *digest);
 /* Delete the pinned images no config names. */
 void image_collect_garbage(struct backend *b);
 
-/* --- qemu.c ---------------------------------------------------------------- */
+/* --- host.c --------------------------------------------------------------- */
+
+/* KVM for accel=kvm; for auto where the CPU has vmx/svm and /dev/kvm
+ * opens (the choice is logged). */
+bool host_use_kvm(enum accel accel);
+unsigned long host_tsc_khz(void);
+
+/* --- ram.c ---------------------------------------------------------------- */
+
+/* Find or make a RAM directory that clones files; sets b->ram_*.
+ * want: the mount asked for cow (else only an existing one is reused). */
+void ram_init(struct backend *b, bool want);
+/* Unmount our loop mount if nothing uses it any more. */
+void ram_fini(struct backend *b);
+int ram_path(const struct backend *b, const char *name, char out[PATH_MAX]);
+int ram_snapshot_path(const struct backend *b, const char *snap_id, char out[PATH_MAX]);
+/* An empty (sparse) RAM file of mem_mib at path. */
+int ram_create(const char *path, unsigned mem_mib);
+/* Open path for FICLONE (write), creating it. */
+int ram_open_dest(const char *path);
+/* dst_fd's data becomes a copy-on-write clone of src_fd's. */
+int ram_clone_fd(int src_fd, int dst_fd);
+int ram_clone(const char *src, const char *dst);
+/* Write back the dirty pages of a RAM file (before a freeze, so that the
+ * clone in the freeze has little left to flush). */
+void ram_preflush(const char *path);
+/* Remove the RAM files of ids and snapshots that known() does not claim. */
+void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char *id), void *ctx);
+
+/* --- qemu.c --------------------------------------------------------------- */
 
 bool pid_is_ours(pid_t pid, const char *qdir);
 pid_t pid_parse(const char *text);
@@ -216,17 +254,10 @@ int migrate_prepare(struct sandbox *s);
  * while stopped.  The guest runs again afterwards if keep_running, and
  * always on failure.  *frozen_ms: how long it was stopped. */
 int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double *frozen_ms);
-/* Freeze s's full state durably into the directory dir (device state, or
- * the whole state when s is not cow, and its config) and, cow, its RAM
- * cloned to ram.  Built under the temp names tmp and ram_tmp and renamed
- * into place, so a crash leaves a whole state or none; on failure nothing
- * is left.  An existing dir is -EEXIST unless replace.  s keeps running. */
-int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
-		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes);
 /* Load a state from fd into s's QEMU (launched incoming) and run it. */
 int state_load(struct sandbox *s, int fd, double deadline);
 
-/* --- agent.c --------------------------------------------------------------- */
+/* --- agent.c -------------------------------------------------------------- */
 
 int agent_connect(struct sandbox *s, double deadline);
 /* Until the agent answers PING. */
@@ -238,29 +269,42 @@ int agent_reseed(struct sandbox *s, double deadline, bool sessions);
 /* A run with the backend's exec_timeout, or timeout_ms if not 0. */
 int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res);
 
-/* --- ram.c ----------------------------------------------------------------- */
+/* --- sandbox.c ------------------------------------------------------------ */
 
-/* Find or make a RAM directory that clones files; sets b->ram_*.
- * want: the mount asked for cow (else only an existing one is reused). */
-void ram_init(struct backend *b, bool want);
-/* Unmount our loop mount if nothing uses it any more. */
-void ram_fini(struct backend *b);
-int ram_path(const struct backend *b, const char *name, char out[PATH_MAX]);
-int ram_snapshot_path(const struct backend *b, const char *snap_id, char out[PATH_MAX]);
-/* An empty (sparse) RAM file of mem_mib at path. */
-int ram_create(const char *path, unsigned mem_mib);
-/* Open path for FICLONE (write), creating it. */
-int ram_open_dest(const char *path);
-/* dst_fd's data becomes a copy-on-write clone of src_fd's. */
-int ram_clone_fd(int src_fd, int dst_fd);
-int ram_clone(const char *src, const char *dst);
-/* Write back the dirty pages of a RAM file (before a freeze, so that the
- * clone in the freeze has little left to flush). */
-void ram_preflush(const char *path);
-/* Remove the RAM files of ids and snapshots that known() does not claim. */
-void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char *id), void *ctx);
+/* Names in STATE/vm that are not sandboxes (snapshots, golden, ...). */
+bool sandbox_reserved(const char *name);
+/* A sandbox for id (unstarted, no dir made); img, mem_mib, vcpus 0: the
+ * mount's.  -EINVAL for an id that is not a plain file name. */
+int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		struct sandbox **out);
+int sandbox_open_dir(struct sandbox *s);
+/* sandbox_new() with its dir made and its config written (cow, machine:
+ * MACHINE_*); -EEXIST if the id is taken. */
+int sandbox_make(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		 bool cow, unsigned machine, struct sandbox **out);
+/* Close what s holds in worldfs and free it; QEMU keeps running if it does. */
+void sandbox_free(struct sandbox *s);
+/* Stop QEMU, delete s's files (its RAM file too), free s. */
+int sandbox_discard(struct sandbox *s);
 
-/* --- golden.c -------------------------------------------------------------- */
+/* What a start reseeds: nothing (a golden state's first boot, reseeded
+ * after its freeze), the kernel's RNG (a world that resumes), or the
+ * interpreters' generators too (a new world; a branch under reseed=all). */
+enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_ALL };
+/* Bring s up: start QEMU unless it is already waiting (launched), load a
+ * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
+ * failure no process is left. */
+int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline);
+
+/* Freeze s's full state durably into the directory dir (device state, or
+ * the whole state when s is not cow, and its config) and, cow, its RAM
+ * cloned to ram.  Built under the temp names tmp and ram_tmp and renamed
+ * into place, so a crash leaves a whole state or none; on failure nothing
+ * is left.  An existing dir is -EEXIST unless replace.  s keeps running. */
+int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
+		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes);
+
+/* --- golden.c ------------------------------------------------------------- */
 
 /* Compute b->golden_id from what every booted world depends on, and
  * delete the golden states of other identities or images than b->img. */
@@ -277,7 +321,7 @@ int golden_bake(struct sandbox *s);
 /* Forget the golden state for this image and size (it failed to load). */
 void golden_drop(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus);
 
-/* --- pool.c ---------------------------------------------------------------- */
+/* --- pool.c --------------------------------------------------------------- */
 
 int pool_start(struct backend *b, unsigned size);
 void pool_stop(struct backend *b);
@@ -290,13 +334,5 @@ void pool_sweep(struct backend *b);
 /* Live sandboxes come and go: with none left the pool idles empty. */
 void pool_hold(struct backend *b);
 void pool_release(struct backend *b);
-
-/* --- vm.c ------------------------------------------------------------------ */
-
-int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
-		struct sandbox **out);
-int sandbox_open_dir(struct sandbox *s);
-void sandbox_free(struct sandbox *s);
-int sandbox_discard(struct sandbox *s);
 
 #endif
