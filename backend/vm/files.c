@@ -14,18 +14,6 @@
 
 #include "backend/vm/vm.h"
 
-void say(const char *id, const char *fmt, ...)
-{
-	char msg[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	/* One fprintf per message, so lines of parallel sandboxes don't mix. */
-	fprintf(stderr, "worldfs: vm %s: %s\n", id, msg);
-}
-
 const char *str_or(const char *s, const char *fallback)
 {
 	return s ? s : fallback;

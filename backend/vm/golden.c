@@ -131,12 +131,12 @@ static void warm_up(struct sandbox *s)
 		return;
 	r = agent_exec(s, code, n, WARM_UP_TIMEOUT_MS, &res);
 	if (r < 0)
-		say(s->id, "warm-up (import %s): %s", s->img->preload, strerror(-r));
+		vm_log(s->id, "warm-up (import %s): %s", s->img->preload, strerror(-r));
 	else if (res.status != 0)
-		say(s->id, "warm-up (import %s): status %d: %.300s", s->img->preload, res.status, res.err);
+		vm_log(s->id, "warm-up (import %s): status %d: %.300s", s->img->preload, res.status, res.err);
 	else
-		fprintf(stderr, "worldfs: vm: golden state of %s: %s imported in %.0f ms\n", s->img->name,
-			s->img->preload, now_ms() - t0);
+		vm_log(NULL, "golden state of %s: %s imported in %.0f ms", s->img->name,
+		       s->img->preload, now_ms() - t0);
 	run_result_release(&res);
 }
 
@@ -157,10 +157,10 @@ int golden_bake(struct sandbox *s)
 	/* A golden state of the same key is replaced, never added beside. */
 	r = state_freeze(s, dir, tmp, ram, ram_tmp, true, &frozen, &bytes);
 	if (r < 0) {
-		say(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
+		vm_log(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
 		return r;
 	}
-	fprintf(stderr, "worldfs: vm: golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it\n",
-		key, frozen, now_ms() - t0);
+	vm_log(NULL, "golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it",
+	       key, frozen, now_ms() - t0);
 	return 0;
 }

@@ -43,16 +43,16 @@ bool host_use_kvm(enum accel accel)
 	if (accel == ACCEL_TCG)
 		return false;
 	if (!cpu_has_virt()) {
-		fprintf(stderr, "worldfs: /dev/kvm: no vmx/svm, using tcg\n");
+		vm_log(VM_LOG_HOST, "/dev/kvm: no vmx/svm, using tcg");
 		return false;
 	}
 	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (fd < 0) {
-		fprintf(stderr, "worldfs: /dev/kvm: %s, using tcg\n", strerror(errno));
+		vm_log(VM_LOG_HOST, "/dev/kvm: %s, using tcg", strerror(errno));
 		return false;
 	}
 	close(fd);
-	fprintf(stderr, "worldfs: /dev/kvm: using kvm\n");
+	vm_log(VM_LOG_HOST, "/dev/kvm: using kvm");
 	return true;
 }
 

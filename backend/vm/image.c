@@ -295,7 +295,7 @@ static const struct vm_image *legacy_image(struct backend *b)
 	pthread_mutex_lock(&b->legacy_lock);
 	if (!b->legacy) {
 		if (image_open(b, "busybox", b->image_base, &img, err, sizeof(err)) < 0) {
-			fprintf(stderr, "worldfs: vm: the image of worldfs 0.1's states: %s\n", err);
+			vm_log(NULL, "the image of worldfs 0.1's states: %s", err);
 			img = b->img->root[0] ? NULL : b->img;
 		}
 		/* A copy of its own, so that config_of() tells it apart. */
@@ -338,12 +338,12 @@ const struct vm_image *image_find(struct backend *b, const char *digest)
 			if (r == 0)
 				img = image_add(b, &tmpl);
 			else
-				fprintf(stderr, "worldfs: vm: %s\n", err);
+				vm_log(NULL, "%s", err);
 		}
 	}
 	pthread_mutex_unlock(&b->images_lock);
 	if (!img)
-		fprintf(stderr, "worldfs: vm: image %s: not in %s\n", digest, b->images_dir);
+		vm_log(NULL, "image %s: not in %s", digest, b->images_dir);
 	return img;
 }
 
@@ -414,7 +414,7 @@ void image_collect_garbage(struct backend *b)
 		for (img = b->images; !keep && img; img = img->next)
 			keep = strcmp(img->digest, e->d_name) == 0;
 		if (!keep) {
-			fprintf(stderr, "worldfs: vm: image %s: no world or snapshot uses it: deleted\n", e->d_name);
+			vm_log(NULL, "image %s: no world or snapshot uses it: deleted", e->d_name);
 			rm_tree_at(dirfd(d), e->d_name);
 		}
 	}

@@ -103,8 +103,8 @@ static void *pool_main(void *arg)
 			r = member_start(p->b, &s);
 			pthread_mutex_lock(&p->lock);
 			if (r < 0) {
-				say("pool", "starting a waiting qemu: %s (retrying in %d s)", strerror(-r),
-				    POOL_RETRY_MS / 1000);
+				vm_log("pool", "starting a waiting qemu: %s (retrying in %d s)", strerror(-r),
+				       POOL_RETRY_MS / 1000);
 				p->retry_at = now_ms() + POOL_RETRY_MS;
 			} else if (p->stopping) {
 				pthread_mutex_unlock(&p->lock);
@@ -231,7 +231,7 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 		s = p->ready[--p->nready];
 		/* Still waiting for a state, and answering? */
 		if (query_status(s, st, sizeof(st)) < 0 || strcmp(st, "inmigrate") != 0) {
-			say(s->id, "a waiting qemu is %s: discarded", st[0] ? st : "gone");
+			vm_log(s->id, "a waiting qemu is %s: discarded", st[0] ? st : "gone");
 			pthread_mutex_unlock(&p->lock);
 			sandbox_discard(s);
 			pthread_mutex_lock(&p->lock);
@@ -253,12 +253,12 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 	snprintf(s->id, sizeof(s->id), "%s", id);
 	if (rename(ram_from, ram_to) < 0) {
 		r = -errno;
-		say(id, "%s: %s", ram_to, strerror(-r));
+		vm_log(id, "%s: %s", ram_to, strerror(-r));
 		goto fail;
 	}
 	config_of(s, &c);
 	if ((r = config_write(s->dir, &c, false)) < 0) {
-		say(id, "%s/config: %s", s->dir, strerror(-r));
+		vm_log(id, "%s/config: %s", s->dir, strerror(-r));
 		goto fail;
 	}
 	*out = s;

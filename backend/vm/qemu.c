@@ -135,7 +135,7 @@ void say_died(const struct sandbox *s, const char *what)
 
 	log_tail(s->dir, "qemu.log", q, sizeof(q));
 	log_tail(s->dir, "console.log", c, sizeof(c));
-	say(s->id, "%s: qemu.log: %s; console.log: %s", what, q, c);
+	vm_log(s->id, "%s: qemu.log: %s; console.log: %s", what, q, c);
 }
 
 static int errno_from_log(const struct sandbox *s)
@@ -311,7 +311,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
 	if (logfd < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", logpath, strerror(-r));
+		vm_log(s->id, "%s: %s", logpath, strerror(-r));
 		return r;
 	}
 	sigemptyset(&none);
@@ -319,7 +319,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	if (child < 0) {
 		r = -errno;
 		close(logfd);
-		say(s->id, "fork: %s", strerror(-r));
+		vm_log(s->id, "fork: %s", strerror(-r));
 		return r;
 	}
 	if (child == 0) {
@@ -357,7 +357,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 		if (now_ms() > deadline) {
 			kill(child, SIGKILL);
 			waitpid(child, &status, 0);
-			say(s->id, "qemu did not start within %d s", LAUNCH_TIMEOUT_MS / 1000);
+			vm_log(s->id, "qemu did not start within %d s", LAUNCH_TIMEOUT_MS / 1000);
 			r = -ETIMEDOUT;
 			goto fail;
 		}
@@ -378,7 +378,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	sock_path(s, "qmp.sock", false, us);
 	r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS);
 	if (r < 0) {
-		say(s->id, "%s/qmp.sock: %s", s->dir, strerror(-r));
+		vm_log(s->id, "%s/qmp.sock: %s", s->dir, strerror(-r));
 		goto fail;
 	}
 	s->migrate_ready = false;
@@ -416,7 +416,7 @@ static void qemu_end(struct sandbox *s, bool quit)
 		/* QEMU may close the connection before answering. */
 		quitting = r == 0 || r == -EPIPE;
 		if (!quitting)
-			say(s->id, "qmp quit: %s %s", strerror(-r), qmp_error_desc(s->qmp));
+			vm_log(s->id, "qmp quit: %s %s", strerror(-r), qmp_error_desc(s->qmp));
 	}
 	qmp_close(s->qmp);
 	s->qmp = NULL;
@@ -430,7 +430,7 @@ static void qemu_end(struct sandbox *s, bool quit)
 				break;
 		}
 		if (pid_is_ours(s->pid, s->qdir))
-			say(s->id, "qemu pid %d did not exit", (int)s->pid);
+			vm_log(s->id, "qemu pid %d did not exit", (int)s->pid);
 	}
 	s->pid = 0;
 }
@@ -454,12 +454,12 @@ int query_status(struct sandbox *s, char *out, size_t n)
 int qmp_failed(struct sandbox *s, int r, const char *what)
 {
 	if (r == -EREMOTEIO)
-		say(s->id, "%s: %s: %s", what, qmp_error_class(s->qmp), qmp_error_desc(s->qmp));
+		vm_log(s->id, "%s: %s: %s", what, qmp_error_class(s->qmp), qmp_error_desc(s->qmp));
 	else if (!pid_is_ours(s->pid, s->qdir)) {
 		s->broken = true;
 		say_died(s, what);
 	} else {
-		say(s->id, "%s: %s", what, strerror(-r));
+		vm_log(s->id, "%s: %s", what, strerror(-r));
 	}
 	return r == -ETIMEDOUT || r == -ENOMEM ? r : -EIO;
 }
@@ -513,7 +513,7 @@ static int status_wait_while(struct sandbox *s, const char *state, char st[32], 
 		if (strcmp(st, state) != 0)
 			return 0;
 		if (now_ms() > deadline) {
-			say(s->id, "%s: still %s after %.0f ms", what, state, now_ms() - t0);
+			vm_log(s->id, "%s: still %s after %.0f ms", what, state, now_ms() - t0);
 			return -ETIMEDOUT;
 		}
 		sleep_ms(pause);
@@ -542,14 +542,14 @@ static int migrate_wait(struct sandbox *s)
 		ret = NULL;
 		if (now_ms() > deadline) {
 			qmp_command(s->qmp, "migrate_cancel", NULL, NULL, QMP_TIMEOUT_MS);
-			say(s->id, "migration did not complete within %d s", MIGRATE_TIMEOUT_MS / 1000);
+			vm_log(s->id, "migration did not complete within %d s", MIGRATE_TIMEOUT_MS / 1000);
 			return -ETIMEDOUT;
 		}
 		sleep_ms(pause);
 	}
 	if (strcmp(st, "completed") != 0) {
 		snprintf(desc, sizeof(desc), "%s", str_or(json_string_value(json_object_get(ret, "error-desc")), st));
-		say(s->id, "migration %s: %s", st, desc);
+		vm_log(s->id, "migration %s: %s", st, desc);
 		r = strstr(desc, "No space left") ? -ENOSPC : -EIO;
 	}
 	json_decref(ret);
@@ -576,7 +576,7 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		ram_preflush(ram);
 		if (ram_to >= 0 && (ram_fd = open(ram, O_RDONLY | O_CLOEXEC)) < 0) {
 			r = -errno;
-			say(s->id, "%s: %s", ram, strerror(-r));
+			vm_log(s->id, "%s: %s", ram, strerror(-r));
 			return r;
 		}
 	}
@@ -599,7 +599,7 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		double t = now_ms();
 
 		if ((r = ram_clone_fd(ram_fd, ram_to)) < 0)
-			say(s->id, "%s: clone: %s", ram, strerror(-r));
+			vm_log(s->id, "%s: clone: %s", ram, strerror(-r));
 		s->clone_in_freeze_ms = now_ms() - t;
 	}
 	if (keep_running || r < 0) {
@@ -636,7 +636,7 @@ int state_load(struct sandbox *s, int fd, double deadline)
 	if ((r = status_wait_while(s, "inmigrate", st, deadline, "loading the state")) < 0)
 		return r;
 	if (strcmp(st, "paused") != 0 && strcmp(st, "prelaunch") != 0) {
-		say(s->id, "after loading the state the VM is %s", st);
+		vm_log(s->id, "after loading the state the VM is %s", st);
 		return -EIO;
 	}
 	if ((r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)

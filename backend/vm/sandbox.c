@@ -79,12 +79,12 @@ static int sandbox_make_dir(struct sandbox *s)
 	if (mkdir(s->dir, 0700) < 0) {
 		r = -errno;
 		if (r != -EEXIST)
-			say(s->id, "%s: %s", s->dir, strerror(-r));
+			vm_log(s->id, "%s: %s", s->dir, strerror(-r));
 		return r;
 	}
 	config_of(s, &c);
 	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, &c, false)) < 0) {
-		say(s->id, "%s: %s", s->dir, strerror(-r));
+		vm_log(s->id, "%s: %s", s->dir, strerror(-r));
 		if (s->dirfd >= 0)
 			close(s->dirfd);
 		s->dirfd = -1;
@@ -118,9 +118,9 @@ int sandbox_discard(struct sandbox *s)
 	s->dirfd = -1;
 	r = rm_tree(s->dir);
 	if (r < 0)
-		say(s->id, "%s: %s", s->dir, strerror(-r));
+		vm_log(s->id, "%s: %s", s->dir, strerror(-r));
 	if (s->b->ram_ready && ram_path(s->b, s->id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
-		say(s->id, "%s: %s", ram, strerror(errno));
+		vm_log(s->id, "%s: %s", ram, strerror(errno));
 	sandbox_free(s);
 	return r;
 }
@@ -212,54 +212,54 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 	rm_tree(tmp);
 	if (mkdir(tmp, 0700) < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", tmp, strerror(-r));
+		vm_log(s->id, "%s: %s", tmp, strerror(-r));
 		return r;
 	}
 	fd = open(state, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", state, strerror(-r));
+		vm_log(s->id, "%s: %s", state, strerror(-r));
 		goto out;
 	}
 	if (s->cow && (ram_fd = open(ram_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", ram_tmp, strerror(-r));
+		vm_log(s->id, "%s: %s", ram_tmp, strerror(-r));
 		goto out;
 	}
 	if ((r = state_save(s, fd, ram_fd, true, frozen)) < 0)
 		goto out;
 	if (fsync(fd) < 0 || fstat(fd, &st) < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", state, strerror(-r));
+		vm_log(s->id, "%s: %s", state, strerror(-r));
 		goto out;
 	}
 	if (s->cow) {
 		if (fsync(ram_fd) < 0 || rename(ram_tmp, ram) < 0) {
 			r = -errno;
-			say(s->id, "%s: %s", ram, strerror(-r));
+			vm_log(s->id, "%s: %s", ram, strerror(-r));
 			goto out;
 		}
 		ram_placed = true;
 		if ((r = fsync_path(ram_parent)) < 0) {
-			say(s->id, "%s: %s", ram_parent, strerror(-r));
+			vm_log(s->id, "%s: %s", ram_parent, strerror(-r));
 			goto out;
 		}
 	}
 	config_of(s, &c);
 	if ((r = config_write(tmp, &c, true)) < 0 || (r = fsync_path(tmp)) < 0) {
-		say(s->id, "%s: %s", tmp, strerror(-r));
+		vm_log(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
 	if (replace)
 		rm_tree(dir);
 	if (rename(tmp, dir) < 0) {
 		r = errno == ENOTEMPTY ? -EEXIST : -errno;
-		say(s->id, "%s: %s", dir, strerror(-r));
+		vm_log(s->id, "%s: %s", dir, strerror(-r));
 		goto out;
 	}
 	dir_placed = true;
 	if ((r = fsync_path(parent)) < 0)
-		say(s->id, "%s: %s", parent, strerror(-r));
+		vm_log(s->id, "%s: %s", parent, strerror(-r));
 	*state_bytes = (uint64_t)st.st_size;
 out:
 	if (fd >= 0)

@@ -132,19 +132,19 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	b->mem_mib = cfg->mem_mib ? cfg->mem_mib : b->img->mem_mib;
 	cfg->mem_mib = b->mem_mib;
 	cfg->vcpus = b->vcpus;
-	fprintf(stderr, "worldfs: vm: image %s (%s), %u MiB, %s\n", b->img->name, b->img->dir, b->mem_mib,
-		b->img->root[0] ? "root disk" : "initramfs root");
+	vm_log(NULL, "image %s (%s), %u MiB, %s", b->img->name, b->img->dir, b->mem_mib,
+	       b->img->root[0] ? "root disk" : "initramfs root");
 	pthread_mutex_init(&b->golden_lock, NULL);
 	ram_init(b, !cfg->branch_copy);
 	if ((r = golden_init(b, kernel_append)) < 0) {
-		fprintf(stderr, "worldfs: vm: %s/golden: %s: every create boots cold\n", b->dir, strerror(-r));
+		vm_log(NULL, "%s/golden: %s: every create boots cold", b->dir, strerror(-r));
 		b->golden_id[0] = '\0';
 	}
 	tmp_sweep(b->snap_dir);
 	tmp_sweep(b->golden_dir);
 	pool_sweep(b);
 	if (b->cow && cfg->pool_size > 0 && (r = pool_start(b, cfg->pool_size)) < 0)
-		fprintf(stderr, "worldfs: vm: warm pool: %s: none\n", strerror(-r));
+		vm_log(NULL, "warm pool: %s: none", strerror(-r));
 	*out = b;
 	return 0;
 fail:
@@ -174,7 +174,7 @@ static int create_cold(struct backend *b, const char *id, unsigned mem_mib, unsi
 	if ((r = take_or_make(b, id, b->img, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
 		return r;
 	if (b->cow && ((r = ram_path(b, id, ram)) < 0 || (r = ram_create(ram, s->mem_mib)) < 0)) {
-		say(id, "%s: %s", ram, strerror(-r));
+		vm_log(id, "%s: %s", ram, strerror(-r));
 		goto fail;
 	}
 	s->steps.from = "boot";
@@ -210,7 +210,7 @@ static int create_from_golden(struct backend *b, const char *id, unsigned mem_mi
 	s->steps.prepare_ms = now_ms() - t;
 	t = now_ms();
 	if ((r = ram_path(b, id, ram)) == 0 && (r = ram_clone(gram, ram)) < 0)
-		say(id, "%s -> %s: %s", gram, ram, strerror(-r));
+		vm_log(id, "%s -> %s: %s", gram, ram, strerror(-r));
 	s->steps.clone_ms = now_ms() - t;
 	s->steps.from = "golden";
 	/* Other creates may clone it meanwhile; only golden_drop() must wait. */
@@ -247,7 +247,7 @@ static int vm_create(struct backend *b, const char *id, unsigned mem_mib, unsign
 	pthread_mutex_lock(&b->golden_lock);
 	r = create_from_golden(b, id, mem_mib, vcpus, &s, deadline, &unusable);
 	if (unusable) {
-		say(id, "the golden state did not come up (%s): dropped; booting cold", strerror(-r));
+		vm_log(id, "the golden state did not come up (%s): dropped; booting cold", strerror(-r));
 		golden_drop(b, b->img, mem_mib, vcpus);
 	}
 	if (r == -ENOENT || unusable) {
@@ -328,9 +328,9 @@ static int vm_snapshot_delete(struct backend *b, const char *snap_id)
 	if ((r = rm_tree(dir)) == 0)
 		r = fsync_path(b->snap_dir);
 	if (r < 0)
-		fprintf(stderr, "worldfs: vm: %s: %s\n", dir, strerror(-r));
+		vm_log(NULL, "%s: %s", dir, strerror(-r));
 	if (r == 0 && b->ram_ready && ram_snapshot_path(b, snap_id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
-		fprintf(stderr, "worldfs: vm: %s: %s\n", ram, strerror(errno));
+		vm_log(NULL, "%s: %s", ram, strerror(errno));
 	return r;
 }
 
@@ -343,7 +343,7 @@ static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child,
 
 	if (fd < 0) {
 		r = -errno;
-		say(child->id, "%s: temporary state file: %s", child->dir, strerror(-r));
+		vm_log(child->id, "%s: temporary state file: %s", child->dir, strerror(-r));
 		return r;
 	}
 	r = state_save(parent, fd, ram_to, true, frozen);
@@ -369,25 +369,25 @@ static int branch_state_of_snapshot(struct backend *b, const char *snap_id, stru
 		return r;
 	if ((r = config_read(dir, c)) < 0) {
 		if (r != -ENOENT)
-			fprintf(stderr, "worldfs: vm: %s/config: %s\n", dir, strerror(-r));
+			vm_log(NULL, "%s/config: %s", dir, strerror(-r));
 		return r;
 	}
 	if (!(*img = image_find(b, c->image))) {
-		fprintf(stderr, "worldfs: vm: snapshot %s: its guest image is gone\n", snap_id);
+		vm_log(NULL, "snapshot %s: its guest image is gone", snap_id);
 		return -EIO;
 	}
 	if ((r = pathf(state, "%s/%s", dir, c->cow ? "devstate" : "state")) < 0 ||
 	    (c->cow && (r = ram_snapshot_path(b, snap_id, ram)) < 0))
 		return r;
 	if (c->cow && !b->ram_ready) {
-		fprintf(stderr, "worldfs: vm: snapshot %s: its RAM is in %s, which is not available\n", snap_id,
-			b->ram_dir);
+		vm_log(NULL, "snapshot %s: its RAM is in %s, which is not available", snap_id,
+		       b->ram_dir);
 		return -EIO;
 	}
 	fd = open(state, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
-		fprintf(stderr, "worldfs: vm: %s: %s\n", state, strerror(-r));
+		vm_log(NULL, "%s: %s", state, strerror(-r));
 		return r;
 	}
 	return fd;
@@ -426,7 +426,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	s->steps.from = parent ? "parent" : "snapshot";
 	if (c.cow) {
 		if ((r = ram_path(b, child_id, ram)) < 0 || (ram_to = r = ram_open_dest(ram)) < 0) {
-			say(child_id, "%s: %s", ram, strerror(-r));
+			vm_log(child_id, "%s: %s", ram, strerror(-r));
 			goto fail;
 		}
 	}
@@ -448,7 +448,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 		if (src >= 0)
 			close(src);
 		if (r < 0) {
-			say(child_id, "%s -> %s: %s", src_ram, ram, strerror(-r));
+			vm_log(child_id, "%s -> %s: %s", src_ram, ram, strerror(-r));
 			goto fail;
 		}
 		s->steps.clone_ms = now_ms() - t;
@@ -508,7 +508,7 @@ static int vm_suspend(struct sandbox *s)
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", tmp, strerror(-r));
+		vm_log(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
 	if ((r = state_save(s, fd, -1, false, &frozen)) < 0)
@@ -516,7 +516,7 @@ static int vm_suspend(struct sandbox *s)
 	if ((s->cow && (r = fsync_path(ram)) < 0) || (r = fsync_path(config)) < 0 || fsync(fd) < 0 ||
 	    rename(tmp, path) < 0 || fsync(s->dirfd) < 0) {
 		r = r < 0 ? r : -errno;
-		say(s->id, "%s: %s", path, strerror(-r));
+		vm_log(s->id, "%s: %s", path, strerror(-r));
 		qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
 		goto out;
 	}
@@ -526,7 +526,7 @@ out:
 		close(fd);
 	if (r < 0) {
 		unlink(tmp);
-		say(s->id, "suspend failed (%s); qemu left running for the next mount", strerror(-r));
+		vm_log(s->id, "suspend failed (%s); qemu left running for the next mount", strerror(-r));
 	}
 	sandbox_free(s);
 	pool_release(b);
@@ -543,7 +543,7 @@ static int resume_reattach(struct sandbox *s, pid_t pid)
 	s->pid = pid;
 	sock_path(s, "qmp.sock", false, us);
 	if ((r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS)) < 0) {
-		say(s->id, "reattach: %s/qmp.sock: %s", s->dir, strerror(-r));
+		vm_log(s->id, "reattach: %s/qmp.sock: %s", s->dir, strerror(-r));
 		return r;
 	}
 	if ((r = query_status(s, st, sizeof(st))) < 0)
@@ -566,13 +566,13 @@ static int resume_from_file(struct sandbox *s, const char *path)
 	int fd, r;
 
 	if (s->cow && (!s->b->ram_ready || ram_path(s->b, s->id, ram) < 0 || !exists(ram))) {
-		say(s->id, "%s: its RAM file %s/%s.ram is missing", path, s->b->ram_dir, s->id);
+		vm_log(s->id, "%s: its RAM file %s/%s.ram is missing", path, s->b->ram_dir, s->id);
 		return -ENOENT;
 	}
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", path, strerror(-r));
+		vm_log(s->id, "%s: %s", path, strerror(-r));
 		return r;
 	}
 	s->steps.from = "suspend";
@@ -584,7 +584,7 @@ static int resume_from_file(struct sandbox *s, const char *path)
 	s->steps.total_ms = now_ms() - t0;
 	/* Running now: the saved state is older than the world and must not come back. */
 	if (unlink(path) < 0 || fsync(s->dirfd) < 0)
-		say(s->id, "%s: %s", path, strerror(errno));
+		vm_log(s->id, "%s: %s", path, strerror(errno));
 	return 0;
 }
 
@@ -601,12 +601,12 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 		return r;
 	if ((r = config_read(s->dir, &c)) < 0 || (r = sandbox_open_dir(s)) < 0) {
 		if (r != -ENOENT)
-			say(id, "%s: %s", s->dir, strerror(-r));
+			vm_log(id, "%s: %s", s->dir, strerror(-r));
 		sandbox_free(s);
 		return -ENOENT;
 	}
 	if (!(s->img = image_find(b, c.image))) {
-		say(id, "its guest image is gone: cannot resume");
+		vm_log(id, "its guest image is gone: cannot resume");
 		sandbox_free(s);
 		return -ENOENT;
 	}
@@ -627,7 +627,7 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 			unlink(path);  /* older than the running VM */
 			goto done;
 		}
-		say(id, "reattach to qemu pid %d failed; stopping it", (int)pid);
+		vm_log(id, "reattach to qemu pid %d failed; stopping it", (int)pid);
 		s->pid = pid;
 		qemu_stop(s);
 	}
@@ -703,7 +703,7 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 	while ((e = readdir(d))) {
 		if (e->d_name[0] == '.' || sandbox_reserved(e->d_name) || known(ctx, e->d_name))
 			continue;
-		say(e->d_name, "not in the registry (left by a crash while being made): deleted");
+		vm_log(e->d_name, "not in the registry (left by a crash while being made): deleted");
 		vm_discard(b, e->d_name, "");
 	}
 	closedir(d);
@@ -712,7 +712,7 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 		while ((e = readdir(d))) {
 			if (e->d_name[0] == '.' || known(ctx, e->d_name))
 				continue;
-			say(e->d_name, "snapshot not in the registry: deleted");
+			vm_log(e->d_name, "snapshot not in the registry: deleted");
 			rm_tree_at(dirfd(d), e->d_name);
 		}
 		closedir(d);

@@ -3,9 +3,7 @@
  * the file that defines them.  Private to backend/vm/; backend.h is the
  * interface to the rest of worldfs.
  *
- * From the bottom up; a file calls only the files above it in this list.
- * Beside them, with headers of their own: qmp.c (the QMP client) and
- * mountinfo.c (/proc/self/mountinfo, for ram.c).
+ * The files, from the bottom up: each calls only those above it.
  *   files.c    small file helpers (paths, durable writes, trees, the VM
  *              config file)
  *   image.c    guest images: their manifests, pinned copies, kernel arguments
@@ -19,7 +17,10 @@
  *              directory, freed or discarded
  *   golden.c   the frozen just-booted world every create branches from
  *   pool.c     QEMU processes started ahead, waiting for a state
- *   vm.c       the backend ops (vm_backend_ops, declared in backend.h) */
+ *   vm.c       the backend ops (vm_backend_ops, declared in backend.h)
+ * Beside them, with headers of their own: log.c (vm_log, how every file
+ * here logs), qmp.c (the QMP client) and mountinfo.c (/proc/self/mountinfo,
+ * for ram.c). */
 #ifndef WORLDFS_VM_H
 #define WORLDFS_VM_H
 
@@ -36,6 +37,7 @@
 #include "backend/util/clock.h"
 #include "backend/util/io.h"
 #include "backend/util/strbuf.h"
+#include "backend/vm/log.h"
 #include "backend/vm/qmp.h"
 
 #define ID_MAX 64
@@ -144,7 +146,6 @@ struct sandbox {
 
 /* --- files.c -------------------------------------------------------------- */
 
-void say(const char *id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *str_or(const char *s, const char *fallback);
 int pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int id_check(const char *id);

@@ -1,8 +1,10 @@
 /* test_vmconfig.c: a VM's config file, which says how to start a QEMU
  * that can load its saved state: memory, vCPUs, RAM kind, machine and
  * image.  States saved by worldfs 0.1 have no machine or image line and
- * must keep loading into the machine and image they were made with. */
+ * must keep loading into the machine and image they were made with.
+ * Also the vm backend's log lines, which users and tests grep. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -88,11 +91,39 @@ static void older_and_newer(void **state)
 	assert_int_equal(config_read(dir, &c), -EINVAL);
 }
 
+/* What vm_log writes for each kind of line, read back from stderr. */
+static void log_lines(void **state)
+{
+	char path[PATH_MAX], text[512];
+	int fd, saved;
+	(void)state;
+
+	snprintf(path, sizeof(path), "%s/log", dir);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	fflush(stderr);
+	saved = dup(2);
+	assert_true(saved >= 0);
+	dup2(fd, 2);
+	vm_log("w1", "%s: %d", "agent", 7);
+	vm_log(NULL, "warm pool: %s: none", "Out of memory");
+	vm_log(VM_LOG_HOST, "/dev/kvm: using kvm");
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	close(fd);
+	assert_true(read_small(path, text, sizeof(text)) > 0);
+	assert_string_equal(text, "worldfs: vm w1: agent: 7\n"
+				  "worldfs: vm: warm pool: Out of memory: none\n"
+				  "worldfs: /dev/kvm: using kvm\n");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(older_and_newer, setup, teardown),
+		cmocka_unit_test_setup_teardown(log_lines, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
