@@ -17,7 +17,7 @@ int agent_connect(struct sandbox *s, double deadline)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
-	sock_path(s, "agent.sock", false, sa.sun_path);
+	qemu_sock_path(s, "agent.sock", false, sa.sun_path);
 	for (;;) {
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), err;
 
@@ -41,8 +41,8 @@ int agent_connect(struct sandbox *s, double deadline)
 static int agent_lost(struct sandbox *s, int r, const char *what)
 {
 	s->broken = true;
-	if (!pid_is_ours(s->pid, s->qdir))
-		say_died(s, "qemu exited");
+	if (!qemu_pid_is_ours(s->pid, s->qdir))
+		qemu_log_died(s, "qemu exited");
 	else
 		vm_log(s->id, "agent %s: %s", what, strerror(-r));
 	return -EIO;
@@ -122,10 +122,10 @@ int agent_ping(struct sandbox *s, double deadline)
 			break;
 		if (r != -ETIMEDOUT)
 			return agent_lost(s, r, "ping");
-		if (!pid_is_ours(s->pid, s->qdir))
+		if (!qemu_pid_is_ours(s->pid, s->qdir))
 			return agent_lost(s, -ESRCH, "ping");
 		if (now_ms() > deadline) {
-			say_died(s, "the agent did not answer in time");
+			qemu_log_died(s, "the agent did not answer in time");
 			return -ETIMEDOUT;
 		}
 	}

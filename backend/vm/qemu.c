@@ -24,20 +24,26 @@
 
 #include "backend/vm/vm.h"
 
+/* s, or fallback when s is NULL (a JSON member that is not there). */
+static const char *str_or(const char *s, const char *fallback)
+{
+	return s ? s : fallback;
+}
+
 /* --- identity ------------------------------------------------------------- */
 
 /* Is pid a live QEMU started in qdir?  Its -pidfile argument says so; a
  * zombie has an empty cmdline and so is not. */
-bool pid_is_ours(pid_t pid, const char *qdir)
+bool qemu_pid_is_ours(pid_t pid, const char *qdir)
 {
 	char path[64], want[PATH_MAX], args[8192];
 	bool qemu = false, mine = false;
 	ssize_t n;
 
-	if (pid <= 1 || pathf(want, "%s/qemu.pid", qdir) < 0)
+	if (pid <= 1 || vm_pathf(want, "%s/qemu.pid", qdir) < 0)
 		return false;
 	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-	n = read_small(path, args, sizeof(args));
+	n = vm_read_small(path, args, sizeof(args));
 	if (n <= 0)
 		return false;
 	for (char *a = args; a < args + n; a += strlen(a) + 1) {
@@ -51,7 +57,7 @@ bool pid_is_ours(pid_t pid, const char *qdir)
 	return qemu && mine;
 }
 
-pid_t pid_parse(const char *text)
+pid_t qemu_pid_parse(const char *text)
 {
 	char *end;
 	long v;
@@ -65,13 +71,13 @@ pid_t pid_parse(const char *text)
 	return (pid_t)v;
 }
 
-pid_t pid_from_file(const char *dir)
+pid_t qemu_pid_from_file(const char *dir)
 {
 	char path[PATH_MAX], text[32];
 
-	if (pathf(path, "%s/qemu.pid", dir) < 0 || read_small(path, text, sizeof(text)) <= 0)
+	if (vm_pathf(path, "%s/qemu.pid", dir) < 0 || vm_read_small(path, text, sizeof(text)) <= 0)
 		return 0;
-	return pid_parse(text);
+	return qemu_pid_parse(text);
 }
 
 void qemu_origin(const char *dir, char qdir[PATH_MAX])
@@ -79,8 +85,8 @@ void qemu_origin(const char *dir, char qdir[PATH_MAX])
 	char path[PATH_MAX];
 	ssize_t n = -1;
 
-	if (pathf(path, "%s/qemu.origin", dir) == 0)
-		n = read_small(path, qdir, PATH_MAX);
+	if (vm_pathf(path, "%s/qemu.origin", dir) == 0)
+		n = vm_read_small(path, qdir, PATH_MAX);
 	if (n > 0 && qdir[n - 1] == '\n')
 		qdir[n - 1] = '\0';
 	if (n <= 1)
@@ -93,7 +99,7 @@ void qemu_origin(const char *dir, char qdir[PATH_MAX])
 static bool wait_gone(pid_t pid, const char *qdir, int timeout_ms)
 {
 	double deadline = now_ms() + timeout_ms;
-	int pfd = pid_is_ours(pid, qdir) ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+	int pfd = qemu_pid_is_ours(pid, qdir) ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
 
 	if (pfd >= 0) {
 		struct pollfd p = { .fd = pfd, .events = POLLIN };
@@ -105,7 +111,7 @@ static bool wait_gone(pid_t pid, const char *qdir, int timeout_ms)
 		if (r == 0)
 			return false;
 	}
-	while (pid_is_ours(pid, qdir)) {
+	while (qemu_pid_is_ours(pid, qdir)) {
 		if (now_ms() > deadline)
 			return false;
 		sleep_ms(pfd >= 0 ? 1 : 5);
@@ -116,7 +122,7 @@ static bool wait_gone(pid_t pid, const char *qdir, int timeout_ms)
 /* A socket path short enough for sun_path.  QEMU gets the absolute path if
  * it fits, else the bare name (it binds before leaving our cwd, the
  * sandbox dir); we connect through /proc/self/fd/DIRFD when it doesn't. */
-void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX])
+void qemu_sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX])
 {
 	int n = snprintf(out, SOCK_PATH_MAX, "%s/%s", s->dir, name);
 
@@ -128,8 +134,39 @@ void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char ou
 		snprintf(out, SOCK_PATH_MAX, "/proc/self/fd/%d/%s", s->dirfd, name);
 }
 
+/* The last lines of a log file on one line, for error messages. */
+static void log_tail(const char *dir, const char *name, char *out, size_t n)
+{
+	char path[PATH_MAX], buf[1024];
+	int fd, lines = 0;
+	off_t size;
+	ssize_t got;
+	char *p;
+
+	snprintf(out, n, "(%s empty)", name);
+	if (vm_pathf(path, "%s/%s", dir, name) < 0 || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return;
+	size = lseek(fd, 0, SEEK_END);
+	got = size < 0 ? -1 : pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
+	close(fd);
+	if (got <= 0)
+		return;
+	buf[got] = '\0';
+	while (got > 0 && isspace((unsigned char)buf[got - 1]))
+		buf[--got] = '\0';
+	for (p = buf + got; p > buf; p--)
+		if (p[-1] == '\n' && ++lines == 4)
+			break;
+	for (char *c = p; *c; c++)
+		if (*c == '\n' || *c == '\r')
+			*c = '|';
+		else if (!isprint((unsigned char)*c))
+			*c = '?';
+	snprintf(out, n, "%s", p);
+}
+
 /* QEMU's own words on a failure: qemu.log, then the guest's console. */
-void say_died(const struct sandbox *s, const char *what)
+void qemu_log_died(const struct sandbox *s, const char *what)
 {
 	char q[512], c[512];
 
@@ -203,6 +240,9 @@ static const struct sock_fprog no_hugepage = {
 	.filter = (struct sock_filter *)no_hugepage_insns,
 };
 
+/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
+static int migrate_prepare(struct sandbox *s);
+
 /* On success s->pid and s->qmp are set; on failure nothing is left running. */
 int qemu_launch(struct sandbox *s, bool incoming)
 {
@@ -217,8 +257,8 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	sigset_t none;
 	pid_t child, w;
 
-	sock_path(s, "qmp.sock", true, qmp_sock);
-	sock_path(s, "agent.sock", true, agent_sock);
+	qemu_sock_path(s, "qmp.sock", true, qmp_sock);
+	qemu_sock_path(s, "agent.sock", true, agent_sock);
 	snprintf(mem, sizeof(mem), "%u", s->mem_mib);
 	snprintf(smp, sizeof(smp), "%u", s->vcpus);
 	snprintf(name, sizeof(name), "worldfs-%s", s->id);
@@ -230,7 +270,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 		snprintf(accel, sizeof(accel), "kvm");
 	else
 		snprintf(accel, sizeof(accel), "tcg,tb-size=%u", TCG_TB_MIB);
-	if ((r = pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = pathf(logpath, "%s/qemu.log", s->dir)) < 0)
+	if ((r = vm_pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = vm_pathf(logpath, "%s/qemu.log", s->dir)) < 0)
 		return r;
 	/* The root disk: one file, read by every QEMU of the image and never
 	 * written (the guest's writes go to an overlay in its memory). */
@@ -366,16 +406,16 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	/* w < 0 (ECHILD) when SIGCHLD is ignored: the pid file tells then. */
 	if (w == child && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
 		r = errno_from_log(s);
-		say_died(s, "qemu failed to start");
+		qemu_log_died(s, "qemu failed to start");
 		goto fail;
 	}
-	s->pid = pid_from_file(s->dir);
-	if (!pid_is_ours(s->pid, s->qdir)) {
+	s->pid = qemu_pid_from_file(s->dir);
+	if (!qemu_pid_is_ours(s->pid, s->qdir)) {
 		r = errno_from_log(s);
-		say_died(s, "qemu exited during start");
+		qemu_log_died(s, "qemu exited during start");
 		goto fail;
 	}
-	sock_path(s, "qmp.sock", false, us);
+	qemu_sock_path(s, "qmp.sock", false, us);
 	r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS);
 	if (r < 0) {
 		vm_log(s->id, "%s/qmp.sock: %s", s->dir, strerror(-r));
@@ -389,7 +429,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 fail:
 	qmp_close(s->qmp);
 	s->qmp = NULL;
-	if (s->pid > 0 && pid_is_ours(s->pid, s->qdir)) {
+	if (s->pid > 0 && qemu_pid_is_ours(s->pid, s->qdir)) {
 		kill(s->pid, SIGKILL);
 		wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS);
 	}
@@ -423,13 +463,13 @@ static void qemu_end(struct sandbox *s, bool quit)
 	if (s->pid > 0 && !(quitting && wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))) {
 		for (size_t i = quit ? 0 : 1; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
 			/* Signal only what is still our QEMU: the pid may be reused. */
-			if (!pid_is_ours(s->pid, s->qdir))
+			if (!qemu_pid_is_ours(s->pid, s->qdir))
 				break;
 			kill(s->pid, sigs[i]);
 			if (wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))
 				break;
 		}
-		if (pid_is_ours(s->pid, s->qdir))
+		if (qemu_pid_is_ours(s->pid, s->qdir))
 			vm_log(s->id, "qemu pid %d did not exit", (int)s->pid);
 	}
 	s->pid = 0;
@@ -440,7 +480,7 @@ void qemu_kill(struct sandbox *s) { qemu_end(s, false); }
 
 /* --- migration ------------------------------------------------------------ */
 
-int query_status(struct sandbox *s, char *out, size_t n)
+int qemu_status(struct sandbox *s, char *out, size_t n)
 {
 	json_t *ret = NULL;
 	int r = qmp_command(s->qmp, "query-status", NULL, &ret, QMP_TIMEOUT_MS);
@@ -451,20 +491,20 @@ int query_status(struct sandbox *s, char *out, size_t n)
 	return r;
 }
 
-int qmp_failed(struct sandbox *s, int r, const char *what)
+int qemu_cmd_failed(struct sandbox *s, int r, const char *what)
 {
 	if (r == -EREMOTEIO)
 		vm_log(s->id, "%s: %s: %s", what, qmp_error_class(s->qmp), qmp_error_desc(s->qmp));
-	else if (!pid_is_ours(s->pid, s->qdir)) {
+	else if (!qemu_pid_is_ours(s->pid, s->qdir)) {
 		s->broken = true;
-		say_died(s, what);
+		qemu_log_died(s, what);
 	} else {
 		vm_log(s->id, "%s: %s", what, strerror(-r));
 	}
 	return r == -ETIMEDOUT || r == -ENOMEM ? r : -EIO;
 }
 
-int migrate_prepare(struct sandbox *s)
+static int migrate_prepare(struct sandbox *s)
 {
 	int r;
 
@@ -474,7 +514,7 @@ int migrate_prepare(struct sandbox *s)
 	r = qmp_command(s->qmp, "migrate-set-parameters",
 			json_pack("{s:I}", "max-bandwidth", (json_int_t)INT64_MAX / 2), NULL, QMP_TIMEOUT_MS);
 	if (r < 0)
-		return qmp_failed(s, r, "migrate-set-parameters");
+		return qemu_cmd_failed(s, r, "migrate-set-parameters");
 	/* RAM shared with a file (share=on) stays out of the stream: the
 	 * file is the RAM.  Both ends must agree: it changes the format. */
 	if (s->cow) {
@@ -483,7 +523,7 @@ int migrate_prepare(struct sandbox *s)
 					  "state", 1),
 				NULL, QMP_TIMEOUT_MS);
 		if (r < 0)
-			return qmp_failed(s, r, "migrate-set-capabilities x-ignore-shared");
+			return qemu_cmd_failed(s, r, "migrate-set-capabilities x-ignore-shared");
 	}
 	s->migrate_ready = true;
 	return 0;
@@ -508,8 +548,8 @@ static int status_wait_while(struct sandbox *s, const char *state, char st[32], 
 	int r;
 
 	for (long pause = 1;; pause = poll_pause(pause, t0)) {
-		if ((r = query_status(s, st, 32)) < 0)
-			return qmp_failed(s, r, what);
+		if ((r = qemu_status(s, st, 32)) < 0)
+			return qemu_cmd_failed(s, r, what);
 		if (strcmp(st, state) != 0)
 			return 0;
 		if (now_ms() > deadline) {
@@ -534,7 +574,7 @@ static int migrate_wait(struct sandbox *s)
 	for (long pause = 1;; pause = poll_pause(pause, t0)) {
 		r = qmp_command(s->qmp, "query-migrate", NULL, &ret, QMP_TIMEOUT_MS);
 		if (r < 0)
-			return qmp_failed(s, r, "query-migrate");
+			return qemu_cmd_failed(s, r, "query-migrate");
 		st = str_or(json_string_value(json_object_get(ret, "status")), "");
 		if (strcmp(st, "completed") == 0 || strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
 			break;
@@ -581,17 +621,17 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		}
 	}
 	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0) {
-		r = qmp_failed(s, r, "getfd");
+		r = qemu_cmd_failed(s, r, "getfd");
 		goto out_fd;
 	}
 	t0 = now_ms();
 	if ((r = qmp_command(s->qmp, "stop", NULL, NULL, QMP_TIMEOUT_MS)) < 0) {
-		r = qmp_failed(s, r, "stop");
+		r = qemu_cmd_failed(s, r, "stop");
 		goto out_fd;
 	}
 	r = qmp_command(s->qmp, "migrate", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL, QMP_TIMEOUT_MS);
 	if (r < 0)
-		r = qmp_failed(s, r, "migrate");
+		r = qemu_cmd_failed(s, r, "migrate");
 	else
 		r = migrate_wait(s);
 	/* The guest is stopped: its RAM file is what the state goes with. */
@@ -607,7 +647,7 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		rc = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
 		if (rc < 0) {
 			s->broken = true;
-			rc = qmp_failed(s, rc, "cont");
+			rc = qemu_cmd_failed(s, rc, "cont");
 			if (r == 0)
 				r = rc;
 		}
@@ -627,11 +667,11 @@ int state_load(struct sandbox *s, int fd, double deadline)
 	if ((r = migrate_prepare(s)) < 0)
 		return r;
 	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "getfd");
+		return qemu_cmd_failed(s, r, "getfd");
 	r = qmp_command(s->qmp, "migrate-incoming", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL,
 			QMP_TIMEOUT_MS);
 	if (r < 0)
-		return qmp_failed(s, r, "migrate-incoming");
+		return qemu_cmd_failed(s, r, "migrate-incoming");
 	/* QEMU exits when the load fails: query-status then fails with EPIPE. */
 	if ((r = status_wait_while(s, "inmigrate", st, deadline, "loading the state")) < 0)
 		return r;
@@ -640,6 +680,6 @@ int state_load(struct sandbox *s, int fd, double deadline)
 		return -EIO;
 	}
 	if ((r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "cont");
+		return qemu_cmd_failed(s, r, "cont");
 	return 0;
 }

@@ -39,7 +39,7 @@ int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, u
 	struct sandbox *s;
 	int r;
 
-	if ((r = id_check(id)) < 0)
+	if ((r = vm_id_check(id)) < 0)
 		return r;
 	if (sandbox_reserved(id))
 		return -EINVAL;
@@ -53,7 +53,7 @@ int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, u
 	s->vcpus = vcpus ? vcpus : b->vcpus;
 	s->machine = MACHINE_CURRENT;
 	snprintf(s->id, sizeof(s->id), "%s", id);
-	if ((r = pathf(s->dir, "%s/%s", b->dir, id)) < 0) {
+	if ((r = vm_pathf(s->dir, "%s/%s", b->dir, id)) < 0) {
 		free(s);
 		return r;
 	}
@@ -82,13 +82,13 @@ static int sandbox_make_dir(struct sandbox *s)
 			vm_log(s->id, "%s: %s", s->dir, strerror(-r));
 		return r;
 	}
-	config_of(s, &c);
-	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, &c, false)) < 0) {
+	vm_config_of(s, &c);
+	if ((r = sandbox_open_dir(s)) < 0 || (r = vm_config_write(s->dir, &c, false)) < 0) {
 		vm_log(s->id, "%s: %s", s->dir, strerror(-r));
 		if (s->dirfd >= 0)
 			close(s->dirfd);
 		s->dirfd = -1;
-		rm_tree(s->dir);
+		vm_rm_tree(s->dir);
 	}
 	return r;
 }
@@ -116,7 +116,7 @@ int sandbox_discard(struct sandbox *s)
 	if (s->dirfd >= 0)
 		close(s->dirfd);
 	s->dirfd = -1;
-	r = rm_tree(s->dir);
+	r = vm_rm_tree(s->dir);
 	if (r < 0)
 		vm_log(s->id, "%s: %s", s->dir, strerror(-r));
 	if (s->b->ram_ready && ram_path(s->b, s->id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
@@ -201,15 +201,15 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 	struct stat st;
 	int fd = -1, ram_fd = -1, r;
 
-	if ((r = pathf(state, "%s/%s", tmp, s->cow ? "devstate" : "state")) < 0 ||
+	if ((r = vm_pathf(state, "%s/%s", tmp, s->cow ? "devstate" : "state")) < 0 ||
 	    (r = parent_of(dir, parent)) < 0 ||
 	    (s->cow && (r = parent_of(ram, ram_parent)) < 0))
 		return r;
 	if (s->broken)
 		return -EIO;
-	if (!replace && exists(dir))
+	if (!replace && vm_exists(dir))
 		return -EEXIST;
-	rm_tree(tmp);
+	vm_rm_tree(tmp);
 	if (mkdir(tmp, 0700) < 0) {
 		r = -errno;
 		vm_log(s->id, "%s: %s", tmp, strerror(-r));
@@ -240,25 +240,25 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 			goto out;
 		}
 		ram_placed = true;
-		if ((r = fsync_path(ram_parent)) < 0) {
+		if ((r = vm_fsync_path(ram_parent)) < 0) {
 			vm_log(s->id, "%s: %s", ram_parent, strerror(-r));
 			goto out;
 		}
 	}
-	config_of(s, &c);
-	if ((r = config_write(tmp, &c, true)) < 0 || (r = fsync_path(tmp)) < 0) {
+	vm_config_of(s, &c);
+	if ((r = vm_config_write(tmp, &c, true)) < 0 || (r = vm_fsync_path(tmp)) < 0) {
 		vm_log(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
 	if (replace)
-		rm_tree(dir);
+		vm_rm_tree(dir);
 	if (rename(tmp, dir) < 0) {
 		r = errno == ENOTEMPTY ? -EEXIST : -errno;
 		vm_log(s->id, "%s: %s", dir, strerror(-r));
 		goto out;
 	}
 	dir_placed = true;
-	if ((r = fsync_path(parent)) < 0)
+	if ((r = vm_fsync_path(parent)) < 0)
 		vm_log(s->id, "%s: %s", parent, strerror(-r));
 	*state_bytes = (uint64_t)st.st_size;
 out:
@@ -267,7 +267,7 @@ out:
 	if (ram_fd >= 0)
 		close(ram_fd);
 	if (r < 0) {
-		rm_tree(dir_placed ? dir : tmp);
+		vm_rm_tree(dir_placed ? dir : tmp);
 		if (s->cow)
 			unlink(ram_tmp);
 		if (ram_placed)

@@ -47,6 +47,22 @@ static const char kernel_append[] =
 	"console=ttyS0 quiet panic=-1 cryptomgr.notests tsc=reliable no_timer_check pci=off mitigations=off "
 	"nowatchdog transparent_hugepage=never sysctl.vm.compaction_proactiveness=0";
 
+/* path and its missing parents, like mkdir -p. */
+static int mkdir_p(char *path)
+{
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+			*p = '/';
+			return -errno;
+		}
+		*p = '/';
+	}
+	return mkdir(path, 0700) < 0 && errno != EEXIST ? -errno : 0;
+}
+
 /* The handle the registry keeps for a running world: its QEMU's pid, by
  * which resume() and probe() know the process again. */
 static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
@@ -101,21 +117,22 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	b->reseed_sessions = cfg->reseed_sessions;
 
 	/* Absolute paths throughout: QEMU runs from / once daemonized. */
-	if ((r = pathf(path, "%s/vm/snapshots", cfg->state_dir)) < 0 || (r = mkdir_p(path)) < 0) {
+	if ((r = vm_pathf(path, "%s/vm/snapshots", cfg->state_dir)) < 0 || (r = mkdir_p(path)) < 0) {
 		snprintf(err, errlen, "%s/vm/snapshots: %s", cfg->state_dir, strerror(-r));
 		goto fail;
 	}
-	if ((r = pathf(path, "%s/vm", cfg->state_dir)) < 0 || !realpath(path, b->dir)) {
+	if ((r = vm_pathf(path, "%s/vm", cfg->state_dir)) < 0 || !realpath(path, b->dir)) {
 		r = r < 0 ? r : -errno;
 		snprintf(err, errlen, "%s: %s", path, strerror(-r));
 		goto fail;
 	}
-	if ((r = pathf(b->snap_dir, "%s/snapshots", b->dir)) < 0 || (r = pathf(b->images_dir, "%s/images", b->dir)) < 0 ||
+	if ((r = vm_pathf(b->snap_dir, "%s/snapshots", b->dir)) < 0 ||
+	    (r = vm_pathf(b->images_dir, "%s/images", b->dir)) < 0 ||
 	    (mkdir(b->images_dir, 0700) < 0 && (r = -errno) != -EEXIST)) {
 		snprintf(err, errlen, "%s: %s", b->dir, strerror(-r));
 		goto fail;
 	}
-	if ((r = find_program("qemu-system-x86_64", b->qemu)) < 0) {
+	if ((r = vm_find_program("qemu-system-x86_64", b->qemu)) < 0) {
 		snprintf(err, errlen, "qemu-system-x86_64: not found in PATH (Debian: apt install qemu-system-x86)");
 		goto fail;
 	}
@@ -140,8 +157,8 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 		vm_log(NULL, "%s/golden: %s: every create boots cold", b->dir, strerror(-r));
 		b->golden_id[0] = '\0';
 	}
-	tmp_sweep(b->snap_dir);
-	tmp_sweep(b->golden_dir);
+	vm_tmp_sweep(b->snap_dir);
+	vm_tmp_sweep(b->golden_dir);
 	pool_sweep(b);
 	if (b->cow && cfg->pool_size > 0 && (r = pool_start(b, cfg->pool_size)) < 0)
 		vm_log(NULL, "warm pool: %s: none", strerror(-r));
@@ -284,12 +301,12 @@ static int vm_exec(struct sandbox *s, const char *code, size_t len, struct run_r
 /* A snapshot's dir and, if tmp is not NULL, the temp dir it is made in. */
 static int snapshot_paths(const struct backend *b, const char *snap_id, char dir[PATH_MAX], char tmp[PATH_MAX])
 {
-	int r = id_check(snap_id);
+	int r = vm_id_check(snap_id);
 
 	if (r == 0)
-		r = pathf(dir, "%s/%s", b->snap_dir, snap_id);
+		r = vm_pathf(dir, "%s/%s", b->snap_dir, snap_id);
 	if (r == 0 && tmp)
-		r = pathf(tmp, "%s/.%s.tmp", b->snap_dir, snap_id);
+		r = vm_pathf(tmp, "%s/.%s.tmp", b->snap_dir, snap_id);
 	return r;
 }
 /* Snapshot into a temporary directory, renamed into place once durable:
@@ -305,7 +322,7 @@ static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_i
 	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0)
 		return r;
 	if (s->cow && ((r = ram_snapshot_path(s->b, snap_id, ram)) < 0 ||
-		       (r = pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0))
+		       (r = vm_pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0))
 		return r;
 	if ((r = state_freeze(s, dir, tmp, ram, ram_tmp, false, &frozen, &bytes)) < 0)
 		return r;
@@ -322,11 +339,11 @@ static int vm_snapshot_delete(struct backend *b, const char *snap_id)
 
 	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
-	if (!exists(dir))
+	if (!vm_exists(dir))
 		return -ENOENT;
 	/* The dir is the snapshot: its RAM file goes after it. */
-	if ((r = rm_tree(dir)) == 0)
-		r = fsync_path(b->snap_dir);
+	if ((r = vm_rm_tree(dir)) == 0)
+		r = vm_fsync_path(b->snap_dir);
 	if (r < 0)
 		vm_log(NULL, "%s: %s", dir, strerror(-r));
 	if (r == 0 && b->ram_ready && ram_snapshot_path(b, snap_id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
@@ -367,7 +384,7 @@ static int branch_state_of_snapshot(struct backend *b, const char *snap_id, stru
 	ram[0] = '\0';
 	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
-	if ((r = config_read(dir, c)) < 0) {
+	if ((r = vm_config_read(dir, c)) < 0) {
 		if (r != -ENOENT)
 			vm_log(NULL, "%s/config: %s", dir, strerror(-r));
 		return r;
@@ -376,7 +393,7 @@ static int branch_state_of_snapshot(struct backend *b, const char *snap_id, stru
 		vm_log(NULL, "snapshot %s: its guest image is gone", snap_id);
 		return -EIO;
 	}
-	if ((r = pathf(state, "%s/%s", dir, c->cow ? "devstate" : "state")) < 0 ||
+	if ((r = vm_pathf(state, "%s/%s", dir, c->cow ? "devstate" : "state")) < 0 ||
 	    (c->cow && (r = ram_snapshot_path(b, snap_id, ram)) < 0))
 		return r;
 	if (c->cow && !b->ram_ready) {
@@ -408,7 +425,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	if (parent) {
 		if (parent->broken)
 			return -EIO;
-		config_of(parent, &c);
+		vm_config_of(parent, &c);
 		img = parent->img;
 	} else {
 		if (!snap_id)
@@ -498,8 +515,9 @@ static int vm_suspend(struct sandbox *s)
 	double frozen;
 	int fd = -1, r;
 
-	if ((r = pathf(tmp, "%s/suspend.state.tmp", s->dir)) < 0 || (r = pathf(path, "%s/suspend.state", s->dir)) < 0 ||
-	    (r = pathf(config, "%s/config", s->dir)) < 0 || (r = ram_path(b, s->id, ram)) < 0)
+	if ((r = vm_pathf(tmp, "%s/suspend.state.tmp", s->dir)) < 0 ||
+	    (r = vm_pathf(path, "%s/suspend.state", s->dir)) < 0 ||
+	    (r = vm_pathf(config, "%s/config", s->dir)) < 0 || (r = ram_path(b, s->id, ram)) < 0)
 		goto out;
 	if (!s->qmp) {
 		r = -EIO;
@@ -513,7 +531,7 @@ static int vm_suspend(struct sandbox *s)
 	}
 	if ((r = state_save(s, fd, -1, false, &frozen)) < 0)
 		goto out;
-	if ((s->cow && (r = fsync_path(ram)) < 0) || (r = fsync_path(config)) < 0 || fsync(fd) < 0 ||
+	if ((s->cow && (r = vm_fsync_path(ram)) < 0) || (r = vm_fsync_path(config)) < 0 || fsync(fd) < 0 ||
 	    rename(tmp, path) < 0 || fsync(s->dirfd) < 0) {
 		r = r < 0 ? r : -errno;
 		vm_log(s->id, "%s: %s", path, strerror(-r));
@@ -541,16 +559,16 @@ static int resume_reattach(struct sandbox *s, pid_t pid)
 	int r;
 
 	s->pid = pid;
-	sock_path(s, "qmp.sock", false, us);
+	qemu_sock_path(s, "qmp.sock", false, us);
 	if ((r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS)) < 0) {
 		vm_log(s->id, "reattach: %s/qmp.sock: %s", s->dir, strerror(-r));
 		return r;
 	}
-	if ((r = query_status(s, st, sizeof(st))) < 0)
-		return qmp_failed(s, r, "query-status");
+	if ((r = qemu_status(s, st, sizeof(st))) < 0)
+		return qemu_cmd_failed(s, r, "query-status");
 	/* Stopped mid-snapshot or mid-suspend when worldfs died. */
 	if (strcmp(st, "running") != 0 && (r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "cont");
+		return qemu_cmd_failed(s, r, "cont");
 	/* A run may still be going on: PING waits for it (exec_timeout). */
 	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
 	    (r = agent_reseed(s, deadline, false)) < 0)
@@ -565,7 +583,7 @@ static int resume_from_file(struct sandbox *s, const char *path)
 	double t0 = now_ms();
 	int fd, r;
 
-	if (s->cow && (!s->b->ram_ready || ram_path(s->b, s->id, ram) < 0 || !exists(ram))) {
+	if (s->cow && (!s->b->ram_ready || ram_path(s->b, s->id, ram) < 0 || !vm_exists(ram))) {
 		vm_log(s->id, "%s: its RAM file %s/%s.ram is missing", path, s->b->ram_dir, s->id);
 		return -ENOENT;
 	}
@@ -599,7 +617,7 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 
 	if ((r = sandbox_new(b, id, NULL, 0, 0, &s)) < 0)
 		return r;
-	if ((r = config_read(s->dir, &c)) < 0 || (r = sandbox_open_dir(s)) < 0) {
+	if ((r = vm_config_read(s->dir, &c)) < 0 || (r = sandbox_open_dir(s)) < 0) {
 		if (r != -ENOENT)
 			vm_log(id, "%s: %s", s->dir, strerror(-r));
 		sandbox_free(s);
@@ -615,13 +633,13 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 	s->cow = c.cow;
 	s->machine = c.machine;
 	qemu_origin(s->dir, s->qdir);
-	if ((r = pathf(path, "%s/suspend.state", s->dir)) < 0)
+	if ((r = vm_pathf(path, "%s/suspend.state", s->dir)) < 0)
 		goto fail;
 
-	pid = pid_parse(handle);
-	if (!pid_is_ours(pid, s->qdir))
-		pid = pid_from_file(s->dir);
-	if (pid_is_ours(pid, s->qdir)) {
+	pid = qemu_pid_parse(handle);
+	if (!qemu_pid_is_ours(pid, s->qdir))
+		pid = qemu_pid_from_file(s->dir);
+	if (qemu_pid_is_ours(pid, s->qdir)) {
 		r = resume_reattach(s, pid);
 		if (r == 0) {
 			unlink(path);  /* older than the running VM */
@@ -631,13 +649,13 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 		s->pid = pid;
 		qemu_stop(s);
 	}
-	if (exists(path)) {
+	if (vm_exists(path)) {
 		if ((r = resume_from_file(s, path)) < 0)
 			goto fail;
 		goto done;
 	}
 	/* Nothing to bring back: nobody else can clean these files up. */
-	say_died(s, "nothing to resume");
+	qemu_log_died(s, "nothing to resume");
 	sandbox_discard(s);
 	return -ENOENT;
 done:
@@ -656,15 +674,15 @@ static enum sandbox_presence vm_probe(struct backend *b, const char *id, const c
 	char dir[PATH_MAX], qdir[PATH_MAX], path[PATH_MAX], ram[PATH_MAX];
 	struct vm_config c;
 
-	if (id_check(id) < 0 || sandbox_reserved(id) || pathf(dir, "%s/%s", b->dir, id) < 0 ||
-	    pathf(path, "%s/suspend.state", dir) < 0)
+	if (vm_id_check(id) < 0 || sandbox_reserved(id) || vm_pathf(dir, "%s/%s", b->dir, id) < 0 ||
+	    vm_pathf(path, "%s/suspend.state", dir) < 0)
 		return SANDBOX_GONE;
 	qemu_origin(dir, qdir);
-	if (pid_is_ours(pid_parse(handle), qdir) || pid_is_ours(pid_from_file(dir), qdir))
+	if (qemu_pid_is_ours(qemu_pid_parse(handle), qdir) || qemu_pid_is_ours(qemu_pid_from_file(dir), qdir))
 		return SANDBOX_RUNNING;
-	if (!exists(path) || config_read(dir, &c) < 0)
+	if (!vm_exists(path) || vm_config_read(dir, &c) < 0)
 		return SANDBOX_GONE;
-	if (c.cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !exists(ram)))
+	if (c.cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !vm_exists(ram)))
 		return SANDBOX_GONE;
 	return SANDBOX_SAVED;
 }
@@ -679,17 +697,17 @@ static int vm_discard(struct backend *b, const char *id, const char *handle)
 
 	if ((r = sandbox_new(b, id, NULL, 0, 0, &s)) < 0)
 		return r;
-	if (!exists(s->dir)) {
+	if (!vm_exists(s->dir)) {
 		if (b->ram_ready && ram_path(b, id, ram) == 0)
 			unlink(ram);
 		sandbox_free(s);
 		return 0;
 	}
 	qemu_origin(s->dir, s->qdir);
-	pid = pid_parse(handle);
-	if (!pid_is_ours(pid, s->qdir))
-		pid = pid_from_file(s->dir);
-	s->pid = pid_is_ours(pid, s->qdir) ? pid : 0;
+	pid = qemu_pid_parse(handle);
+	if (!qemu_pid_is_ours(pid, s->qdir))
+		pid = qemu_pid_from_file(s->dir);
+	s->pid = qemu_pid_is_ours(pid, s->qdir) ? pid : 0;
 	return sandbox_discard(s);
 }
 
@@ -713,7 +731,7 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 			if (e->d_name[0] == '.' || known(ctx, e->d_name))
 				continue;
 			vm_log(e->d_name, "snapshot not in the registry: deleted");
-			rm_tree_at(dirfd(d), e->d_name);
+			vm_rm_tree_at(dirfd(d), e->d_name);
 		}
 		closedir(d);
 	}
@@ -732,7 +750,7 @@ static char *vm_describe(struct sandbox *s)
 			      "vcpus", (int)s->vcpus,
 			      "ram", s->cow ? "cow" : "copy",
 			      "image", s->img->name,
-			      "status", s->broken ? "failed" : pid_is_ours(s->pid, s->qdir) ? "up" : "down");
+			      "status", s->broken ? "failed" : qemu_pid_is_ours(s->pid, s->qdir) ? "up" : "down");
 	json_t *sessions = json_array();
 	char *text;
 

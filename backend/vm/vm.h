@@ -146,25 +146,28 @@ struct sandbox {
 
 /* --- files.c -------------------------------------------------------------- */
 
-const char *str_or(const char *s, const char *fallback);
-int pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int id_check(const char *id);
-bool exists(const char *path);
-int fsync_path(const char *path);
-int write_file(const char *dir, const char *name, const char *text, bool durable);
-ssize_t read_small(const char *path, char *buf, size_t n);
-int rm_tree_at(int parent, const char *name);
+/* snprintf into a path buffer: -ENAMETOOLONG if it does not fit. */
+int vm_pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* 0 if id (a registry or snapshot id) is a plain file name, else -EINVAL. */
+int vm_id_check(const char *id);
+bool vm_exists(const char *path);
+int vm_fsync_path(const char *path);
+/* Replace dir/name with text atomically, and durably if durable. */
+int vm_write_file(const char *dir, const char *name, const char *text, bool durable);
+/* Up to n-1 bytes of a small file, NUL-terminated: how many, or -errno. */
+ssize_t vm_read_small(const char *path, char *buf, size_t n);
+/* Remove name in the dir parent (path) and all below it; missing is fine. */
+int vm_rm_tree_at(int parent, const char *name);
+int vm_rm_tree(const char *path);
 /* Delete the .NAME.tmp entries of dir (left by a crash mid-freeze). */
-void tmp_sweep(const char *dir);
-int rm_tree(const char *path);
-int mkdir_p(char *path);
-int find_program(const char *name, char out[PATH_MAX]);
+void vm_tmp_sweep(const char *dir);
+/* name in PATH, then in the sbin dirs a non-login root shell may lack. */
+int vm_find_program(const char *name, char out[PATH_MAX]);
 /* FNV-1a: h extended with text; with a file's identity (path, size, mtime:
  * what changes when it is replaced or rebuilt), -errno if it has none. */
-#define FNV1A_INIT 0xcbf29ce484222325ull
-uint64_t fnv1a(uint64_t h, const char *text);
-int fnv1a_file(uint64_t *h, const char *path);
-void log_tail(const char *dir, const char *name, char *out, size_t n);
+#define VM_FNV1A_INIT 0xcbf29ce484222325ull
+uint64_t vm_fnv1a(uint64_t h, const char *text);
+int vm_fnv1a_file(uint64_t *h, const char *path);
 
 /* The machine a VM is started as; its device state only loads into the same.
  * 1: worldfs 0.1 (microvm with the i8254 PIT); 2: no PIT, whose 37 Hz timer
@@ -182,10 +185,10 @@ struct vm_config {
 	char image[IMAGE_DIGEST_MAX + 1]; /* the image's digest; "" for 0.1's */
 };
 
-int config_write(const char *dir, const struct vm_config *c, bool durable);
-int config_read(const char *dir, struct vm_config *c);
+int vm_config_write(const char *dir, const struct vm_config *c, bool durable);
+int vm_config_read(const char *dir, struct vm_config *c);
 /* The config of s as it runs. */
-void config_of(const struct sandbox *s, struct vm_config *c);
+void vm_config_of(const struct sandbox *s, struct vm_config *c);
 
 /* --- image.c -------------------------------------------------------------- */
 
@@ -230,13 +233,20 @@ void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char 
 
 /* --- qemu.c --------------------------------------------------------------- */
 
-bool pid_is_ours(pid_t pid, const char *qdir);
-pid_t pid_parse(const char *text);
-pid_t pid_from_file(const char *dir);
+/* Is pid a live QEMU started in qdir?  (Its -pidfile argument says so.) */
+bool qemu_pid_is_ours(pid_t pid, const char *qdir);
+/* The pid in a handle or a pid file's text; 0 if there is none. */
+pid_t qemu_pid_parse(const char *text);
+/* The pid in dir/qemu.pid; 0 if there is none. */
+pid_t qemu_pid_from_file(const char *dir);
 /* The dir a QEMU running for dir was started in: dir/qemu.origin, else dir. */
 void qemu_origin(const char *dir, char qdir[PATH_MAX]);
-void say_died(const struct sandbox *s, const char *what);
-void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX]);
+/* Log that what failed, in QEMU's own words: the last lines of qemu.log
+ * and console.log. */
+void qemu_log_died(const struct sandbox *s, const char *what);
+/* The path of s's socket name, for QEMU to bind (for_qemu) or for us to
+ * connect to; short enough for sun_path either way. */
+void qemu_sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX]);
 
 /* Start QEMU for s, daemonized; incoming: wait paused for state_load().
  * A cow sandbox maps ram_dir/<id>.ram, which must exist with its size. */
@@ -245,10 +255,11 @@ int qemu_launch(struct sandbox *s, bool incoming);
  * does not.  Both leave s with no process and no connections. */
 void qemu_stop(struct sandbox *s);
 void qemu_kill(struct sandbox *s);
-int qmp_failed(struct sandbox *s, int r, const char *what);
-int query_status(struct sandbox *s, char *out, size_t n);
-/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
-int migrate_prepare(struct sandbox *s);
+/* A QMP command (what) failed with r: log why (s is broken if QEMU is
+ * gone); the error to return: r for a time-out or ENOMEM, else -EIO. */
+int qemu_cmd_failed(struct sandbox *s, int r, const char *what);
+/* QEMU's run state ("running", "inmigrate", "paused", ...) into out. */
+int qemu_status(struct sandbox *s, char *out, size_t n);
 
 /* Stop the guest, write QEMU's state to fd (device state only when cow:
  * its RAM is the file), and, if ram_to is given, clone the RAM file to it

@@ -31,12 +31,12 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	return rm_tree(dir);
+	return vm_rm_tree(dir);
 }
 
 static void put(const char *text)
 {
-	assert_int_equal(write_file(dir, "config", text, false), 0);
+	assert_int_equal(vm_write_file(dir, "config", text, false), 0);
 }
 
 static void round_trip(void **state)
@@ -45,16 +45,16 @@ static void round_trip(void **state)
 			       .image = "54b83ec78d1db5ae708ac7d14df212c816bcddc12beec67dd7d2db3c2a04ceca" }, r;
 	(void)state;
 
-	assert_int_equal(config_write(dir, &c, true), 0);
-	assert_int_equal(config_read(dir, &r), 0);
+	assert_int_equal(vm_config_write(dir, &c, true), 0);
+	assert_int_equal(vm_config_read(dir, &r), 0);
 	assert_int_equal(r.mem_mib, 2048);
 	assert_int_equal(r.vcpus, 2);
 	assert_true(r.cow);
 	assert_int_equal(r.machine, MACHINE_CURRENT);
 	assert_string_equal(r.image, c.image);
 	c = (struct vm_config){ .mem_mib = 128, .vcpus = 1, .cow = false, .machine = MACHINE_PIT };
-	assert_int_equal(config_write(dir, &c, false), 0);
-	assert_int_equal(config_read(dir, &r), 0);
+	assert_int_equal(vm_config_write(dir, &c, false), 0);
+	assert_int_equal(vm_config_read(dir, &r), 0);
 	assert_false(r.cow);
 	assert_int_equal(r.machine, MACHINE_PIT);
 	assert_string_equal(r.image, "");
@@ -67,28 +67,28 @@ static void older_and_newer(void **state)
 
 	/* worldfs 0.1 and the first cow states: machine 1, 0.1's image */
 	put("mem_mib=128\nvcpus=1\n");
-	assert_int_equal(config_read(dir, &c), 0);
+	assert_int_equal(vm_config_read(dir, &c), 0);
 	assert_int_equal(c.machine, MACHINE_PIT);
 	assert_string_equal(c.image, "");
 	put("mem_mib=128\nvcpus=1\nram=file\n");
-	assert_int_equal(config_read(dir, &c), 0);
+	assert_int_equal(vm_config_read(dir, &c), 0);
 	assert_true(c.cow);
 	assert_int_equal(c.machine, MACHINE_PIT);
 	/* before images had names: machine 2, no image line */
 	put("mem_mib=128\nvcpus=1\nram=file\nmachine=2\n");
-	assert_int_equal(config_read(dir, &c), 0);
+	assert_int_equal(vm_config_read(dir, &c), 0);
 	assert_int_equal(c.machine, MACHINE_NO_PIT);
 	assert_string_equal(c.image, "");
 	/* a machine this worldfs does not know is refused, not guessed */
 	put("mem_mib=128\nvcpus=1\nmachine=99\n");
-	assert_int_equal(config_read(dir, &c), -EINVAL);
+	assert_int_equal(vm_config_read(dir, &c), -EINVAL);
 	put("mem_mib=0\nvcpus=1\n");
-	assert_int_equal(config_read(dir, &c), -EINVAL);
+	assert_int_equal(vm_config_read(dir, &c), -EINVAL);
 	/* an image line that is not a digest (a path, a traversal) is refused */
 	put("mem_mib=128\nvcpus=1\nmachine=2\nimage=../../etc\n");
-	assert_int_equal(config_read(dir, &c), -EINVAL);
+	assert_int_equal(vm_config_read(dir, &c), -EINVAL);
 	put("mem_mib=128\nvcpus=1\nmachine=2\nimage=\n");
-	assert_int_equal(config_read(dir, &c), -EINVAL);
+	assert_int_equal(vm_config_read(dir, &c), -EINVAL);
 }
 
 /* What vm_log writes for each kind of line, read back from stderr. */
@@ -112,7 +112,7 @@ static void log_lines(void **state)
 	dup2(saved, 2);
 	close(saved);
 	close(fd);
-	assert_true(read_small(path, text, sizeof(text)) > 0);
+	assert_true(vm_read_small(path, text, sizeof(text)) > 0);
 	assert_string_equal(text, "worldfs: vm w1: agent: 7\n"
 				  "worldfs: vm: warm pool: Out of memory: none\n"
 				  "worldfs: /dev/kvm: using kvm\n");
