@@ -1,6 +1,7 @@
-/* qemu.c: the QEMU process behind a sandbox: starting it daemonized,
- * knowing it again by its command line, stopping it, and moving its state
- * in and out through migration to a file descriptor passed over QMP. */
+/* qemu.c: the QEMU process behind a sandbox: its command line (built by
+ * qemu_argv, pure, unit-tested), starting it daemonized, knowing it again
+ * by its command line, stopping it, and moving its state in and out
+ * through migration to a file descriptor passed over QMP. */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -187,7 +188,7 @@ static int errno_from_log(const struct sandbox *s)
 	return -EIO;
 }
 
-/* --- start and stop ------------------------------------------------------- */
+/* --- command line --------------------------------------------------------- */
 
 /* QEMU's option lists split at commas: a comma in a value is doubled. */
 static int opt_value(char *out, size_t n, const char *prefix, const char *value)
@@ -207,6 +208,99 @@ static int opt_value(char *out, size_t n, const char *prefix, const char *value)
 	out[o] = '\0';
 	return 0;
 }
+
+int qemu_argv(const struct qemu_spec *q, struct qemu_cmdline *out)
+{
+	const char **argv = out->argv;
+	int argc = 0, r;
+
+	snprintf(out->mem, sizeof(out->mem), "%u", q->mem_mib);
+	snprintf(out->smp, sizeof(out->smp), "%u", q->vcpus);
+	snprintf(out->name, sizeof(out->name), "worldfs-%s", q->id);
+	snprintf(out->qmp, sizeof(out->qmp), "unix:%s,server=on,wait=off", q->qmp_sock);
+	snprintf(out->agent, sizeof(out->agent), "socket,id=agent,path=%s,server=on,wait=off", q->agent_sock);
+	snprintf(out->machine, sizeof(out->machine), "microvm,x-option-roms=off,rtc=on,isa-serial=on%s%s",
+		 q->machine >= MACHINE_NO_PIT ? ",pit=off" : "", q->ram ? ",memory-backend=mem" : "");
+	if (q->kvm)
+		snprintf(out->accel, sizeof(out->accel), "kvm");
+	else
+		snprintf(out->accel, sizeof(out->accel), "tcg,tb-size=%u", TCG_TB_MIB);
+	/* The root disk: one file, read by every QEMU of the image and never
+	 * written (the guest's writes go to an overlay in its memory). */
+	if (q->root && q->root[0] &&
+	    (r = opt_value(out->root, sizeof(out->root), "if=none,id=root,format=raw,readonly=on,file=", q->root)) < 0)
+		return r;
+	if (q->ram) {
+		char prefix[64];
+
+		snprintf(prefix, sizeof(prefix), "memory-backend-file,id=mem,share=on,size=%uM,mem-path=", q->mem_mib);
+		if ((r = opt_value(out->ram, sizeof(out->ram), prefix, q->ram)) < 0)
+			return r;
+	}
+
+	argv[argc++] = q->qemu;
+	argv[argc++] = "-name";
+	argv[argc++] = out->name;
+	argv[argc++] = "-M";
+	argv[argc++] = out->machine;
+	argv[argc++] = "-accel";
+	argv[argc++] = out->accel;
+	argv[argc++] = "-cpu";
+	argv[argc++] = q->kvm ? "host" : "max";
+	argv[argc++] = "-m";
+	argv[argc++] = out->mem;
+	if (q->ram) {
+		argv[argc++] = "-object";
+		argv[argc++] = out->ram;
+	}
+	argv[argc++] = "-smp";
+	argv[argc++] = out->smp;
+	argv[argc++] = "-nodefaults";
+	argv[argc++] = "-no-user-config";
+	argv[argc++] = "-nographic";
+	argv[argc++] = "-no-reboot";
+	argv[argc++] = "-kernel";
+	argv[argc++] = q->kernel;
+	argv[argc++] = "-initrd";
+	argv[argc++] = q->initrd;
+	argv[argc++] = "-append";
+	argv[argc++] = q->append;
+	argv[argc++] = "-serial";
+	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in its cwd, the sandbox dir */
+	argv[argc++] = "-device";
+	argv[argc++] = "virtio-serial-device";
+	argv[argc++] = "-chardev";
+	argv[argc++] = out->agent;
+	argv[argc++] = "-device";
+	argv[argc++] = "virtserialport,chardev=agent,name=agent";
+	if (q->root && q->root[0]) {
+		argv[argc++] = "-drive";
+		argv[argc++] = out->root;
+		argv[argc++] = "-device";
+		argv[argc++] = "virtio-blk-device,drive=root";
+	}
+	argv[argc++] = "-qmp";
+	argv[argc++] = out->qmp;
+	/* -D keeps QEMU's stderr (qemu.log) open after daemonizing, so its
+	 * later errors (a failed migration load) are not lost in /dev/null. */
+	argv[argc++] = "-D";
+	argv[argc++] = q->log;
+	argv[argc++] = "-daemonize";
+	argv[argc++] = "-pidfile";
+	argv[argc++] = q->pidfile;
+	if (q->incoming) {
+		argv[argc++] = "-incoming";
+		argv[argc++] = "defer";
+		argv[argc++] = "-S";
+	}
+	argv[argc] = NULL;
+	return 0;
+}
+
+/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
+static int migrate_prepare(struct sandbox *s);
+
+/* --- start and stop ------------------------------------------------------- */
 
 /* QEMU madvises all guest RAM MADV_HUGEPAGE, and for a RAM file that
  * makes the kernel fill the mapping with 2 MiB page-cache folios: one
@@ -240,156 +334,49 @@ static const struct sock_fprog no_hugepage = {
 	.filter = (struct sock_filter *)no_hugepage_insns,
 };
 
-/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
-static int migrate_prepare(struct sandbox *s);
-
-/* On success s->pid and s->qmp are set; on failure nothing is left running. */
-int qemu_launch(struct sandbox *s, bool incoming)
+/* Fork and exec QEMU (argv) in s's dir, in a session of its own, with its
+ * stdout and stderr going to logfd: the child's pid, or -errno. */
+static pid_t spawn(const struct sandbox *s, int logfd, const char *const argv[])
 {
-	const struct backend *b = s->b;
-	char mem[32], smp[32], name[ID_MAX + 16], pidfile[PATH_MAX], logpath[PATH_MAX];
-	char qmp_sock[SOCK_PATH_MAX], agent_sock[SOCK_PATH_MAX], us[SOCK_PATH_MAX];
-	char qmp_arg[SOCK_PATH_MAX + 48], agent_arg[SOCK_PATH_MAX + 80], accel[64];
-	char ram[PATH_MAX], ram_arg[2 * PATH_MAX + 96], machine[160], root_arg[2 * PATH_MAX + 96];
-	const char *argv[64];
-	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
-	int argc = 0, logfd = -1, status = 0, r;
 	sigset_t none;
-	pid_t child, w;
+	pid_t child;
+	int devnull;
 
-	qemu_sock_path(s, "qmp.sock", true, qmp_sock);
-	qemu_sock_path(s, "agent.sock", true, agent_sock);
-	snprintf(mem, sizeof(mem), "%u", s->mem_mib);
-	snprintf(smp, sizeof(smp), "%u", s->vcpus);
-	snprintf(name, sizeof(name), "worldfs-%s", s->id);
-	snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", qmp_sock);
-	snprintf(agent_arg, sizeof(agent_arg), "socket,id=agent,path=%s,server=on,wait=off", agent_sock);
-	snprintf(machine, sizeof(machine), "microvm,x-option-roms=off,rtc=on,isa-serial=on%s%s",
-		 s->machine >= MACHINE_NO_PIT ? ",pit=off" : "", s->cow ? ",memory-backend=mem" : "");
-	if (b->kvm)
-		snprintf(accel, sizeof(accel), "kvm");
-	else
-		snprintf(accel, sizeof(accel), "tcg,tb-size=%u", TCG_TB_MIB);
-	if ((r = vm_pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = vm_pathf(logpath, "%s/qemu.log", s->dir)) < 0)
-		return r;
-	/* The root disk: one file, read by every QEMU of the image and never
-	 * written (the guest's writes go to an overlay in its memory). */
-	if (s->img->root[0] &&
-	    (r = opt_value(root_arg, sizeof(root_arg), "if=none,id=root,format=raw,readonly=on,file=", s->img->root)) < 0)
-		return r;
-	if (s->cow) {
-		char prefix[64];
-
-		snprintf(prefix, sizeof(prefix), "memory-backend-file,id=mem,share=on,size=%uM,mem-path=", s->mem_mib);
-		if ((r = ram_path(b, s->id, ram)) < 0 || (r = opt_value(ram_arg, sizeof(ram_arg), prefix, ram)) < 0)
-			return r;
-	}
-	/* Leftovers of an earlier run would make QEMU's bind() fail. */
-	unlinkat(s->dirfd, "qmp.sock", 0);
-	unlinkat(s->dirfd, "agent.sock", 0);
-	unlinkat(s->dirfd, "qemu.pid", 0);
-	unlinkat(s->dirfd, "qemu.origin", 0);
-	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
-
-	argv[argc++] = b->qemu;
-	argv[argc++] = "-name";
-	argv[argc++] = name;
-	argv[argc++] = "-M";
-	argv[argc++] = machine;
-	argv[argc++] = "-accel";
-	argv[argc++] = accel;
-	argv[argc++] = "-cpu";
-	argv[argc++] = b->kvm ? "host" : "max";
-	argv[argc++] = "-m";
-	argv[argc++] = mem;
-	if (s->cow) {
-		argv[argc++] = "-object";
-		argv[argc++] = ram_arg;
-	}
-	argv[argc++] = "-smp";
-	argv[argc++] = smp;
-	argv[argc++] = "-nodefaults";
-	argv[argc++] = "-no-user-config";
-	argv[argc++] = "-nographic";
-	argv[argc++] = "-no-reboot";
-	argv[argc++] = "-kernel";
-	argv[argc++] = s->img->kernel;
-	argv[argc++] = "-initrd";
-	argv[argc++] = s->img->initrd;
-	argv[argc++] = "-append";
-	argv[argc++] = s->img->append;
-	argv[argc++] = "-serial";
-	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in our cwd, the sandbox dir */
-	argv[argc++] = "-device";
-	argv[argc++] = "virtio-serial-device";
-	argv[argc++] = "-chardev";
-	argv[argc++] = agent_arg;
-	argv[argc++] = "-device";
-	argv[argc++] = "virtserialport,chardev=agent,name=agent";
-	if (s->img->root[0]) {
-		argv[argc++] = "-drive";
-		argv[argc++] = root_arg;
-		argv[argc++] = "-device";
-		argv[argc++] = "virtio-blk-device,drive=root";
-	}
-	argv[argc++] = "-qmp";
-	argv[argc++] = qmp_arg;
-	/* -D keeps QEMU's stderr (qemu.log) open after daemonizing, so its
-	 * later errors (a failed migration load) are not lost in /dev/null. */
-	argv[argc++] = "-D";
-	argv[argc++] = logpath;
-	argv[argc++] = "-daemonize";
-	argv[argc++] = "-pidfile";
-	argv[argc++] = pidfile;
-	if (incoming) {
-		argv[argc++] = "-incoming";
-		argv[argc++] = "defer";
-		argv[argc++] = "-S";
-	}
-	argv[argc] = NULL;
-
-	logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-	if (logfd < 0) {
-		r = -errno;
-		vm_log(s->id, "%s: %s", logpath, strerror(-r));
-		return r;
-	}
 	sigemptyset(&none);
 	child = fork();
-	if (child < 0) {
-		r = -errno;
-		close(logfd);
-		vm_log(s->id, "fork: %s", strerror(-r));
-		return r;
+	if (child != 0)
+		return child < 0 ? -errno : child;
+	/* Only async-signal-safe calls here: other threads may hold locks. */
+	devnull = open("/dev/null", O_RDONLY);
+	setsid();
+	if (chdir(s->dir) < 0)
+		_exit(126);
+	if (devnull >= 0)
+		dup2(devnull, 0);
+	dup2(logfd, 1);
+	dup2(logfd, 2);
+	close_range(3, ~0u, 0);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* Without the filter (seccomp not allowed here) it only costs memory. */
+	if (s->cow && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+		       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &no_hugepage) < 0)) {
+		static const char msg[] = "worldfs: no seccomp filter: guest RAM may use huge pages\n";
+		ssize_t w = write(2, msg, sizeof(msg) - 1);  /* into qemu.log */
+
+		(void)w;
 	}
-	if (child == 0) {
-		/* Only async-signal-safe calls here: other threads may hold locks. */
-		int devnull = open("/dev/null", O_RDONLY);
+	execv(argv[0], (char *const *)argv);
+	_exit(127);
+}
 
-		setsid();
-		if (chdir(s->dir) < 0)
-			_exit(126);
-		if (devnull >= 0)
-			dup2(devnull, 0);
-		dup2(logfd, 1);
-		dup2(logfd, 2);
-		close_range(3, ~0u, 0);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		/* Without the filter (seccomp not allowed here) it only costs memory. */
-		if (s->cow && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
-			       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &no_hugepage) < 0)) {
-			static const char msg[] = "worldfs: no seccomp filter: guest RAM may use huge pages\n";
-			ssize_t w = write(2, msg, sizeof(msg) - 1);  /* into qemu.log */
+/* Wait for the foreground QEMU (child) to exit, which it does once the
+ * daemon is initialized (sockets bound, pid file written) or has failed;
+ * then s->pid is the daemon's. */
+static int daemonized(struct sandbox *s, pid_t child, double deadline)
+{
+	int status = 0, r;
+	pid_t w;
 
-			(void)w;
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	close(logfd);
-
-	/* The foreground QEMU exits once the daemon is initialized (sockets
-	 * bound, pid file written) or has failed. */
 	for (long pause = 1;; pause = pause < 4 ? pause * 2 : pause) {
 		w = waitpid(child, &status, WNOHANG);
 		if (w == child || (w < 0 && errno != EINTR))
@@ -398,8 +385,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 			kill(child, SIGKILL);
 			waitpid(child, &status, 0);
 			vm_log(s->id, "qemu did not start within %d s", LAUNCH_TIMEOUT_MS / 1000);
-			r = -ETIMEDOUT;
-			goto fail;
+			return -ETIMEDOUT;
 		}
 		sleep_ms(pause);
 	}
@@ -407,14 +393,64 @@ int qemu_launch(struct sandbox *s, bool incoming)
 	if (w == child && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
 		r = errno_from_log(s);
 		qemu_log_died(s, "qemu failed to start");
-		goto fail;
+		return r;
 	}
 	s->pid = qemu_pid_from_file(s->dir);
 	if (!qemu_pid_is_ours(s->pid, s->qdir)) {
 		r = errno_from_log(s);
 		qemu_log_died(s, "qemu exited during start");
-		goto fail;
+		return r;
 	}
+	return 0;
+}
+
+/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
+static int migrate_prepare(struct sandbox *s);
+
+/* On success s->pid and s->qmp are set; on failure nothing is left running. */
+int qemu_launch(struct sandbox *s, bool incoming)
+{
+	const struct backend *b = s->b;
+	char pidfile[PATH_MAX], logpath[PATH_MAX], ram[PATH_MAX];
+	char qmp_sock[SOCK_PATH_MAX], agent_sock[SOCK_PATH_MAX], us[SOCK_PATH_MAX];
+	struct qemu_spec spec = {
+		.qemu = b->qemu, .id = s->id, .kvm = b->kvm, .machine = s->machine,
+		.mem_mib = s->mem_mib, .vcpus = s->vcpus, .ram = s->cow ? ram : NULL,
+		.kernel = s->img->kernel, .initrd = s->img->initrd, .append = s->img->append, .root = s->img->root,
+		.qmp_sock = qmp_sock, .agent_sock = agent_sock, .pidfile = pidfile, .log = logpath,
+		.incoming = incoming,
+	};
+	struct qemu_cmdline cmd;
+	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
+	int logfd, r;
+	pid_t child;
+
+	qemu_sock_path(s, "qmp.sock", true, qmp_sock);
+	qemu_sock_path(s, "agent.sock", true, agent_sock);
+	if ((r = vm_pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = vm_pathf(logpath, "%s/qemu.log", s->dir)) < 0 ||
+	    (s->cow && (r = ram_path(b, s->id, ram)) < 0) || (r = qemu_argv(&spec, &cmd)) < 0)
+		return r;
+	/* Leftovers of an earlier run would make QEMU's bind() fail. */
+	unlinkat(s->dirfd, "qmp.sock", 0);
+	unlinkat(s->dirfd, "agent.sock", 0);
+	unlinkat(s->dirfd, "qemu.pid", 0);
+	unlinkat(s->dirfd, "qemu.origin", 0);
+	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
+
+	logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	if (logfd < 0) {
+		r = -errno;
+		vm_log(s->id, "%s: %s", logpath, strerror(-r));
+		return r;
+	}
+	child = spawn(s, logfd, cmd.argv);
+	close(logfd);
+	if (child < 0) {
+		vm_log(s->id, "fork: %s", strerror((int)-child));
+		return (int)child;
+	}
+	if ((r = daemonized(s, child, deadline)) < 0)
+		goto fail;
 	qemu_sock_path(s, "qmp.sock", false, us);
 	r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS);
 	if (r < 0) {

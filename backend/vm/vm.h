@@ -248,6 +248,34 @@ void qemu_log_died(const struct sandbox *s, const char *what);
  * connect to; short enough for sun_path either way. */
 void qemu_sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX]);
 
+/* What a QEMU is started with: all that qemu_argv() reads. */
+struct qemu_spec {
+	const char *qemu;          /* the binary */
+	const char *id;            /* the sandbox's: the process is named worldfs-<id> */
+	bool kvm;                  /* -accel kvm -cpu host, else TCG -cpu max */
+	unsigned machine;          /* MACHINE_*: from MACHINE_NO_PIT on, no PIT */
+	unsigned mem_mib, vcpus;
+	const char *ram;           /* cow: guest RAM is this file, mapped shared; NULL: anonymous */
+	const char *kernel, *initrd, *append;
+	const char *root;          /* the root disk, attached read-only; NULL or "": none */
+	const char *qmp_sock, *agent_sock; /* for QEMU to bind (qemu_sock_path) */
+	const char *pidfile, *log; /* -pidfile (which also marks the process as ours), -D */
+	bool incoming;             /* wait paused for a state: -incoming defer -S */
+};
+
+/* A QEMU command line: argv, NULL-terminated, points into the strings
+ * beside it (so the struct is not to be copied). */
+struct qemu_cmdline {
+	const char *argv[64];
+	char name[ID_MAX + 16], machine[160], accel[64], mem[32], smp[32];
+	char qmp[SOCK_PATH_MAX + 48], agent[SOCK_PATH_MAX + 80];
+	char ram[2 * PATH_MAX + 96], root[2 * PATH_MAX + 96];
+};
+
+/* Build the command line of a QEMU as spec says into out: no I/O, nothing
+ * read but spec.  -ENAMETOOLONG if a path does not fit. */
+int qemu_argv(const struct qemu_spec *spec, struct qemu_cmdline *out);
+
 /* Start QEMU for s, daemonized; incoming: wait paused for state_load().
  * A cow sandbox maps ram_dir/<id>.ram, which must exist with its size. */
 int qemu_launch(struct sandbox *s, bool incoming);

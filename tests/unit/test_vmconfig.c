@@ -2,7 +2,8 @@
  * that can load its saved state: memory, vCPUs, RAM kind, machine and
  * image.  States saved by worldfs 0.1 have no machine or image line and
  * must keep loading into the machine and image they were made with.
- * Also the vm backend's log lines, which users and tests grep. */
+ * The QEMU command line such a config starts (qemu_argv), and the vm
+ * backend's log lines, which users and tests grep. */
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -118,12 +119,173 @@ static void log_lines(void **state)
 				  "worldfs: /dev/kvm: using kvm\n");
 }
 
+/* --- the QEMU command line ------------------------------------------------ */
+
+/* A cow world of the debian image under KVM, booting. */
+static struct qemu_spec spec_cow(void)
+{
+	return (struct qemu_spec){
+		.qemu = "/usr/bin/qemu-system-x86_64", .id = "w1", .kvm = true, .machine = MACHINE_CURRENT,
+		.mem_mib = 2048, .vcpus = 2, .ram = "/st/vm/ram/w1.ram",
+		.kernel = "/img/vmlinux", .initrd = "/img/initrd.cpio.gz", .append = "console=ttyS0 quiet",
+		.root = "/img/root.img", .qmp_sock = "/st/vm/w1/qmp.sock", .agent_sock = "/st/vm/w1/agent.sock",
+		.pidfile = "/st/vm/w1/qemu.pid", .log = "/st/vm/w1/qemu.log",
+	};
+}
+
+/* argc, after checking that argv ends with NULL within its array. */
+static int argc_of(const struct qemu_cmdline *c)
+{
+	size_t n = sizeof(c->argv) / sizeof(c->argv[0]);
+
+	for (size_t i = 0; i < n; i++)
+		if (!c->argv[i])
+			return (int)i;
+	fail_msg("argv is not NULL-terminated");
+	return -1;
+}
+
+/* The value after the first opt, NULL if opt is not there. */
+static const char *opt(const struct qemu_cmdline *c, const char *name)
+{
+	for (int i = 0; i < argc_of(c); i++)
+		if (strcmp(c->argv[i], name) == 0)
+			return c->argv[i + 1];
+	return NULL;
+}
+
+static bool has(const struct qemu_cmdline *c, const char *arg)
+{
+	for (int i = 0; i < argc_of(c); i++)
+		if (strcmp(c->argv[i], arg) == 0)
+			return true;
+	return false;
+}
+
+static void argv_cow_kvm_boot(void **state)
+{
+	struct qemu_spec q = spec_cow();
+	struct qemu_cmdline c;
+	(void)state;
+
+	assert_int_equal(qemu_argv(&q, &c), 0);
+	assert_string_equal(c.argv[0], "/usr/bin/qemu-system-x86_64");
+	assert_string_equal(opt(&c, "-name"), "worldfs-w1");
+	/* no PIT; RAM from the memory backend below */
+	assert_string_equal(opt(&c, "-M"), "microvm,x-option-roms=off,rtc=on,isa-serial=on,pit=off,memory-backend=mem");
+	assert_string_equal(opt(&c, "-accel"), "kvm");
+	assert_string_equal(opt(&c, "-cpu"), "host");
+	assert_string_equal(opt(&c, "-m"), "2048");
+	assert_string_equal(opt(&c, "-smp"), "2");
+	/* the RAM is the file, shared, so that a freeze clones it */
+	assert_string_equal(opt(&c, "-object"),
+			    "memory-backend-file,id=mem,share=on,size=2048M,mem-path=/st/vm/ram/w1.ram");
+	/* the root disk every world of the image shares is never written */
+	assert_string_equal(opt(&c, "-drive"), "if=none,id=root,format=raw,readonly=on,file=/img/root.img");
+	assert_true(has(&c, "virtio-blk-device,drive=root"));
+	assert_string_equal(opt(&c, "-kernel"), "/img/vmlinux");
+	assert_string_equal(opt(&c, "-initrd"), "/img/initrd.cpio.gz");
+	assert_string_equal(opt(&c, "-append"), "console=ttyS0 quiet");
+	assert_string_equal(opt(&c, "-qmp"), "unix:/st/vm/w1/qmp.sock,server=on,wait=off");
+	assert_string_equal(opt(&c, "-chardev"), "socket,id=agent,path=/st/vm/w1/agent.sock,server=on,wait=off");
+	assert_string_equal(opt(&c, "-pidfile"), "/st/vm/w1/qemu.pid");
+	assert_string_equal(opt(&c, "-D"), "/st/vm/w1/qemu.log");
+	assert_true(has(&c, "-daemonize"));
+	/* a boot runs at once */
+	assert_null(opt(&c, "-incoming"));
+	assert_false(has(&c, "-S"));
+}
+
+/* 0.1's kind of world: full-copy RAM, the PIT, TCG, no root disk, resumed. */
+static void argv_copy_tcg_resume(void **state)
+{
+	struct qemu_spec q = spec_cow();
+	struct qemu_cmdline c;
+	char accel[64];
+	int argc;
+	(void)state;
+
+	q.kvm = false;
+	q.machine = MACHINE_PIT;
+	q.ram = NULL;
+	q.root = "";
+	q.mem_mib = 128;
+	q.vcpus = 1;
+	q.incoming = true;
+	assert_int_equal(qemu_argv(&q, &c), 0);
+	assert_string_equal(opt(&c, "-M"), "microvm,x-option-roms=off,rtc=on,isa-serial=on");
+	snprintf(accel, sizeof(accel), "tcg,tb-size=%u", TCG_TB_MIB);
+	assert_string_equal(opt(&c, "-accel"), accel);
+	assert_string_equal(opt(&c, "-cpu"), "max");
+	assert_string_equal(opt(&c, "-m"), "128");
+	assert_string_equal(opt(&c, "-smp"), "1");
+	/* anonymous RAM, which the migration stream carries */
+	assert_null(opt(&c, "-object"));
+	assert_null(opt(&c, "-drive"));
+	assert_false(has(&c, "virtio-blk-device,drive=root"));
+	/* waits, paused, for the state to load */
+	assert_string_equal(opt(&c, "-incoming"), "defer");
+	argc = argc_of(&c);
+	assert_string_equal(c.argv[argc - 1], "-S");
+}
+
+/* A cow world on the machine of 0.1 (a snapshot it froze) keeps the PIT. */
+static void argv_cow_pit(void **state)
+{
+	struct qemu_spec q = spec_cow();
+	struct qemu_cmdline c;
+	(void)state;
+
+	q.machine = MACHINE_PIT;
+	q.root = NULL;
+	assert_int_equal(qemu_argv(&q, &c), 0);
+	assert_string_equal(opt(&c, "-M"), "microvm,x-option-roms=off,rtc=on,isa-serial=on,memory-backend=mem");
+	assert_non_null(opt(&c, "-object"));
+	assert_null(opt(&c, "-drive"));
+}
+
+/* A comma in a path is doubled, else QEMU would split the option there. */
+static void argv_commas(void **state)
+{
+	struct qemu_spec q = spec_cow();
+	struct qemu_cmdline c;
+	(void)state;
+
+	q.root = "/img/a,b/root.img";
+	q.ram = "/st,x/ram/w1.ram";
+	assert_int_equal(qemu_argv(&q, &c), 0);
+	assert_string_equal(opt(&c, "-drive"), "if=none,id=root,format=raw,readonly=on,file=/img/a,,b/root.img");
+	assert_string_equal(opt(&c, "-object"),
+			    "memory-backend-file,id=mem,share=on,size=2048M,mem-path=/st,,x/ram/w1.ram");
+}
+
+static void argv_too_long(void **state)
+{
+	static char commas[2 * PATH_MAX];
+	struct qemu_spec q = spec_cow();
+	struct qemu_cmdline c;
+	(void)state;
+
+	/* each comma doubles: twice the room a path may take */
+	memset(commas, ',', sizeof(commas) - 1);
+	q.root = commas;
+	assert_int_equal(qemu_argv(&q, &c), -ENAMETOOLONG);
+	q = spec_cow();
+	q.ram = commas;
+	assert_int_equal(qemu_argv(&q, &c), -ENAMETOOLONG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(older_and_newer, setup, teardown),
 		cmocka_unit_test_setup_teardown(log_lines, setup, teardown),
+		cmocka_unit_test(argv_cow_kvm_boot),
+		cmocka_unit_test(argv_copy_tcg_resume),
+		cmocka_unit_test(argv_cow_pit),
+		cmocka_unit_test(argv_commas),
+		cmocka_unit_test(argv_too_long),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
