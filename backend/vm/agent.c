@@ -17,7 +17,7 @@ int agent_connect(struct sandbox *s, double deadline)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
-	sock_path(s, "agent.sock", false, sa.sun_path);
+	qemu_sock_path(s, "agent.sock", false, sa.sun_path);
 	for (;;) {
 		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), err;
 
@@ -30,7 +30,7 @@ int agent_connect(struct sandbox *s, double deadline)
 		err = errno;
 		close(fd);
 		if ((err != ENOENT && err != ECONNREFUSED && err != EINTR) || now_ms() > deadline) {
-			say(s->id, "%s/agent.sock: %s", s->dir, strerror(err));
+			vm_log(s->id, "%s/agent.sock: %s", s->dir, strerror(err));
 			return -err;
 		}
 		sleep_ms(10);
@@ -41,10 +41,10 @@ int agent_connect(struct sandbox *s, double deadline)
 static int agent_lost(struct sandbox *s, int r, const char *what)
 {
 	s->broken = true;
-	if (!pid_is_ours(s->pid, s->qdir))
-		say_died(s, "qemu exited");
+	if (!qemu_pid_is_ours(s->pid, s->qdir))
+		qemu_log_died(s, "qemu exited");
 	else
-		say(s->id, "agent %s: %s", what, strerror(-r));
+		vm_log(s->id, "agent %s: %s", what, strerror(-r));
 	return -EIO;
 }
 
@@ -122,10 +122,10 @@ int agent_ping(struct sandbox *s, double deadline)
 			break;
 		if (r != -ETIMEDOUT)
 			return agent_lost(s, r, "ping");
-		if (!pid_is_ours(s->pid, s->qdir))
+		if (!qemu_pid_is_ours(s->pid, s->qdir))
 			return agent_lost(s, -ESRCH, "ping");
 		if (now_ms() > deadline) {
-			say_died(s, "the agent did not answer in time");
+			qemu_log_died(s, "the agent did not answer in time");
 			return -ETIMEDOUT;
 		}
 	}
@@ -220,7 +220,7 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout
 		return agent_lost(s, r, "exec");
 	r = agent_wait(s, PROTO_RESULT, run_id, &f, &buf, deadline, deadline);
 	if (r == -ETIMEDOUT) {
-		say(s->id, "the agent gave no result %u s after the run's time-out", EXEC_GRACE_MS / 1000);
+		vm_log(s->id, "the agent gave no result %u s after the run's time-out", EXEC_GRACE_MS / 1000);
 		return agent_lost(s, r, "exec");
 	}
 	if (r < 0)

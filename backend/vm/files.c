@@ -1,5 +1,6 @@
-/* files.c: the small file helpers of the vm backend: paths, durable
- * writes, trees, the per-VM config file, log tails for error messages. */
+/* files.c: the small file helpers of the vm backend, all named vm_*:
+ * paths and ids, durable writes, small reads, trees, programs in PATH,
+ * FNV-1a identities of files, and the per-VM config file. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -14,24 +15,7 @@
 
 #include "backend/vm/vm.h"
 
-void say(const char *id, const char *fmt, ...)
-{
-	char msg[2048];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	/* One fprintf per message, so lines of parallel sandboxes don't mix. */
-	fprintf(stderr, "worldfs: vm %s: %s\n", id, msg);
-}
-
-const char *str_or(const char *s, const char *fallback)
-{
-	return s ? s : fallback;
-}
-
-int pathf(char out[PATH_MAX], const char *fmt, ...)
+int vm_pathf(char out[PATH_MAX], const char *fmt, ...)
 {
 	va_list ap;
 	int n;
@@ -43,7 +27,7 @@ int pathf(char out[PATH_MAX], const char *fmt, ...)
 }
 
 /* Registry ids and snapshot ids become file names: keep them plain. */
-int id_check(const char *id)
+int vm_id_check(const char *id)
 {
 	size_t n = strlen(id);
 
@@ -55,12 +39,12 @@ int id_check(const char *id)
 	return 0;
 }
 
-bool exists(const char *path)
+bool vm_exists(const char *path)
 {
 	return access(path, F_OK) == 0;
 }
 
-int fsync_path(const char *path)
+int vm_fsync_path(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC), r = 0;
 
@@ -74,12 +58,12 @@ int fsync_path(const char *path)
 
 /* Replace dir/name with text, atomically (temp file, rename) and, if
  * durable, durably (fsync the file before and the dir after the rename). */
-int write_file(const char *dir, const char *name, const char *text, bool durable)
+int vm_write_file(const char *dir, const char *name, const char *text, bool durable)
 {
 	char tmp[PATH_MAX], path[PATH_MAX];
 	int fd = -1, r;
 
-	if ((r = pathf(tmp, "%s/.%s.tmp", dir, name)) < 0 || (r = pathf(path, "%s/%s", dir, name)) < 0)
+	if ((r = vm_pathf(tmp, "%s/.%s.tmp", dir, name)) < 0 || (r = vm_pathf(path, "%s/%s", dir, name)) < 0)
 		return r;
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
@@ -92,14 +76,14 @@ int write_file(const char *dir, const char *name, const char *text, bool durable
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;
 	if (r == 0 && durable)
-		r = fsync_path(dir);
+		r = vm_fsync_path(dir);
 	if (r < 0)
 		unlink(tmp);
 	return r;
 }
 
 /* Read up to n-1 bytes of a small file, NUL-terminated.  Bytes or -errno. */
-ssize_t read_small(const char *path, char *buf, size_t n)
+ssize_t vm_read_small(const char *path, char *buf, size_t n)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	ssize_t got;
@@ -115,7 +99,7 @@ ssize_t read_small(const char *path, char *buf, size_t n)
 	return got;
 }
 
-int rm_tree_at(int parent, const char *name)
+int vm_rm_tree_at(int parent, const char *name)
 {
 	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	struct dirent *e;
@@ -138,7 +122,7 @@ int rm_tree_at(int parent, const char *name)
 		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
 			continue;
 		if (e->d_type == DT_DIR || e->d_type == DT_UNKNOWN)
-			rr = rm_tree_at(dirfd(d), e->d_name);
+			rr = vm_rm_tree_at(dirfd(d), e->d_name);
 		else
 			rr = unlinkat(dirfd(d), e->d_name, 0) < 0 ? -errno : 0;
 		if (rr < 0 && rr != -ENOENT && r == 0)
@@ -151,28 +135,13 @@ int rm_tree_at(int parent, const char *name)
 }
 
 /* Remove path and everything below it; a missing path is fine. */
-int rm_tree(const char *path)
+int vm_rm_tree(const char *path)
 {
-	return rm_tree_at(AT_FDCWD, path);
-}
-
-int mkdir_p(char *path)
-{
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-			*p = '/';
-			return -errno;
-		}
-		*p = '/';
-	}
-	return mkdir(path, 0700) < 0 && errno != EEXIST ? -errno : 0;
+	return vm_rm_tree_at(AT_FDCWD, path);
 }
 
 /* name in PATH, then in the sbin directories a non-login root shell may lack. */
-int find_program(const char *name, char out[PATH_MAX])
+int vm_find_program(const char *name, char out[PATH_MAX])
 {
 	const char *path = getenv("PATH");
 	char all[8192];
@@ -192,19 +161,19 @@ int find_program(const char *name, char out[PATH_MAX])
 	return -ENOENT;
 }
 
-int config_write(const char *dir, const struct vm_config *c, bool durable)
+int vm_config_write(const char *dir, const struct vm_config *c, bool durable)
 {
 	char text[256];
 
 	snprintf(text, sizeof(text), "mem_mib=%u\nvcpus=%u\n%smachine=%u\n%s%s%s", c->mem_mib, c->vcpus,
 		 c->cow ? "ram=file\n" : "", c->machine, c->image[0] ? "image=" : "", c->image,
 		 c->image[0] ? "\n" : "");
-	return write_file(dir, "config", text, durable);
+	return vm_write_file(dir, "config", text, durable);
 }
 
 /* A config without a ram= line is a full-copy VM, one without a machine=
  * line machine 1, one without an image= line 0.1's image (worldfs 0.1). */
-int config_read(const char *dir, struct vm_config *c)
+int vm_config_read(const char *dir, struct vm_config *c)
 {
 	char path[PATH_MAX], text[256];
 	const char *m;
@@ -212,9 +181,9 @@ int config_read(const char *dir, struct vm_config *c)
 	int r;
 
 	memset(c, 0, sizeof(*c));
-	if ((r = pathf(path, "%s/config", dir)) < 0)
+	if ((r = vm_pathf(path, "%s/config", dir)) < 0)
 		return r;
-	n = read_small(path, text, sizeof(text));
+	n = vm_read_small(path, text, sizeof(text));
 	if (n < 0)
 		return (int)n;
 	if (sscanf(text, "mem_mib=%u vcpus=%u", &c->mem_mib, &c->vcpus) != 2 || c->mem_mib == 0 || c->vcpus == 0)
@@ -237,14 +206,14 @@ int config_read(const char *dir, struct vm_config *c)
 	return 0;
 }
 
-void config_of(const struct sandbox *s, struct vm_config *c)
+void vm_config_of(const struct sandbox *s, struct vm_config *c)
 {
 	*c = (struct vm_config){ .mem_mib = s->mem_mib, .vcpus = s->vcpus, .cow = s->cow, .machine = s->machine };
 	if (s->img && s->img != s->b->legacy)
 		snprintf(c->image, sizeof(c->image), "%s", s->img->digest);
 }
 
-uint64_t fnv1a(uint64_t h, const char *text)
+uint64_t vm_fnv1a(uint64_t h, const char *text)
 {
 	for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
 		h ^= *c;
@@ -253,7 +222,7 @@ uint64_t fnv1a(uint64_t h, const char *text)
 	return h;
 }
 
-int fnv1a_file(uint64_t *h, const char *path)
+int vm_fnv1a_file(uint64_t *h, const char *path)
 {
 	char part[PATH_MAX + 64];
 	struct stat st;
@@ -262,43 +231,12 @@ int fnv1a_file(uint64_t *h, const char *path)
 		return -errno;
 	snprintf(part, sizeof(part), "%s:%lld:%lld.%09ld;", path, (long long)st.st_size,
 		 (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
-	*h = fnv1a(*h, part);
+	*h = vm_fnv1a(*h, part);
 	return 0;
 }
 
-/* The last lines of a log file on one line, for error messages. */
-void log_tail(const char *dir, const char *name, char *out, size_t n)
-{
-	char path[PATH_MAX], buf[1024];
-	int fd, lines = 0;
-	off_t size;
-	ssize_t got;
-	char *p;
-
-	snprintf(out, n, "(%s empty)", name);
-	if (pathf(path, "%s/%s", dir, name) < 0 || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return;
-	size = lseek(fd, 0, SEEK_END);
-	got = size < 0 ? -1 : pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
-	close(fd);
-	if (got <= 0)
-		return;
-	buf[got] = '\0';
-	while (got > 0 && isspace((unsigned char)buf[got - 1]))
-		buf[--got] = '\0';
-	for (p = buf + got; p > buf; p--)
-		if (p[-1] == '\n' && ++lines == 4)
-			break;
-	for (char *c = p; *c; c++)
-		if (*c == '\n' || *c == '\r')
-			*c = '|';
-		else if (!isprint((unsigned char)*c))
-			*c = '?';
-	snprintf(out, n, "%s", p);
-}
-
 /* Temporary files and dirs (.NAME.tmp) are what a crash mid-freeze leaves. */
-void tmp_sweep(const char *dir)
+void vm_tmp_sweep(const char *dir)
 {
 	DIR *d = opendir(dir);
 	struct dirent *e;
@@ -309,7 +247,7 @@ void tmp_sweep(const char *dir)
 		size_t n = strlen(e->d_name);
 
 		if (e->d_name[0] == '.' && n > 5 && strcmp(e->d_name + n - 4, ".tmp") == 0)
-			rm_tree_at(dirfd(d), e->d_name);
+			vm_rm_tree_at(dirfd(d), e->d_name);
 	}
 	closedir(d);
 }

@@ -38,9 +38,9 @@ static void golden_sweep(struct backend *b)
 	while ((e = readdir(d))) {
 		if (e->d_name[0] == '.' || strncmp(e->d_name, prefix, strlen(prefix)) == 0)
 			continue;
-		if (pathf(ram, "%s/golden/%s.ram", b->ram_dir, e->d_name) == 0)
+		if (vm_pathf(ram, "%s/golden/%s.ram", b->ram_dir, e->d_name) == 0)
 			unlink(ram);
-		rm_tree_at(dirfd(d), e->d_name);
+		vm_rm_tree_at(dirfd(d), e->d_name);
 	}
 	closedir(d);
 }
@@ -48,20 +48,20 @@ static void golden_sweep(struct backend *b)
 int golden_init(struct backend *b, const char *kernel_args)
 {
 	char extra[512];
-	uint64_t h = FNV1A_INIT;
+	uint64_t h = VM_FNV1A_INIT;
 	int r;
 
-	if (pathf(b->golden_dir, "%s/golden", b->dir) < 0)
+	if (vm_pathf(b->golden_dir, "%s/golden", b->dir) < 0)
 		return -ENAMETOOLONG;
 	if (mkdir(b->golden_dir, 0700) < 0 && errno != EEXIST)
 		return -errno;
-	if ((r = fnv1a_file(&h, b->qemu)) < 0)
+	if ((r = vm_fnv1a_file(&h, b->qemu)) < 0)
 		return r;
 	/* What else the frozen guest was made with (the image is in the key);
 	 * format 2. */
 	snprintf(extra, sizeof(extra), "golden-2;%s;%s;tb=%u;machine=%u;", kernel_args, b->kvm ? "kvm" : "tcg",
 		 TCG_TB_MIB, MACHINE_CURRENT);
-	h = fnv1a(h, extra);
+	h = vm_fnv1a(h, extra);
 	snprintf(b->golden_id, sizeof(b->golden_id), "%016llx", (unsigned long long)h);
 	golden_sweep(b);
 	return 0;
@@ -80,9 +80,9 @@ static int golden_paths(const struct backend *b, const struct vm_image *img, uns
 	int r;
 
 	golden_key(b, img, mem_mib, vcpus, key, sizeof(key));
-	if ((r = pathf(dir, "%s/%s", b->golden_dir, key)) < 0)
+	if ((r = vm_pathf(dir, "%s/%s", b->golden_dir, key)) < 0)
 		return r;
-	return pathf(ram, "%s/golden/%s.ram", b->ram_dir, key);
+	return vm_pathf(ram, "%s/golden/%s.ram", b->ram_dir, key);
 }
 
 int golden_open(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
@@ -91,9 +91,10 @@ int golden_open(struct backend *b, const struct vm_image *img, unsigned mem_mib,
 	char dir[PATH_MAX], devstate[PATH_MAX];
 	int fd, r;
 
-	if ((r = golden_paths(b, img, mem_mib, vcpus, dir, ram)) < 0 || (r = pathf(devstate, "%s/devstate", dir)) < 0)
+	if ((r = golden_paths(b, img, mem_mib, vcpus, dir, ram)) < 0 ||
+	    (r = vm_pathf(devstate, "%s/devstate", dir)) < 0)
 		return r;
-	if (!exists(ram))
+	if (!vm_exists(ram))
 		return -ENOENT;
 	fd = open(devstate, O_RDONLY | O_CLOEXEC);
 	return fd < 0 ? -errno : fd;
@@ -105,9 +106,9 @@ void golden_drop(struct backend *b, const struct vm_image *img, unsigned mem_mib
 
 	if (golden_paths(b, img, mem_mib, vcpus, dir, ram) < 0)
 		return;
-	rm_tree(dir);
+	vm_rm_tree(dir);
 	unlink(ram);
-	fsync_path(b->golden_dir);
+	vm_fsync_path(b->golden_dir);
 }
 
 /* What the image asks the golden state to hold started: its Python
@@ -131,12 +132,12 @@ static void warm_up(struct sandbox *s)
 		return;
 	r = agent_exec(s, code, n, WARM_UP_TIMEOUT_MS, &res);
 	if (r < 0)
-		say(s->id, "warm-up (import %s): %s", s->img->preload, strerror(-r));
+		vm_log(s->id, "warm-up (import %s): %s", s->img->preload, strerror(-r));
 	else if (res.status != 0)
-		say(s->id, "warm-up (import %s): status %d: %.300s", s->img->preload, res.status, res.err);
+		vm_log(s->id, "warm-up (import %s): status %d: %.300s", s->img->preload, res.status, res.err);
 	else
-		fprintf(stderr, "worldfs: vm: golden state of %s: %s imported in %.0f ms\n", s->img->name,
-			s->img->preload, now_ms() - t0);
+		vm_log(NULL, "golden state of %s: %s imported in %.0f ms", s->img->name,
+		       s->img->preload, now_ms() - t0);
 	run_result_release(&res);
 }
 
@@ -151,16 +152,16 @@ int golden_bake(struct sandbox *s)
 	warm_up(s);
 	golden_key(b, s->img, s->mem_mib, s->vcpus, key, sizeof(key));
 	if ((r = golden_paths(b, s->img, s->mem_mib, s->vcpus, dir, ram)) < 0 ||
-	    (r = pathf(tmp, "%s/.%s.tmp", b->golden_dir, key)) < 0 ||
-	    (r = pathf(ram_tmp, "%s/golden/.%s.ram.tmp", b->ram_dir, key)) < 0)
+	    (r = vm_pathf(tmp, "%s/.%s.tmp", b->golden_dir, key)) < 0 ||
+	    (r = vm_pathf(ram_tmp, "%s/golden/.%s.ram.tmp", b->ram_dir, key)) < 0)
 		return r;
 	/* A golden state of the same key is replaced, never added beside. */
 	r = state_freeze(s, dir, tmp, ram, ram_tmp, true, &frozen, &bytes);
 	if (r < 0) {
-		say(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
+		vm_log(s->id, "golden state %s: %s (the next create boots cold again)", key, strerror(-r));
 		return r;
 	}
-	fprintf(stderr, "worldfs: vm: golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it\n",
-		key, frozen, now_ms() - t0);
+	vm_log(NULL, "golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it",
+	       key, frozen, now_ms() - t0);
 	return 0;
 }

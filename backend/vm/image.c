@@ -58,9 +58,9 @@ static int manifest_load(const char *dir, struct vm_image *img, char *err, size_
 	char *end;
 	int r;
 
-	if ((r = pathf(path, "%s/manifest", dir)) < 0)
+	if ((r = vm_pathf(path, "%s/manifest", dir)) < 0)
 		return r;
-	n = read_small(path, text, sizeof(text));
+	n = vm_read_small(path, text, sizeof(text));
 	if (n < 0) {
 		snprintf(err, errlen, "%s: %s", path, strerror((int)-n));
 		return (int)n;
@@ -87,7 +87,7 @@ static int manifest_load(const char *dir, struct vm_image *img, char *err, size_
 			snprintf(err, errlen, "%s: root=%s: expected a file name in the image directory", path, v);
 			return -EINVAL;
 		}
-		if ((r = pathf(img->root, "%s/%s", dir, v)) < 0)
+		if ((r = vm_pathf(img->root, "%s/%s", dir, v)) < 0)
 			return r;
 	}
 	img->preload[0] = '\0';
@@ -99,7 +99,8 @@ static int manifest_load(const char *dir, struct vm_image *img, char *err, size_
 		}
 		snprintf(img->preload, sizeof(img->preload), "%s", v);
 	}
-	if ((r = pathf(img->kernel, "%s/vmlinux", dir)) < 0 || (r = pathf(img->initrd, "%s/initrd.cpio.gz", dir)) < 0)
+	if ((r = vm_pathf(img->kernel, "%s/vmlinux", dir)) < 0 ||
+	    (r = vm_pathf(img->initrd, "%s/initrd.cpio.gz", dir)) < 0)
 		return r;
 	return 0;
 }
@@ -108,15 +109,16 @@ static int manifest_load(const char *dir, struct vm_image *img, char *err, size_
  * busybox-like, named by its files' identity. */
 static int legacy_load(const char *dir, struct vm_image *img, char *err, size_t errlen)
 {
-	uint64_t h = FNV1A_INIT;
+	uint64_t h = VM_FNV1A_INIT;
 	int r;
 
-	if ((r = pathf(img->kernel, "%s/vmlinux", dir)) < 0 || (r = pathf(img->initrd, "%s/initrd.cpio.gz", dir)) < 0)
+	if ((r = vm_pathf(img->kernel, "%s/vmlinux", dir)) < 0 ||
+	    (r = vm_pathf(img->initrd, "%s/initrd.cpio.gz", dir)) < 0)
 		return r;
 	for (int i = 0; i < 2; i++) {
 		const char *f = i ? img->initrd : img->kernel;
 
-		if ((r = fnv1a_file(&h, f)) < 0) {
+		if ((r = vm_fnv1a_file(&h, f)) < 0) {
 			snprintf(err, errlen, "%s: %s", f, strerror(-r));
 			return r;
 		}
@@ -136,7 +138,7 @@ static int pin_file(const char *src, const char *dst)
 	int in, out, r = 0;
 
 	if (link(src, dst) == 0)
-		return fsync_path(dst);
+		return vm_fsync_path(dst);
 	if (errno != EXDEV && errno != EPERM && errno != EMLINK)
 		return -errno;
 	in = open(src, O_RDONLY | O_CLOEXEC);
@@ -182,38 +184,40 @@ static int pin(struct backend *b, const char *src, struct vm_image *img, char *e
 		snprintf(root_name, sizeof(root_name), "%s", strrchr(img->root, '/') + 1);
 		root = files[nfiles++] = root_name;
 	}
-	if ((r = pathf(dir, "%s/%s", b->images_dir, img->digest)) < 0 ||
-	    (r = pathf(tmp, "%s/.%s.tmp", b->images_dir, img->digest)) < 0 ||
-	    (r = pathf(from, "%s/manifest", src)) < 0)
+	if ((r = vm_pathf(dir, "%s/%s", b->images_dir, img->digest)) < 0 ||
+	    (r = vm_pathf(tmp, "%s/.%s.tmp", b->images_dir, img->digest)) < 0 ||
+	    (r = vm_pathf(from, "%s/manifest", src)) < 0)
 		return r;
-	if (exists(from))
+	if (vm_exists(from))
 		files[nfiles++] = "manifest";
-	if (!exists(dir)) {
-		rm_tree(tmp);
+	if (!vm_exists(dir)) {
+		vm_rm_tree(tmp);
 		if (mkdir(tmp, 0700) < 0) {
 			r = -errno;
 			snprintf(err, errlen, "%s: %s", tmp, strerror(-r));
 			return r;
 		}
 		for (size_t i = 0; i < nfiles; i++) {
-			if ((r = pathf(from, "%s/%s", src, files[i])) < 0 || (r = pathf(to, "%s/%s", tmp, files[i])) < 0)
+			if ((r = vm_pathf(from, "%s/%s", src, files[i])) < 0 ||
+			    (r = vm_pathf(to, "%s/%s", tmp, files[i])) < 0)
 				return r;
 			if ((r = pin_file(from, to)) < 0) {
 				snprintf(err, errlen, "%s -> %s: %s", from, to, strerror(-r));
-				rm_tree(tmp);
+				vm_rm_tree(tmp);
 				return r;
 			}
 		}
-		if ((r = fsync_path(tmp)) < 0 || rename(tmp, dir) < 0 || (r = fsync_path(b->images_dir)) < 0) {
+		if ((r = vm_fsync_path(tmp)) < 0 || rename(tmp, dir) < 0 || (r = vm_fsync_path(b->images_dir)) < 0) {
 			r = r < 0 ? r : -errno;
 			snprintf(err, errlen, "%s: %s", dir, strerror(-r));
-			rm_tree(tmp);
+			vm_rm_tree(tmp);
 			return r;
 		}
 	}
 	snprintf(img->dir, sizeof(img->dir), "%s", dir);
-	if ((r = pathf(img->kernel, "%s/vmlinux", dir)) < 0 || (r = pathf(img->initrd, "%s/initrd.cpio.gz", dir)) < 0 ||
-	    (root && (r = pathf(img->root, "%s/%s", dir, root)) < 0))
+	if ((r = vm_pathf(img->kernel, "%s/vmlinux", dir)) < 0 ||
+	    (r = vm_pathf(img->initrd, "%s/initrd.cpio.gz", dir)) < 0 ||
+	    (root && (r = vm_pathf(img->root, "%s/%s", dir, root)) < 0))
 		return r;
 	return 0;
 }
@@ -246,9 +250,9 @@ int image_open(struct backend *b, const char *spec, const char *base, struct vm_
 
 	/* A name is a directory of base; anything with a slash a path. */
 	if (strchr(spec, '/'))
-		r = pathf(src, "%s", spec);
+		r = vm_pathf(src, "%s", spec);
 	else if (all_of(spec, NAME_CHARS) && spec[0] != '.')
-		r = pathf(src, "%s/%s", base, spec);
+		r = vm_pathf(src, "%s/%s", base, spec);
 	else
 		r = -EINVAL;
 	if (r < 0) {
@@ -262,9 +266,9 @@ int image_open(struct backend *b, const char *spec, const char *base, struct vm_
 		return r;
 	}
 	snprintf(src, sizeof(src), "%s", manifest);
-	if ((r = pathf(manifest, "%s/manifest", src)) < 0)
+	if ((r = vm_pathf(manifest, "%s/manifest", src)) < 0)
 		return r;
-	r = exists(manifest) ? manifest_load(src, &tmpl, err, errlen) : legacy_load(src, &tmpl, err, errlen);
+	r = vm_exists(manifest) ? manifest_load(src, &tmpl, err, errlen) : legacy_load(src, &tmpl, err, errlen);
 	if (r < 0)
 		return r;
 	if ((r = pin(b, src, &tmpl, err, errlen)) < 0)
@@ -295,10 +299,10 @@ static const struct vm_image *legacy_image(struct backend *b)
 	pthread_mutex_lock(&b->legacy_lock);
 	if (!b->legacy) {
 		if (image_open(b, "busybox", b->image_base, &img, err, sizeof(err)) < 0) {
-			fprintf(stderr, "worldfs: vm: the image of worldfs 0.1's states: %s\n", err);
+			vm_log(NULL, "the image of worldfs 0.1's states: %s", err);
 			img = b->img->root[0] ? NULL : b->img;
 		}
-		/* A copy of its own, so that config_of() tells it apart. */
+		/* A copy of its own, so that vm_config_of() tells it apart. */
 		if (img && (copy = malloc(sizeof(*copy)))) {
 			*copy = *img;
 			copy->next = NULL;
@@ -321,15 +325,15 @@ const struct vm_image *image_find(struct backend *b, const char *digest)
 	pthread_mutex_lock(&b->images_lock);
 	for (img = b->images; img && strcmp(img->digest, digest) != 0; img = img->next)
 		;
-	if (!img && pathf(dir, "%s/%s", b->images_dir, digest) == 0) {
-		int r = exists(dir) ? 0 : -ENOENT;
+	if (!img && vm_pathf(dir, "%s/%s", b->images_dir, digest) == 0) {
+		int r = vm_exists(dir) ? 0 : -ENOENT;
 
 		if (r == 0) {
 			char manifest[PATH_MAX];
 
-			r = pathf(manifest, "%s/manifest", dir);
+			r = vm_pathf(manifest, "%s/manifest", dir);
 			if (r == 0)
-				r = exists(manifest) ? manifest_load(dir, &tmpl, err, sizeof(err))
+				r = vm_exists(manifest) ? manifest_load(dir, &tmpl, err, sizeof(err))
 						     : legacy_load(dir, &tmpl, err, sizeof(err));
 			/* A legacy image is named by its files' identity,
 			 * which the links changed: keep its pinned name. */
@@ -338,12 +342,12 @@ const struct vm_image *image_find(struct backend *b, const char *digest)
 			if (r == 0)
 				img = image_add(b, &tmpl);
 			else
-				fprintf(stderr, "worldfs: vm: %s\n", err);
+				vm_log(NULL, "%s", err);
 		}
 	}
 	pthread_mutex_unlock(&b->images_lock);
 	if (!img)
-		fprintf(stderr, "worldfs: vm: image %s: not in %s\n", digest, b->images_dir);
+		vm_log(NULL, "image %s: not in %s", digest, b->images_dir);
 	return img;
 }
 
@@ -382,7 +386,7 @@ static void mark_used(const char *dir, char ***used, size_t *n)
 
 		if (e->d_name[0] == '.')
 			continue;
-		if (pathf(sub, "%s/%s", dir, e->d_name) < 0 || config_read(sub, &c) < 0 || !c.image[0])
+		if (vm_pathf(sub, "%s/%s", dir, e->d_name) < 0 || vm_config_read(sub, &c) < 0 || !c.image[0])
 			continue;
 		v = realloc(*used, (*n + 1) * sizeof(**used));
 		if (!v)
@@ -414,8 +418,8 @@ void image_collect_garbage(struct backend *b)
 		for (img = b->images; !keep && img; img = img->next)
 			keep = strcmp(img->digest, e->d_name) == 0;
 		if (!keep) {
-			fprintf(stderr, "worldfs: vm: image %s: no world or snapshot uses it: deleted\n", e->d_name);
-			rm_tree_at(dirfd(d), e->d_name);
+			vm_log(NULL, "image %s: no world or snapshot uses it: deleted", e->d_name);
+			vm_rm_tree_at(dirfd(d), e->d_name);
 		}
 	}
 	if (d)

@@ -67,7 +67,7 @@ static int member_start(struct backend *b, struct sandbox **out)
 	s->machine = MACHINE_CURRENT;
 	snprintf(s->id, sizeof(s->id), ".pool-%02x%02x%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3],
 		 rnd[4], rnd[5], rnd[6], rnd[7]);
-	if ((r = pathf(s->dir, "%s/%s", b->dir, s->id)) < 0 || (r = ram_path(b, s->id, ram)) < 0) {
+	if ((r = vm_pathf(s->dir, "%s/%s", b->dir, s->id)) < 0 || (r = ram_path(b, s->id, ram)) < 0) {
 		free(s);
 		return r;
 	}
@@ -80,7 +80,7 @@ static int member_start(struct backend *b, struct sandbox **out)
 	    (r = qemu_launch(s, true)) < 0)
 		goto fail;
 	snprintf(origin, sizeof(origin), "%s\n", s->dir);
-	if ((r = write_file(s->dir, "qemu.origin", origin, false)) < 0)
+	if ((r = vm_write_file(s->dir, "qemu.origin", origin, false)) < 0)
 		goto fail;
 	*out = s;
 	return 0;
@@ -103,8 +103,8 @@ static void *pool_main(void *arg)
 			r = member_start(p->b, &s);
 			pthread_mutex_lock(&p->lock);
 			if (r < 0) {
-				say("pool", "starting a waiting qemu: %s (retrying in %d s)", strerror(-r),
-				    POOL_RETRY_MS / 1000);
+				vm_log("pool", "starting a waiting qemu: %s (retrying in %d s)", strerror(-r),
+				       POOL_RETRY_MS / 1000);
 				p->retry_at = now_ms() + POOL_RETRY_MS;
 			} else if (p->stopping) {
 				pthread_mutex_unlock(&p->lock);
@@ -222,7 +222,8 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 
 	if (!p || mem_mib != b->mem_mib || vcpus != b->vcpus)
 		return -ENOENT;
-	if ((r = id_check(id)) < 0 || (r = pathf(dir, "%s/%s", b->dir, id)) < 0 || (r = ram_path(b, id, ram_to)) < 0)
+	if ((r = vm_id_check(id)) < 0 || (r = vm_pathf(dir, "%s/%s", b->dir, id)) < 0 ||
+	    (r = ram_path(b, id, ram_to)) < 0)
 		return r;
 	pthread_mutex_lock(&p->lock);
 	while (!s && p->nready > 0) {
@@ -230,8 +231,8 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 
 		s = p->ready[--p->nready];
 		/* Still waiting for a state, and answering? */
-		if (query_status(s, st, sizeof(st)) < 0 || strcmp(st, "inmigrate") != 0) {
-			say(s->id, "a waiting qemu is %s: discarded", st[0] ? st : "gone");
+		if (qemu_status(s, st, sizeof(st)) < 0 || strcmp(st, "inmigrate") != 0) {
+			vm_log(s->id, "a waiting qemu is %s: discarded", st[0] ? st : "gone");
 			pthread_mutex_unlock(&p->lock);
 			sandbox_discard(s);
 			pthread_mutex_lock(&p->lock);
@@ -253,12 +254,12 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 	snprintf(s->id, sizeof(s->id), "%s", id);
 	if (rename(ram_from, ram_to) < 0) {
 		r = -errno;
-		say(id, "%s: %s", ram_to, strerror(-r));
+		vm_log(id, "%s: %s", ram_to, strerror(-r));
 		goto fail;
 	}
-	config_of(s, &c);
-	if ((r = config_write(s->dir, &c, false)) < 0) {
-		say(id, "%s/config: %s", s->dir, strerror(-r));
+	vm_config_of(s, &c);
+	if ((r = vm_config_write(s->dir, &c, false)) < 0) {
+		vm_log(id, "%s/config: %s", s->dir, strerror(-r));
 		goto fail;
 	}
 	*out = s;
@@ -290,13 +291,13 @@ void pool_sweep(struct backend *b)
 		s->b = b;
 		s->dirfd = s->agent = -1;
 		snprintf(s->id, sizeof(s->id), "%s", e->d_name);
-		if (pathf(s->dir, "%s/%s", b->dir, e->d_name) < 0) {
+		if (vm_pathf(s->dir, "%s/%s", b->dir, e->d_name) < 0) {
 			free(s);
 			continue;
 		}
 		qemu_origin(s->dir, s->qdir);
-		s->pid = pid_from_file(s->dir);
-		if (!pid_is_ours(s->pid, s->qdir))
+		s->pid = qemu_pid_from_file(s->dir);
+		if (!qemu_pid_is_ours(s->pid, s->qdir))
 			s->pid = 0;
 		sandbox_discard(s);
 	}

@@ -1,6 +1,7 @@
-/* qemu.c: the QEMU process behind a sandbox: starting it daemonized,
- * knowing it again by its command line, stopping it, and moving its state
- * in and out through migration to a file descriptor passed over QMP. */
+/* qemu.c: the QEMU process behind a sandbox: its command line (built by
+ * qemu_argv, pure, unit-tested), starting it daemonized, knowing it again
+ * by its command line, stopping it, and moving its state in and out
+ * through migration to a file descriptor passed over QMP. */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -24,20 +25,26 @@
 
 #include "backend/vm/vm.h"
 
+/* s, or fallback when s is NULL (a JSON member that is not there). */
+static const char *str_or(const char *s, const char *fallback)
+{
+	return s ? s : fallback;
+}
+
 /* --- identity ------------------------------------------------------------- */
 
 /* Is pid a live QEMU started in qdir?  Its -pidfile argument says so; a
  * zombie has an empty cmdline and so is not. */
-bool pid_is_ours(pid_t pid, const char *qdir)
+bool qemu_pid_is_ours(pid_t pid, const char *qdir)
 {
 	char path[64], want[PATH_MAX], args[8192];
 	bool qemu = false, mine = false;
 	ssize_t n;
 
-	if (pid <= 1 || pathf(want, "%s/qemu.pid", qdir) < 0)
+	if (pid <= 1 || vm_pathf(want, "%s/qemu.pid", qdir) < 0)
 		return false;
 	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-	n = read_small(path, args, sizeof(args));
+	n = vm_read_small(path, args, sizeof(args));
 	if (n <= 0)
 		return false;
 	for (char *a = args; a < args + n; a += strlen(a) + 1) {
@@ -51,7 +58,7 @@ bool pid_is_ours(pid_t pid, const char *qdir)
 	return qemu && mine;
 }
 
-pid_t pid_parse(const char *text)
+pid_t qemu_pid_parse(const char *text)
 {
 	char *end;
 	long v;
@@ -65,13 +72,13 @@ pid_t pid_parse(const char *text)
 	return (pid_t)v;
 }
 
-pid_t pid_from_file(const char *dir)
+pid_t qemu_pid_from_file(const char *dir)
 {
 	char path[PATH_MAX], text[32];
 
-	if (pathf(path, "%s/qemu.pid", dir) < 0 || read_small(path, text, sizeof(text)) <= 0)
+	if (vm_pathf(path, "%s/qemu.pid", dir) < 0 || vm_read_small(path, text, sizeof(text)) <= 0)
 		return 0;
-	return pid_parse(text);
+	return qemu_pid_parse(text);
 }
 
 void qemu_origin(const char *dir, char qdir[PATH_MAX])
@@ -79,8 +86,8 @@ void qemu_origin(const char *dir, char qdir[PATH_MAX])
 	char path[PATH_MAX];
 	ssize_t n = -1;
 
-	if (pathf(path, "%s/qemu.origin", dir) == 0)
-		n = read_small(path, qdir, PATH_MAX);
+	if (vm_pathf(path, "%s/qemu.origin", dir) == 0)
+		n = vm_read_small(path, qdir, PATH_MAX);
 	if (n > 0 && qdir[n - 1] == '\n')
 		qdir[n - 1] = '\0';
 	if (n <= 1)
@@ -93,7 +100,7 @@ void qemu_origin(const char *dir, char qdir[PATH_MAX])
 static bool wait_gone(pid_t pid, const char *qdir, int timeout_ms)
 {
 	double deadline = now_ms() + timeout_ms;
-	int pfd = pid_is_ours(pid, qdir) ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+	int pfd = qemu_pid_is_ours(pid, qdir) ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
 
 	if (pfd >= 0) {
 		struct pollfd p = { .fd = pfd, .events = POLLIN };
@@ -105,7 +112,7 @@ static bool wait_gone(pid_t pid, const char *qdir, int timeout_ms)
 		if (r == 0)
 			return false;
 	}
-	while (pid_is_ours(pid, qdir)) {
+	while (qemu_pid_is_ours(pid, qdir)) {
 		if (now_ms() > deadline)
 			return false;
 		sleep_ms(pfd >= 0 ? 1 : 5);
@@ -116,7 +123,7 @@ static bool wait_gone(pid_t pid, const char *qdir, int timeout_ms)
 /* A socket path short enough for sun_path.  QEMU gets the absolute path if
  * it fits, else the bare name (it binds before leaving our cwd, the
  * sandbox dir); we connect through /proc/self/fd/DIRFD when it doesn't. */
-void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX])
+void qemu_sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX])
 {
 	int n = snprintf(out, SOCK_PATH_MAX, "%s/%s", s->dir, name);
 
@@ -128,14 +135,45 @@ void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char ou
 		snprintf(out, SOCK_PATH_MAX, "/proc/self/fd/%d/%s", s->dirfd, name);
 }
 
+/* The last lines of a log file on one line, for error messages. */
+static void log_tail(const char *dir, const char *name, char *out, size_t n)
+{
+	char path[PATH_MAX], buf[1024];
+	int fd, lines = 0;
+	off_t size;
+	ssize_t got;
+	char *p;
+
+	snprintf(out, n, "(%s empty)", name);
+	if (vm_pathf(path, "%s/%s", dir, name) < 0 || (fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return;
+	size = lseek(fd, 0, SEEK_END);
+	got = size < 0 ? -1 : pread(fd, buf, sizeof(buf) - 1, size > (off_t)sizeof(buf) - 1 ? size - (off_t)sizeof(buf) + 1 : 0);
+	close(fd);
+	if (got <= 0)
+		return;
+	buf[got] = '\0';
+	while (got > 0 && isspace((unsigned char)buf[got - 1]))
+		buf[--got] = '\0';
+	for (p = buf + got; p > buf; p--)
+		if (p[-1] == '\n' && ++lines == 4)
+			break;
+	for (char *c = p; *c; c++)
+		if (*c == '\n' || *c == '\r')
+			*c = '|';
+		else if (!isprint((unsigned char)*c))
+			*c = '?';
+	snprintf(out, n, "%s", p);
+}
+
 /* QEMU's own words on a failure: qemu.log, then the guest's console. */
-void say_died(const struct sandbox *s, const char *what)
+void qemu_log_died(const struct sandbox *s, const char *what)
 {
 	char q[512], c[512];
 
 	log_tail(s->dir, "qemu.log", q, sizeof(q));
 	log_tail(s->dir, "console.log", c, sizeof(c));
-	say(s->id, "%s: qemu.log: %s; console.log: %s", what, q, c);
+	vm_log(s->id, "%s: qemu.log: %s; console.log: %s", what, q, c);
 }
 
 static int errno_from_log(const struct sandbox *s)
@@ -150,7 +188,7 @@ static int errno_from_log(const struct sandbox *s)
 	return -EIO;
 }
 
-/* --- start and stop ------------------------------------------------------- */
+/* --- command line --------------------------------------------------------- */
 
 /* QEMU's option lists split at commas: a comma in a value is doubled. */
 static int opt_value(char *out, size_t n, const char *prefix, const char *value)
@@ -170,6 +208,99 @@ static int opt_value(char *out, size_t n, const char *prefix, const char *value)
 	out[o] = '\0';
 	return 0;
 }
+
+int qemu_argv(const struct qemu_spec *q, struct qemu_cmdline *out)
+{
+	const char **argv = out->argv;
+	int argc = 0, r;
+
+	snprintf(out->mem, sizeof(out->mem), "%u", q->mem_mib);
+	snprintf(out->smp, sizeof(out->smp), "%u", q->vcpus);
+	snprintf(out->name, sizeof(out->name), "worldfs-%s", q->id);
+	snprintf(out->qmp, sizeof(out->qmp), "unix:%s,server=on,wait=off", q->qmp_sock);
+	snprintf(out->agent, sizeof(out->agent), "socket,id=agent,path=%s,server=on,wait=off", q->agent_sock);
+	snprintf(out->machine, sizeof(out->machine), "microvm,x-option-roms=off,rtc=on,isa-serial=on%s%s",
+		 q->machine >= MACHINE_NO_PIT ? ",pit=off" : "", q->ram ? ",memory-backend=mem" : "");
+	if (q->kvm)
+		snprintf(out->accel, sizeof(out->accel), "kvm");
+	else
+		snprintf(out->accel, sizeof(out->accel), "tcg,tb-size=%u", TCG_TB_MIB);
+	/* The root disk: one file, read by every QEMU of the image and never
+	 * written (the guest's writes go to an overlay in its memory). */
+	if (q->root && q->root[0] &&
+	    (r = opt_value(out->root, sizeof(out->root), "if=none,id=root,format=raw,readonly=on,file=", q->root)) < 0)
+		return r;
+	if (q->ram) {
+		char prefix[64];
+
+		snprintf(prefix, sizeof(prefix), "memory-backend-file,id=mem,share=on,size=%uM,mem-path=", q->mem_mib);
+		if ((r = opt_value(out->ram, sizeof(out->ram), prefix, q->ram)) < 0)
+			return r;
+	}
+
+	argv[argc++] = q->qemu;
+	argv[argc++] = "-name";
+	argv[argc++] = out->name;
+	argv[argc++] = "-M";
+	argv[argc++] = out->machine;
+	argv[argc++] = "-accel";
+	argv[argc++] = out->accel;
+	argv[argc++] = "-cpu";
+	argv[argc++] = q->kvm ? "host" : "max";
+	argv[argc++] = "-m";
+	argv[argc++] = out->mem;
+	if (q->ram) {
+		argv[argc++] = "-object";
+		argv[argc++] = out->ram;
+	}
+	argv[argc++] = "-smp";
+	argv[argc++] = out->smp;
+	argv[argc++] = "-nodefaults";
+	argv[argc++] = "-no-user-config";
+	argv[argc++] = "-nographic";
+	argv[argc++] = "-no-reboot";
+	argv[argc++] = "-kernel";
+	argv[argc++] = q->kernel;
+	argv[argc++] = "-initrd";
+	argv[argc++] = q->initrd;
+	argv[argc++] = "-append";
+	argv[argc++] = q->append;
+	argv[argc++] = "-serial";
+	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in its cwd, the sandbox dir */
+	argv[argc++] = "-device";
+	argv[argc++] = "virtio-serial-device";
+	argv[argc++] = "-chardev";
+	argv[argc++] = out->agent;
+	argv[argc++] = "-device";
+	argv[argc++] = "virtserialport,chardev=agent,name=agent";
+	if (q->root && q->root[0]) {
+		argv[argc++] = "-drive";
+		argv[argc++] = out->root;
+		argv[argc++] = "-device";
+		argv[argc++] = "virtio-blk-device,drive=root";
+	}
+	argv[argc++] = "-qmp";
+	argv[argc++] = out->qmp;
+	/* -D keeps QEMU's stderr (qemu.log) open after daemonizing, so its
+	 * later errors (a failed migration load) are not lost in /dev/null. */
+	argv[argc++] = "-D";
+	argv[argc++] = q->log;
+	argv[argc++] = "-daemonize";
+	argv[argc++] = "-pidfile";
+	argv[argc++] = q->pidfile;
+	if (q->incoming) {
+		argv[argc++] = "-incoming";
+		argv[argc++] = "defer";
+		argv[argc++] = "-S";
+	}
+	argv[argc] = NULL;
+	return 0;
+}
+
+/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
+static int migrate_prepare(struct sandbox *s);
+
+/* --- start and stop ------------------------------------------------------- */
 
 /* QEMU madvises all guest RAM MADV_HUGEPAGE, and for a RAM file that
  * makes the kernel fill the mapping with 2 MiB page-cache folios: one
@@ -203,153 +334,49 @@ static const struct sock_fprog no_hugepage = {
 	.filter = (struct sock_filter *)no_hugepage_insns,
 };
 
-/* On success s->pid and s->qmp are set; on failure nothing is left running. */
-int qemu_launch(struct sandbox *s, bool incoming)
+/* Fork and exec QEMU (argv) in s's dir, in a session of its own, with its
+ * stdout and stderr going to logfd: the child's pid, or -errno. */
+static pid_t spawn(const struct sandbox *s, int logfd, const char *const argv[])
 {
-	const struct backend *b = s->b;
-	char mem[32], smp[32], name[ID_MAX + 16], pidfile[PATH_MAX], logpath[PATH_MAX];
-	char qmp_sock[SOCK_PATH_MAX], agent_sock[SOCK_PATH_MAX], us[SOCK_PATH_MAX];
-	char qmp_arg[SOCK_PATH_MAX + 48], agent_arg[SOCK_PATH_MAX + 80], accel[64];
-	char ram[PATH_MAX], ram_arg[2 * PATH_MAX + 96], machine[160], root_arg[2 * PATH_MAX + 96];
-	const char *argv[64];
-	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
-	int argc = 0, logfd = -1, status = 0, r;
 	sigset_t none;
-	pid_t child, w;
+	pid_t child;
+	int devnull;
 
-	sock_path(s, "qmp.sock", true, qmp_sock);
-	sock_path(s, "agent.sock", true, agent_sock);
-	snprintf(mem, sizeof(mem), "%u", s->mem_mib);
-	snprintf(smp, sizeof(smp), "%u", s->vcpus);
-	snprintf(name, sizeof(name), "worldfs-%s", s->id);
-	snprintf(qmp_arg, sizeof(qmp_arg), "unix:%s,server=on,wait=off", qmp_sock);
-	snprintf(agent_arg, sizeof(agent_arg), "socket,id=agent,path=%s,server=on,wait=off", agent_sock);
-	snprintf(machine, sizeof(machine), "microvm,x-option-roms=off,rtc=on,isa-serial=on%s%s",
-		 s->machine >= MACHINE_NO_PIT ? ",pit=off" : "", s->cow ? ",memory-backend=mem" : "");
-	if (b->kvm)
-		snprintf(accel, sizeof(accel), "kvm");
-	else
-		snprintf(accel, sizeof(accel), "tcg,tb-size=%u", TCG_TB_MIB);
-	if ((r = pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = pathf(logpath, "%s/qemu.log", s->dir)) < 0)
-		return r;
-	/* The root disk: one file, read by every QEMU of the image and never
-	 * written (the guest's writes go to an overlay in its memory). */
-	if (s->img->root[0] &&
-	    (r = opt_value(root_arg, sizeof(root_arg), "if=none,id=root,format=raw,readonly=on,file=", s->img->root)) < 0)
-		return r;
-	if (s->cow) {
-		char prefix[64];
-
-		snprintf(prefix, sizeof(prefix), "memory-backend-file,id=mem,share=on,size=%uM,mem-path=", s->mem_mib);
-		if ((r = ram_path(b, s->id, ram)) < 0 || (r = opt_value(ram_arg, sizeof(ram_arg), prefix, ram)) < 0)
-			return r;
-	}
-	/* Leftovers of an earlier run would make QEMU's bind() fail. */
-	unlinkat(s->dirfd, "qmp.sock", 0);
-	unlinkat(s->dirfd, "agent.sock", 0);
-	unlinkat(s->dirfd, "qemu.pid", 0);
-	unlinkat(s->dirfd, "qemu.origin", 0);
-	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
-
-	argv[argc++] = b->qemu;
-	argv[argc++] = "-name";
-	argv[argc++] = name;
-	argv[argc++] = "-M";
-	argv[argc++] = machine;
-	argv[argc++] = "-accel";
-	argv[argc++] = accel;
-	argv[argc++] = "-cpu";
-	argv[argc++] = b->kvm ? "host" : "max";
-	argv[argc++] = "-m";
-	argv[argc++] = mem;
-	if (s->cow) {
-		argv[argc++] = "-object";
-		argv[argc++] = ram_arg;
-	}
-	argv[argc++] = "-smp";
-	argv[argc++] = smp;
-	argv[argc++] = "-nodefaults";
-	argv[argc++] = "-no-user-config";
-	argv[argc++] = "-nographic";
-	argv[argc++] = "-no-reboot";
-	argv[argc++] = "-kernel";
-	argv[argc++] = s->img->kernel;
-	argv[argc++] = "-initrd";
-	argv[argc++] = s->img->initrd;
-	argv[argc++] = "-append";
-	argv[argc++] = s->img->append;
-	argv[argc++] = "-serial";
-	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in our cwd, the sandbox dir */
-	argv[argc++] = "-device";
-	argv[argc++] = "virtio-serial-device";
-	argv[argc++] = "-chardev";
-	argv[argc++] = agent_arg;
-	argv[argc++] = "-device";
-	argv[argc++] = "virtserialport,chardev=agent,name=agent";
-	if (s->img->root[0]) {
-		argv[argc++] = "-drive";
-		argv[argc++] = root_arg;
-		argv[argc++] = "-device";
-		argv[argc++] = "virtio-blk-device,drive=root";
-	}
-	argv[argc++] = "-qmp";
-	argv[argc++] = qmp_arg;
-	/* -D keeps QEMU's stderr (qemu.log) open after daemonizing, so its
-	 * later errors (a failed migration load) are not lost in /dev/null. */
-	argv[argc++] = "-D";
-	argv[argc++] = logpath;
-	argv[argc++] = "-daemonize";
-	argv[argc++] = "-pidfile";
-	argv[argc++] = pidfile;
-	if (incoming) {
-		argv[argc++] = "-incoming";
-		argv[argc++] = "defer";
-		argv[argc++] = "-S";
-	}
-	argv[argc] = NULL;
-
-	logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-	if (logfd < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", logpath, strerror(-r));
-		return r;
-	}
 	sigemptyset(&none);
 	child = fork();
-	if (child < 0) {
-		r = -errno;
-		close(logfd);
-		say(s->id, "fork: %s", strerror(-r));
-		return r;
+	if (child != 0)
+		return child < 0 ? -errno : child;
+	/* Only async-signal-safe calls here: other threads may hold locks. */
+	devnull = open("/dev/null", O_RDONLY);
+	setsid();
+	if (chdir(s->dir) < 0)
+		_exit(126);
+	if (devnull >= 0)
+		dup2(devnull, 0);
+	dup2(logfd, 1);
+	dup2(logfd, 2);
+	close_range(3, ~0u, 0);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* Without the filter (seccomp not allowed here) it only costs memory. */
+	if (s->cow && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+		       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &no_hugepage) < 0)) {
+		static const char msg[] = "worldfs: no seccomp filter: guest RAM may use huge pages\n";
+		ssize_t w = write(2, msg, sizeof(msg) - 1);  /* into qemu.log */
+
+		(void)w;
 	}
-	if (child == 0) {
-		/* Only async-signal-safe calls here: other threads may hold locks. */
-		int devnull = open("/dev/null", O_RDONLY);
+	execv(argv[0], (char *const *)argv);
+	_exit(127);
+}
 
-		setsid();
-		if (chdir(s->dir) < 0)
-			_exit(126);
-		if (devnull >= 0)
-			dup2(devnull, 0);
-		dup2(logfd, 1);
-		dup2(logfd, 2);
-		close_range(3, ~0u, 0);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		/* Without the filter (seccomp not allowed here) it only costs memory. */
-		if (s->cow && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
-			       prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &no_hugepage) < 0)) {
-			static const char msg[] = "worldfs: no seccomp filter: guest RAM may use huge pages\n";
-			ssize_t w = write(2, msg, sizeof(msg) - 1);  /* into qemu.log */
+/* Wait for the foreground QEMU (child) to exit, which it does once the
+ * daemon is initialized (sockets bound, pid file written) or has failed;
+ * then s->pid is the daemon's. */
+static int daemonized(struct sandbox *s, pid_t child, double deadline)
+{
+	int status = 0, r;
+	pid_t w;
 
-			(void)w;
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	close(logfd);
-
-	/* The foreground QEMU exits once the daemon is initialized (sockets
-	 * bound, pid file written) or has failed. */
 	for (long pause = 1;; pause = pause < 4 ? pause * 2 : pause) {
 		w = waitpid(child, &status, WNOHANG);
 		if (w == child || (w < 0 && errno != EINTR))
@@ -357,28 +384,77 @@ int qemu_launch(struct sandbox *s, bool incoming)
 		if (now_ms() > deadline) {
 			kill(child, SIGKILL);
 			waitpid(child, &status, 0);
-			say(s->id, "qemu did not start within %d s", LAUNCH_TIMEOUT_MS / 1000);
-			r = -ETIMEDOUT;
-			goto fail;
+			vm_log(s->id, "qemu did not start within %d s", LAUNCH_TIMEOUT_MS / 1000);
+			return -ETIMEDOUT;
 		}
 		sleep_ms(pause);
 	}
 	/* w < 0 (ECHILD) when SIGCHLD is ignored: the pid file tells then. */
 	if (w == child && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
 		r = errno_from_log(s);
-		say_died(s, "qemu failed to start");
-		goto fail;
+		qemu_log_died(s, "qemu failed to start");
+		return r;
 	}
-	s->pid = pid_from_file(s->dir);
-	if (!pid_is_ours(s->pid, s->qdir)) {
+	s->pid = qemu_pid_from_file(s->dir);
+	if (!qemu_pid_is_ours(s->pid, s->qdir)) {
 		r = errno_from_log(s);
-		say_died(s, "qemu exited during start");
-		goto fail;
+		qemu_log_died(s, "qemu exited during start");
+		return r;
 	}
-	sock_path(s, "qmp.sock", false, us);
+	return 0;
+}
+
+/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
+static int migrate_prepare(struct sandbox *s);
+
+/* On success s->pid and s->qmp are set; on failure nothing is left running. */
+int qemu_launch(struct sandbox *s, bool incoming)
+{
+	const struct backend *b = s->b;
+	char pidfile[PATH_MAX], logpath[PATH_MAX], ram[PATH_MAX];
+	char qmp_sock[SOCK_PATH_MAX], agent_sock[SOCK_PATH_MAX], us[SOCK_PATH_MAX];
+	struct qemu_spec spec = {
+		.qemu = b->qemu, .id = s->id, .kvm = b->kvm, .machine = s->machine,
+		.mem_mib = s->mem_mib, .vcpus = s->vcpus, .ram = s->cow ? ram : NULL,
+		.kernel = s->img->kernel, .initrd = s->img->initrd, .append = s->img->append, .root = s->img->root,
+		.qmp_sock = qmp_sock, .agent_sock = agent_sock, .pidfile = pidfile, .log = logpath,
+		.incoming = incoming,
+	};
+	struct qemu_cmdline cmd;
+	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
+	int logfd, r;
+	pid_t child;
+
+	qemu_sock_path(s, "qmp.sock", true, qmp_sock);
+	qemu_sock_path(s, "agent.sock", true, agent_sock);
+	if ((r = vm_pathf(pidfile, "%s/qemu.pid", s->dir)) < 0 || (r = vm_pathf(logpath, "%s/qemu.log", s->dir)) < 0 ||
+	    (s->cow && (r = ram_path(b, s->id, ram)) < 0) || (r = qemu_argv(&spec, &cmd)) < 0)
+		return r;
+	/* Leftovers of an earlier run would make QEMU's bind() fail. */
+	unlinkat(s->dirfd, "qmp.sock", 0);
+	unlinkat(s->dirfd, "agent.sock", 0);
+	unlinkat(s->dirfd, "qemu.pid", 0);
+	unlinkat(s->dirfd, "qemu.origin", 0);
+	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
+
+	logfd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	if (logfd < 0) {
+		r = -errno;
+		vm_log(s->id, "%s: %s", logpath, strerror(-r));
+		return r;
+	}
+	child = spawn(s, logfd, cmd.argv);
+	close(logfd);
+	if (child < 0) {
+		vm_log(s->id, "fork: %s", strerror((int)-child));
+		return (int)child;
+	}
+	if ((r = daemonized(s, child, deadline)) < 0)
+		goto fail;
+	qemu_sock_path(s, "qmp.sock", false, us);
 	r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS);
 	if (r < 0) {
-		say(s->id, "%s/qmp.sock: %s", s->dir, strerror(-r));
+		vm_log(s->id, "%s/qmp.sock: %s", s->dir, strerror(-r));
 		goto fail;
 	}
 	s->migrate_ready = false;
@@ -389,7 +465,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 fail:
 	qmp_close(s->qmp);
 	s->qmp = NULL;
-	if (s->pid > 0 && pid_is_ours(s->pid, s->qdir)) {
+	if (s->pid > 0 && qemu_pid_is_ours(s->pid, s->qdir)) {
 		kill(s->pid, SIGKILL);
 		wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS);
 	}
@@ -416,21 +492,21 @@ static void qemu_end(struct sandbox *s, bool quit)
 		/* QEMU may close the connection before answering. */
 		quitting = r == 0 || r == -EPIPE;
 		if (!quitting)
-			say(s->id, "qmp quit: %s %s", strerror(-r), qmp_error_desc(s->qmp));
+			vm_log(s->id, "qmp quit: %s %s", strerror(-r), qmp_error_desc(s->qmp));
 	}
 	qmp_close(s->qmp);
 	s->qmp = NULL;
 	if (s->pid > 0 && !(quitting && wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))) {
 		for (size_t i = quit ? 0 : 1; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
 			/* Signal only what is still our QEMU: the pid may be reused. */
-			if (!pid_is_ours(s->pid, s->qdir))
+			if (!qemu_pid_is_ours(s->pid, s->qdir))
 				break;
 			kill(s->pid, sigs[i]);
 			if (wait_gone(s->pid, s->qdir, QUIT_TIMEOUT_MS))
 				break;
 		}
-		if (pid_is_ours(s->pid, s->qdir))
-			say(s->id, "qemu pid %d did not exit", (int)s->pid);
+		if (qemu_pid_is_ours(s->pid, s->qdir))
+			vm_log(s->id, "qemu pid %d did not exit", (int)s->pid);
 	}
 	s->pid = 0;
 }
@@ -440,7 +516,7 @@ void qemu_kill(struct sandbox *s) { qemu_end(s, false); }
 
 /* --- migration ------------------------------------------------------------ */
 
-int query_status(struct sandbox *s, char *out, size_t n)
+int qemu_status(struct sandbox *s, char *out, size_t n)
 {
 	json_t *ret = NULL;
 	int r = qmp_command(s->qmp, "query-status", NULL, &ret, QMP_TIMEOUT_MS);
@@ -451,20 +527,20 @@ int query_status(struct sandbox *s, char *out, size_t n)
 	return r;
 }
 
-int qmp_failed(struct sandbox *s, int r, const char *what)
+int qemu_cmd_failed(struct sandbox *s, int r, const char *what)
 {
 	if (r == -EREMOTEIO)
-		say(s->id, "%s: %s: %s", what, qmp_error_class(s->qmp), qmp_error_desc(s->qmp));
-	else if (!pid_is_ours(s->pid, s->qdir)) {
+		vm_log(s->id, "%s: %s: %s", what, qmp_error_class(s->qmp), qmp_error_desc(s->qmp));
+	else if (!qemu_pid_is_ours(s->pid, s->qdir)) {
 		s->broken = true;
-		say_died(s, what);
+		qemu_log_died(s, what);
 	} else {
-		say(s->id, "%s: %s", what, strerror(-r));
+		vm_log(s->id, "%s: %s", what, strerror(-r));
 	}
 	return r == -ETIMEDOUT || r == -ENOMEM ? r : -EIO;
 }
 
-int migrate_prepare(struct sandbox *s)
+static int migrate_prepare(struct sandbox *s)
 {
 	int r;
 
@@ -474,7 +550,7 @@ int migrate_prepare(struct sandbox *s)
 	r = qmp_command(s->qmp, "migrate-set-parameters",
 			json_pack("{s:I}", "max-bandwidth", (json_int_t)INT64_MAX / 2), NULL, QMP_TIMEOUT_MS);
 	if (r < 0)
-		return qmp_failed(s, r, "migrate-set-parameters");
+		return qemu_cmd_failed(s, r, "migrate-set-parameters");
 	/* RAM shared with a file (share=on) stays out of the stream: the
 	 * file is the RAM.  Both ends must agree: it changes the format. */
 	if (s->cow) {
@@ -483,7 +559,7 @@ int migrate_prepare(struct sandbox *s)
 					  "state", 1),
 				NULL, QMP_TIMEOUT_MS);
 		if (r < 0)
-			return qmp_failed(s, r, "migrate-set-capabilities x-ignore-shared");
+			return qemu_cmd_failed(s, r, "migrate-set-capabilities x-ignore-shared");
 	}
 	s->migrate_ready = true;
 	return 0;
@@ -508,12 +584,12 @@ static int status_wait_while(struct sandbox *s, const char *state, char st[32], 
 	int r;
 
 	for (long pause = 1;; pause = poll_pause(pause, t0)) {
-		if ((r = query_status(s, st, 32)) < 0)
-			return qmp_failed(s, r, what);
+		if ((r = qemu_status(s, st, 32)) < 0)
+			return qemu_cmd_failed(s, r, what);
 		if (strcmp(st, state) != 0)
 			return 0;
 		if (now_ms() > deadline) {
-			say(s->id, "%s: still %s after %.0f ms", what, state, now_ms() - t0);
+			vm_log(s->id, "%s: still %s after %.0f ms", what, state, now_ms() - t0);
 			return -ETIMEDOUT;
 		}
 		sleep_ms(pause);
@@ -534,7 +610,7 @@ static int migrate_wait(struct sandbox *s)
 	for (long pause = 1;; pause = poll_pause(pause, t0)) {
 		r = qmp_command(s->qmp, "query-migrate", NULL, &ret, QMP_TIMEOUT_MS);
 		if (r < 0)
-			return qmp_failed(s, r, "query-migrate");
+			return qemu_cmd_failed(s, r, "query-migrate");
 		st = str_or(json_string_value(json_object_get(ret, "status")), "");
 		if (strcmp(st, "completed") == 0 || strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
 			break;
@@ -542,14 +618,14 @@ static int migrate_wait(struct sandbox *s)
 		ret = NULL;
 		if (now_ms() > deadline) {
 			qmp_command(s->qmp, "migrate_cancel", NULL, NULL, QMP_TIMEOUT_MS);
-			say(s->id, "migration did not complete within %d s", MIGRATE_TIMEOUT_MS / 1000);
+			vm_log(s->id, "migration did not complete within %d s", MIGRATE_TIMEOUT_MS / 1000);
 			return -ETIMEDOUT;
 		}
 		sleep_ms(pause);
 	}
 	if (strcmp(st, "completed") != 0) {
 		snprintf(desc, sizeof(desc), "%s", str_or(json_string_value(json_object_get(ret, "error-desc")), st));
-		say(s->id, "migration %s: %s", st, desc);
+		vm_log(s->id, "migration %s: %s", st, desc);
 		r = strstr(desc, "No space left") ? -ENOSPC : -EIO;
 	}
 	json_decref(ret);
@@ -576,22 +652,22 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		ram_preflush(ram);
 		if (ram_to >= 0 && (ram_fd = open(ram, O_RDONLY | O_CLOEXEC)) < 0) {
 			r = -errno;
-			say(s->id, "%s: %s", ram, strerror(-r));
+			vm_log(s->id, "%s: %s", ram, strerror(-r));
 			return r;
 		}
 	}
 	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0) {
-		r = qmp_failed(s, r, "getfd");
+		r = qemu_cmd_failed(s, r, "getfd");
 		goto out_fd;
 	}
 	t0 = now_ms();
 	if ((r = qmp_command(s->qmp, "stop", NULL, NULL, QMP_TIMEOUT_MS)) < 0) {
-		r = qmp_failed(s, r, "stop");
+		r = qemu_cmd_failed(s, r, "stop");
 		goto out_fd;
 	}
 	r = qmp_command(s->qmp, "migrate", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL, QMP_TIMEOUT_MS);
 	if (r < 0)
-		r = qmp_failed(s, r, "migrate");
+		r = qemu_cmd_failed(s, r, "migrate");
 	else
 		r = migrate_wait(s);
 	/* The guest is stopped: its RAM file is what the state goes with. */
@@ -599,7 +675,7 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		double t = now_ms();
 
 		if ((r = ram_clone_fd(ram_fd, ram_to)) < 0)
-			say(s->id, "%s: clone: %s", ram, strerror(-r));
+			vm_log(s->id, "%s: clone: %s", ram, strerror(-r));
 		s->clone_in_freeze_ms = now_ms() - t;
 	}
 	if (keep_running || r < 0) {
@@ -607,7 +683,7 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 		rc = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
 		if (rc < 0) {
 			s->broken = true;
-			rc = qmp_failed(s, rc, "cont");
+			rc = qemu_cmd_failed(s, rc, "cont");
 			if (r == 0)
 				r = rc;
 		}
@@ -627,19 +703,19 @@ int state_load(struct sandbox *s, int fd, double deadline)
 	if ((r = migrate_prepare(s)) < 0)
 		return r;
 	if ((r = qmp_send_fd(s->qmp, "wfs-state", fd, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "getfd");
+		return qemu_cmd_failed(s, r, "getfd");
 	r = qmp_command(s->qmp, "migrate-incoming", json_pack("{s:s}", "uri", "fd:wfs-state"), NULL,
 			QMP_TIMEOUT_MS);
 	if (r < 0)
-		return qmp_failed(s, r, "migrate-incoming");
+		return qemu_cmd_failed(s, r, "migrate-incoming");
 	/* QEMU exits when the load fails: query-status then fails with EPIPE. */
 	if ((r = status_wait_while(s, "inmigrate", st, deadline, "loading the state")) < 0)
 		return r;
 	if (strcmp(st, "paused") != 0 && strcmp(st, "prelaunch") != 0) {
-		say(s->id, "after loading the state the VM is %s", st);
+		vm_log(s->id, "after loading the state the VM is %s", st);
 		return -EIO;
 	}
 	if ((r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "cont");
+		return qemu_cmd_failed(s, r, "cont");
 	return 0;
 }

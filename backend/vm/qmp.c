@@ -13,6 +13,7 @@
 
 #include "backend/vm/qmp.h"
 #include "backend/util/clock.h"
+#include "backend/vm/log.h"
 
 /* --- line buffer ---------------------------------------------------------- */
 
@@ -178,7 +179,7 @@ static int read_msg(struct qmp *q, struct qmp_msg *m, double deadline)
 				continue;
 			r = qmp_msg_parse(line, len, m);
 			if (r < 0)
-				fprintf(stderr, "worldfs: qmp: not a QMP message: %.200s\n", line);
+				vm_log(VM_LOG_HOST, "qmp: not a QMP message: %.200s", line);
 			return r;
 		}
 		r = poll(&pfd, 1, ms_left(deadline));

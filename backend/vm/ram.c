@@ -31,12 +31,12 @@
 
 int ram_path(const struct backend *b, const char *name, char out[PATH_MAX])
 {
-	return pathf(out, "%s/%s.ram", b->ram_dir, name);
+	return vm_pathf(out, "%s/%s.ram", b->ram_dir, name);
 }
 
 int ram_snapshot_path(const struct backend *b, const char *snap_id, char out[PATH_MAX])
 {
-	return pathf(out, "%s/snapshots/%s.ram", b->ram_dir, snap_id);
+	return vm_pathf(out, "%s/snapshots/%s.ram", b->ram_dir, snap_id);
 }
 
 int ram_create(const char *path, unsigned mem_mib)
@@ -100,7 +100,8 @@ static bool reflink_works(const char *dir)
 	int fa = -1, fc = -1;
 	bool ok = false;
 
-	if (pathf(a, "%s/.probe-%d.a", dir, (int)getpid()) < 0 || pathf(c, "%s/.probe-%d.b", dir, (int)getpid()) < 0)
+	if (vm_pathf(a, "%s/.probe-%d.a", dir, (int)getpid()) < 0 ||
+	    vm_pathf(c, "%s/.probe-%d.b", dir, (int)getpid()) < 0)
 		return false;
 	memset(page, 'w', sizeof(page));
 	fa = open(a, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -154,7 +155,7 @@ static bool mounted_here(const char *dir, const char *image, bool *ours, char de
 	*ours = false;
 	if (!text)
 		return false;
-	n = read_small("/proc/self/mountinfo", text, cap);
+	n = vm_read_small("/proc/self/mountinfo", text, cap);
 	found = n > 0 && mountinfo_find(text, dir, source, type, sizeof(source));
 	free(text);
 	if (!found)
@@ -162,8 +163,8 @@ static bool mounted_here(const char *dir, const char *image, bool *ours, char de
 	dev = strrchr(source, '/');
 	dev = dev ? dev + 1 : source;
 	if (strncmp(dev, "loop", 4) == 0 && realpath(image, real) &&
-	    pathf(sys, "/sys/block/%s/loop/backing_file", dev) == 0 &&
-	    (n = read_small(sys, backing, sizeof(backing))) > 0) {
+	    vm_pathf(sys, "/sys/block/%s/loop/backing_file", dev) == 0 &&
+	    (n = vm_read_small(sys, backing, sizeof(backing))) > 0) {
 		if (backing[n - 1] == '\n')
 			backing[n - 1] = '\0';
 		*ours = strcmp(backing, real) == 0;
@@ -200,7 +201,7 @@ static void loop_tune(const char *dev)
 	snprintf(path, sizeof(path), "/dev/%s", dev);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || ioctl(fd, BLKRASET, 0UL) < 0)
-		fprintf(stderr, "worldfs: %s: read-ahead left on: %s\n", path, strerror(errno));
+		vm_log(VM_LOG_HOST, "%s: read-ahead left on: %s", path, strerror(errno));
 	if (fd >= 0)
 		close(fd);
 }
@@ -216,8 +217,8 @@ static int image_mount(struct backend *b)
 		unsigned long long size = RAM_IMAGE_MAX;
 		int fd;
 
-		if ((r = find_program("mkfs.xfs", mkfs)) < 0) {
-			fprintf(stderr, "worldfs: mkfs.xfs: not found (Debian: apt install xfsprogs)\n");
+		if ((r = vm_find_program("mkfs.xfs", mkfs)) < 0) {
+			vm_log(VM_LOG_HOST, "mkfs.xfs: not found (Debian: apt install xfsprogs)");
 			return r;
 		}
 		/* No bigger than the disk under it: a loop device that cannot
@@ -226,7 +227,7 @@ static int image_mount(struct backend *b)
 			unsigned long long avail = (unsigned long long)vfs.f_bavail * vfs.f_frsize / 10 * 9;
 
 			if (avail < RAM_IMAGE_MIN) {
-				fprintf(stderr, "worldfs: %s: only %llu MiB free for an XFS image\n", b->dir, avail >> 20);
+				vm_log(VM_LOG_HOST, "%s: only %llu MiB free for an XFS image", b->dir, avail >> 20);
 				return -ENOSPC;
 			}
 			if (avail < size)
@@ -237,29 +238,29 @@ static int image_mount(struct backend *b)
 			r = -errno;
 			if (fd >= 0)
 				close(fd);
-			fprintf(stderr, "worldfs: %s: %s\n", b->ram_image, strerror(-r));
+			vm_log(VM_LOG_HOST, "%s: %s", b->ram_image, strerror(-r));
 			return r;
 		}
 		close(fd);
 		const char *argv[] = { mkfs, "-q", "-K", "-m", "reflink=1", b->ram_image, NULL };
 
 		if ((r = run_tool(argv)) < 0) {
-			fprintf(stderr, "worldfs: mkfs.xfs %s failed\n", b->ram_image);
+			vm_log(VM_LOG_HOST, "mkfs.xfs %s failed", b->ram_image);
 			unlink(b->ram_image);
 			return r;
 		}
-		fprintf(stderr, "worldfs: %s: made an XFS image (%llu GiB, sparse) for guest RAM\n",
-			b->ram_image, size >> 30);
+		vm_log(VM_LOG_HOST, "%s: made an XFS image (%llu GiB, sparse) for guest RAM",
+		       b->ram_image, size >> 30);
 	}
-	if ((r = find_program("mount", mount_bin)) < 0) {
-		fprintf(stderr, "worldfs: mount: not found\n");
+	if ((r = vm_find_program("mount", mount_bin)) < 0) {
+		vm_log(VM_LOG_HOST, "mount: not found");
 		return r;
 	}
 	/* -o loop: the loop device goes away with the unmount (autoclear). */
 	const char *argv[] = { mount_bin, "-o", "loop,discard", b->ram_image, b->ram_dir, NULL };
 
 	if ((r = run_tool(argv)) < 0) {
-		fprintf(stderr, "worldfs: mount -o loop %s %s failed\n", b->ram_image, b->ram_dir);
+		vm_log(VM_LOG_HOST, "mount -o loop %s %s failed", b->ram_image, b->ram_dir);
 		return r;
 	}
 	return 0;
@@ -288,15 +289,15 @@ void ram_init(struct backend *b, bool want)
 	char sub[PATH_MAX], dev[32] = "";
 	bool here, ours;
 
-	if (pathf(b->ram_dir, "%s/ram", b->dir) < 0 || pathf(b->ram_image, "%s/ram.xfs", b->dir) < 0)
+	if (vm_pathf(b->ram_dir, "%s/ram", b->dir) < 0 || vm_pathf(b->ram_image, "%s/ram.xfs", b->dir) < 0)
 		return;
 	if (mkdir(b->ram_dir, 0700) < 0 && errno != EEXIST) {
-		fprintf(stderr, "worldfs: %s: %s\n", b->ram_dir, strerror(errno));
+		vm_log(VM_LOG_HOST, "%s: %s", b->ram_dir, strerror(errno));
 		return;
 	}
 	here = mounted_here(b->ram_dir, b->ram_image, &ours, dev);
 	/* branch=copy: only what earlier mounts left (RAM files to resume). */
-	if (!want && !here && !exists(b->ram_image))
+	if (!want && !here && !vm_exists(b->ram_image))
 		return;
 	if (reflink_works(b->ram_dir)) {
 		b->ram_ready = true;
@@ -317,21 +318,21 @@ void ram_init(struct backend *b, bool want)
 	if (b->ram_mounted && dev[0])
 		loop_tune(dev);
 	if (why && want)
-		fprintf(stderr, "worldfs: %s: no reflink (%s) and %s: branching copies memory\n", b->ram_dir,
-			fs_name(b->ram_dir), why);
+		vm_log(VM_LOG_HOST, "%s: no reflink (%s) and %s: branching copies memory", b->ram_dir,
+		       fs_name(b->ram_dir), why);
 	if (!b->ram_ready)
 		return;
-	if ((pathf(sub, "%s/snapshots", b->ram_dir) == 0 && mkdir(sub, 0700) < 0 && errno != EEXIST) ||
-	    (pathf(sub, "%s/golden", b->ram_dir) == 0 && mkdir(sub, 0700) < 0 && errno != EEXIST)) {
-		fprintf(stderr, "worldfs: %s: %s: branching copies memory\n", sub, strerror(errno));
+	if ((vm_pathf(sub, "%s/snapshots", b->ram_dir) == 0 && mkdir(sub, 0700) < 0 && errno != EEXIST) ||
+	    (vm_pathf(sub, "%s/golden", b->ram_dir) == 0 && mkdir(sub, 0700) < 0 && errno != EEXIST)) {
+		vm_log(VM_LOG_HOST, "%s: %s: branching copies memory", sub, strerror(errno));
 		b->ram_ready = false;
 		return;
 	}
-	tmp_sweep(b->ram_dir);
-	if (pathf(sub, "%s/snapshots", b->ram_dir) == 0)
-		tmp_sweep(sub);
-	if (pathf(sub, "%s/golden", b->ram_dir) == 0)
-		tmp_sweep(sub);
+	vm_tmp_sweep(b->ram_dir);
+	if (vm_pathf(sub, "%s/snapshots", b->ram_dir) == 0)
+		vm_tmp_sweep(sub);
+	if (vm_pathf(sub, "%s/golden", b->ram_dir) == 0)
+		vm_tmp_sweep(sub);
 	b->cow = want;
 }
 
@@ -343,8 +344,8 @@ void ram_fini(struct backend *b)
 		if (umount2(b->ram_dir, 0) == 0 || errno == EINVAL || errno == ENOENT)
 			break;
 		if (errno != EBUSY || i == UMOUNT_TRIES) {
-			fprintf(stderr, "worldfs: umount %s: %s (left mounted for the VMs still using it)\n",
-				b->ram_dir, strerror(errno));
+			vm_log(VM_LOG_HOST, "umount %s: %s (left mounted for the VMs still using it)",
+			       b->ram_dir, strerror(errno));
 			return;
 		}
 		sleep_ms(50);
@@ -370,7 +371,7 @@ static void collect_dir(const char *dir, bool (*known)(void *ctx, const char *id
 		id[n - 4] = '\0';
 		if (known(ctx, id))
 			continue;
-		say(id, "%s RAM file not in the registry: deleted", what);
+		vm_log(id, "%s RAM file not in the registry: deleted", what);
 		unlinkat(dirfd(d), e->d_name, 0);
 	}
 	closedir(d);
@@ -383,6 +384,6 @@ void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char 
 	if (!b->ram_ready)
 		return;
 	collect_dir(b->ram_dir, known, ctx, "a world's");
-	if (pathf(sub, "%s/snapshots", b->ram_dir) == 0)
+	if (vm_pathf(sub, "%s/snapshots", b->ram_dir) == 0)
 		collect_dir(sub, known, ctx, "a snapshot's");
 }

@@ -1,6 +1,9 @@
-/* vm.c: the "vm" backend: one QEMU microVM per world, driven over QMP
- * (qmp.c, qemu.c), with the world's session in the guest agent, reached
- * over a virtio-serial port (agent.c, backend/agent/proto.h).
+/* vm.c: the "vm" backend's ops (vm_backend_ops): one QEMU microVM per
+ * world, driven over QMP (qmp.c, qemu.c), with the world's session in the
+ * guest agent, reached over a virtio-serial port (agent.c,
+ * backend/agent/proto.h).  The ops put together what the files below
+ * offer: sandboxes started and frozen (sandbox.c), taken from the warm
+ * pool (pool.c) or branched from the golden state (golden.c).
  *
  * Copy-on-write (the default where ram.c finds or makes a RAM directory):
  * a VM's RAM is a file mapped share=on, so a saved state is QEMU's device
@@ -28,9 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -46,149 +47,24 @@ static const char kernel_append[] =
 	"console=ttyS0 quiet panic=-1 cryptomgr.notests tsc=reliable no_timer_check pci=off mitigations=off "
 	"nowatchdog transparent_hugepage=never sysctl.vm.compaction_proactiveness=0";
 
-/* Names in STATE/vm that are not sandboxes. */
-static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs", "images" };
-
-static bool reserved(const char *name)
+/* path and its missing parents, like mkdir -p. */
+static int mkdir_p(char *path)
 {
-	for (size_t i = 0; i < sizeof(reserved_names) / sizeof(reserved_names[0]); i++)
-		if (strcmp(name, reserved_names[i]) == 0)
-			return true;
-	return false;
-}
-
-/* --- sandboxes ------------------------------------------------------------ */
-
-int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
-		struct sandbox **out)
-{
-	struct sandbox *s;
-	int r;
-
-	if ((r = id_check(id)) < 0)
-		return r;
-	if (reserved(id))
-		return -EINVAL;
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	s->b = b;
-	s->dirfd = s->agent = -1;
-	s->img = img ? img : b->img;
-	s->mem_mib = mem_mib ? mem_mib : b->mem_mib;
-	s->vcpus = vcpus ? vcpus : b->vcpus;
-	s->machine = MACHINE_CURRENT;
-	snprintf(s->id, sizeof(s->id), "%s", id);
-	if ((r = pathf(s->dir, "%s/%s", b->dir, id)) < 0) {
-		free(s);
-		return r;
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+			*p = '/';
+			return -errno;
+		}
+		*p = '/';
 	}
-	snprintf(s->qdir, sizeof(s->qdir), "%s", s->dir);
-	if (getrandom(&s->next_run, sizeof(s->next_run), 0) != sizeof(s->next_run))
-		s->next_run = (uint32_t)time(NULL);
-	*out = s;
-	return 0;
+	return mkdir(path, 0700) < 0 && errno != EEXIST ? -errno : 0;
 }
 
-int sandbox_open_dir(struct sandbox *s)
-{
-	s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	return s->dirfd < 0 ? -errno : 0;
-}
-
-/* Create s's directory and config; -EEXIST if the id is taken. */
-static int sandbox_make_dir(struct sandbox *s)
-{
-	struct vm_config c;
-	int r;
-
-	if (mkdir(s->dir, 0700) < 0) {
-		r = -errno;
-		if (r != -EEXIST)
-			say(s->id, "%s: %s", s->dir, strerror(-r));
-		return r;
-	}
-	config_of(s, &c);
-	if ((r = sandbox_open_dir(s)) < 0 || (r = config_write(s->dir, &c, false)) < 0) {
-		say(s->id, "%s: %s", s->dir, strerror(-r));
-		if (s->dirfd >= 0)
-			close(s->dirfd);
-		s->dirfd = -1;
-		rm_tree(s->dir);
-	}
-	return r;
-}
-
-/* Close what s holds in worldfs; QEMU keeps running if it does. */
-void sandbox_free(struct sandbox *s)
-{
-	if (!s)
-		return;
-	if (s->agent >= 0)
-		close(s->agent);
-	qmp_close(s->qmp);
-	if (s->dirfd >= 0)
-		close(s->dirfd);
-	free(s);
-}
-
-/* Stop QEMU, delete s's files (its RAM file too), free s. */
-int sandbox_discard(struct sandbox *s)
-{
-	char ram[PATH_MAX];
-	int r;
-
-	qemu_kill(s);
-	if (s->dirfd >= 0)
-		close(s->dirfd);
-	s->dirfd = -1;
-	r = rm_tree(s->dir);
-	if (r < 0)
-		say(s->id, "%s: %s", s->dir, strerror(-r));
-	if (s->b->ram_ready && ram_path(s->b, s->id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
-		say(s->id, "%s: %s", ram, strerror(errno));
-	sandbox_free(s);
-	return r;
-}
-
-/* What a start reseeds: nothing (a golden state's first boot, reseeded
- * after its freeze), the kernel's RNG (a world that resumes), or the
- * interpreters' generators too (a new world; a branch under reseed=all). */
-enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_ALL };
-
-/* Bring s up: start QEMU unless it is already waiting (launched), load a
- * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
- * failure no process is left. */
-static int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline)
-{
-	double t = now_ms();
-	int r;
-
-	if (!launched && (r = qemu_launch(s, state_fd >= 0)) < 0)
-		return r;
-	s->steps.qemu_ms = launched ? 0 : now_ms() - t;
-	t = now_ms();
-	/* Connect before the state comes: the saved state has the host
-	 * connected, and a port found unconnected at load makes the guest
-	 * see a hang-up and then a new connection, which its agent only
-	 * notices on its next look at the port. */
-	if ((r = agent_connect(s, deadline)) < 0)
-		goto fail;
-	if (state_fd >= 0 && (r = state_load(s, state_fd, deadline)) < 0)
-		goto fail;
-	s->steps.load_ms = now_ms() - t;
-	t = now_ms();
-	if ((r = agent_ping(s, deadline)) < 0 ||
-	    (reseed != RESEED_NONE && (r = agent_reseed(s, deadline, reseed == RESEED_ALL)) < 0))
-		goto fail;
-	s->steps.ready_ms = now_ms() - t;
-	s->broken = false;
-	return 0;
-fail:
-	qemu_stop(s);
-	return r;
-}
-
+/* The handle the registry keeps for a running world: its QEMU's pid, by
+ * which resume() and probe() know the process again. */
 static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
 {
 	snprintf(handle, BACKEND_HANDLE_MAX, "%d", (int)s->pid);
@@ -198,10 +74,9 @@ static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
  * dir and RAM file already renamed to id) if pooled is not NULL, else a
  * new dir to start one in.  The pool's QEMUs are all MACHINE_CURRENT, of
  * the mount's image. */
-static int sandbox_prepare(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib,
-			   unsigned vcpus, bool cow, unsigned machine, struct sandbox **out, bool *pooled)
+static int take_or_make(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib,
+			unsigned vcpus, bool cow, unsigned machine, struct sandbox **out, bool *pooled)
 {
-	struct sandbox *s;
 	int r;
 
 	if (pooled)
@@ -215,88 +90,10 @@ static int sandbox_prepare(struct backend *b, const char *id, const struct vm_im
 		if (r != -ENOENT)
 			return r;
 	}
-	if ((r = sandbox_new(b, id, img, mem_mib, vcpus, &s)) < 0)
-		return r;
-	s->cow = cow;
-	s->machine = machine;
-	if ((r = sandbox_make_dir(s)) < 0) {
-		sandbox_free(s);
-		return r;
-	}
-	*out = s;
-	return 0;
+	return sandbox_make(b, id, img, mem_mib, vcpus, cow, machine, out);
 }
 
 /* --- backend ops ---------------------------------------------------------- */
-
-static bool cpu_has_virt(void)
-{
-	FILE *f = fopen("/proc/cpuinfo", "re");
-	char line[8192];
-	bool yes = false;
-
-	if (!f)
-		return false;
-	while (!yes && fgets(line, sizeof(line), f)) {
-		if (strncmp(line, "flags", 5) != 0)
-			continue;
-		char *save = NULL;
-
-		for (char *t = strtok_r(line, " \t\n", &save); t; t = strtok_r(NULL, " \t\n", &save))
-			if (strcmp(t, "vmx") == 0 || strcmp(t, "svm") == 0)
-				yes = true;
-		break;
-	}
-	fclose(f);
-	return yes;
-}
-
-/* KVM only where it can run a stock guest kernel: /dev/kvm alone may be
- * PVM, which can't (see VM-NOTES). */
-static bool choose_kvm(enum accel accel)
-{
-	int fd;
-
-	if (accel == ACCEL_KVM)
-		return true;
-	if (accel == ACCEL_TCG)
-		return false;
-	if (!cpu_has_virt()) {
-		fprintf(stderr, "worldfs: /dev/kvm: no vmx/svm, using tcg\n");
-		return false;
-	}
-	fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		fprintf(stderr, "worldfs: /dev/kvm: %s, using tcg\n", strerror(errno));
-		return false;
-	}
-	close(fd);
-	fprintf(stderr, "worldfs: /dev/kvm: using kvm\n");
-	return true;
-}
-
-/* The host's TSC rate in kHz, measured; 0 if unknown.  Under TCG the
- * guest's TSC is the host's, and the guest's own calibration against the
- * emulated PIT fails often enough on a loaded host (the kernel then marks
- * the TSC unusable and hangs on this clockless machine) that we tell it. */
-static unsigned long host_tsc_khz(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-	double t0, t1;
-	uint64_t c0, c1;
-
-	t0 = now_ms();
-	c0 = __builtin_ia32_rdtsc();
-	sleep_ms(20);
-	t1 = now_ms();
-	c1 = __builtin_ia32_rdtsc();
-	if (t1 <= t0 || c1 <= c0)
-		return 0;
-	return (unsigned long)((double)(c1 - c0) / (t1 - t0) + 0.5);
-#else
-	return 0;
-#endif
-}
 
 static int vm_init(struct backend **out, struct backend_config *cfg, char *err, size_t errlen)
 {
@@ -320,25 +117,26 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	b->reseed_sessions = cfg->reseed_sessions;
 
 	/* Absolute paths throughout: QEMU runs from / once daemonized. */
-	if ((r = pathf(path, "%s/vm/snapshots", cfg->state_dir)) < 0 || (r = mkdir_p(path)) < 0) {
+	if ((r = vm_pathf(path, "%s/vm/snapshots", cfg->state_dir)) < 0 || (r = mkdir_p(path)) < 0) {
 		snprintf(err, errlen, "%s/vm/snapshots: %s", cfg->state_dir, strerror(-r));
 		goto fail;
 	}
-	if ((r = pathf(path, "%s/vm", cfg->state_dir)) < 0 || !realpath(path, b->dir)) {
+	if ((r = vm_pathf(path, "%s/vm", cfg->state_dir)) < 0 || !realpath(path, b->dir)) {
 		r = r < 0 ? r : -errno;
 		snprintf(err, errlen, "%s: %s", path, strerror(-r));
 		goto fail;
 	}
-	if ((r = pathf(b->snap_dir, "%s/snapshots", b->dir)) < 0 || (r = pathf(b->images_dir, "%s/images", b->dir)) < 0 ||
+	if ((r = vm_pathf(b->snap_dir, "%s/snapshots", b->dir)) < 0 ||
+	    (r = vm_pathf(b->images_dir, "%s/images", b->dir)) < 0 ||
 	    (mkdir(b->images_dir, 0700) < 0 && (r = -errno) != -EEXIST)) {
 		snprintf(err, errlen, "%s: %s", b->dir, strerror(-r));
 		goto fail;
 	}
-	if ((r = find_program("qemu-system-x86_64", b->qemu)) < 0) {
+	if ((r = vm_find_program("qemu-system-x86_64", b->qemu)) < 0) {
 		snprintf(err, errlen, "qemu-system-x86_64: not found in PATH (Debian: apt install qemu-system-x86)");
 		goto fail;
 	}
-	b->kvm = choose_kvm(cfg->accel);
+	b->kvm = host_use_kvm(cfg->accel);
 	snprintf(b->append, sizeof(b->append), "%s", kernel_append);
 	if (!b->kvm) {
 		unsigned long khz = host_tsc_khz();
@@ -351,19 +149,19 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	b->mem_mib = cfg->mem_mib ? cfg->mem_mib : b->img->mem_mib;
 	cfg->mem_mib = b->mem_mib;
 	cfg->vcpus = b->vcpus;
-	fprintf(stderr, "worldfs: vm: image %s (%s), %u MiB, %s\n", b->img->name, b->img->dir, b->mem_mib,
-		b->img->root[0] ? "root disk" : "initramfs root");
+	vm_log(NULL, "image %s (%s), %u MiB, %s", b->img->name, b->img->dir, b->mem_mib,
+	       b->img->root[0] ? "root disk" : "initramfs root");
 	pthread_mutex_init(&b->golden_lock, NULL);
 	ram_init(b, !cfg->branch_copy);
 	if ((r = golden_init(b, kernel_append)) < 0) {
-		fprintf(stderr, "worldfs: vm: %s/golden: %s: every create boots cold\n", b->dir, strerror(-r));
+		vm_log(NULL, "%s/golden: %s: every create boots cold", b->dir, strerror(-r));
 		b->golden_id[0] = '\0';
 	}
-	tmp_sweep(b->snap_dir);
-	tmp_sweep(b->golden_dir);
+	vm_tmp_sweep(b->snap_dir);
+	vm_tmp_sweep(b->golden_dir);
 	pool_sweep(b);
 	if (b->cow && cfg->pool_size > 0 && (r = pool_start(b, cfg->pool_size)) < 0)
-		fprintf(stderr, "worldfs: vm: warm pool: %s: none\n", strerror(-r));
+		vm_log(NULL, "warm pool: %s: none", strerror(-r));
 	*out = b;
 	return 0;
 fail:
@@ -390,10 +188,10 @@ static int create_cold(struct backend *b, const char *id, unsigned mem_mib, unsi
 	struct sandbox *s;
 	int r;
 
-	if ((r = sandbox_prepare(b, id, b->img, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
+	if ((r = take_or_make(b, id, b->img, mem_mib, vcpus, b->cow, MACHINE_CURRENT, &s, NULL)) < 0)
 		return r;
 	if (b->cow && ((r = ram_path(b, id, ram)) < 0 || (r = ram_create(ram, s->mem_mib)) < 0)) {
-		say(id, "%s: %s", ram, strerror(-r));
+		vm_log(id, "%s: %s", ram, strerror(-r));
 		goto fail;
 	}
 	s->steps.from = "boot";
@@ -422,14 +220,14 @@ static int create_from_golden(struct backend *b, const char *id, unsigned mem_mi
 	if (fd < 0)
 		return fd;
 	t = now_ms();
-	if ((r = sandbox_prepare(b, id, b->img, mem_mib, vcpus, true, MACHINE_CURRENT, &s, &pooled)) < 0) {
+	if ((r = take_or_make(b, id, b->img, mem_mib, vcpus, true, MACHINE_CURRENT, &s, &pooled)) < 0) {
 		close(fd);
 		return r;
 	}
 	s->steps.prepare_ms = now_ms() - t;
 	t = now_ms();
 	if ((r = ram_path(b, id, ram)) == 0 && (r = ram_clone(gram, ram)) < 0)
-		say(id, "%s -> %s: %s", gram, ram, strerror(-r));
+		vm_log(id, "%s -> %s: %s", gram, ram, strerror(-r));
 	s->steps.clone_ms = now_ms() - t;
 	s->steps.from = "golden";
 	/* Other creates may clone it meanwhile; only golden_drop() must wait. */
@@ -466,7 +264,7 @@ static int vm_create(struct backend *b, const char *id, unsigned mem_mib, unsign
 	pthread_mutex_lock(&b->golden_lock);
 	r = create_from_golden(b, id, mem_mib, vcpus, &s, deadline, &unusable);
 	if (unusable) {
-		say(id, "the golden state did not come up (%s): dropped; booting cold", strerror(-r));
+		vm_log(id, "the golden state did not come up (%s): dropped; booting cold", strerror(-r));
 		golden_drop(b, b->img, mem_mib, vcpus);
 	}
 	if (r == -ENOENT || unusable) {
@@ -500,116 +298,20 @@ static int vm_exec(struct sandbox *s, const char *code, size_t len, struct run_r
 	return agent_exec(s, code, len, 0, res);
 }
 
+/* A snapshot's dir and, if tmp is not NULL, the temp dir it is made in. */
 static int snapshot_paths(const struct backend *b, const char *snap_id, char dir[PATH_MAX], char tmp[PATH_MAX])
 {
-	int r = id_check(snap_id);
+	int r = vm_id_check(snap_id);
 
 	if (r == 0)
-		r = pathf(dir, "%s/%s", b->snap_dir, snap_id);
+		r = vm_pathf(dir, "%s/%s", b->snap_dir, snap_id);
 	if (r == 0 && tmp)
-		r = pathf(tmp, "%s/.%s.tmp", b->snap_dir, snap_id);
+		r = vm_pathf(tmp, "%s/.%s.tmp", b->snap_dir, snap_id);
 	return r;
 }
-
 /* Snapshot into a temporary directory, renamed into place once durable:
  * a crash leaves either no snapshot or a whole one (a frozen RAM file
  * without its dir is garbage, collected at the next mount). */
-/* The directory that holds path (path without its last component). */
-static int parent_of(const char *path, char out[PATH_MAX])
-{
-	const char *slash = strrchr(path, '/');
-
-	if (!slash || slash == path || (size_t)(slash - path) >= PATH_MAX)
-		return -EINVAL;
-	memcpy(out, path, (size_t)(slash - path));
-	out[slash - path] = '\0';
-	return 0;
-}
-
-int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
-		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes)
-{
-	char state[PATH_MAX], ram_parent[PATH_MAX], parent[PATH_MAX];
-	bool ram_placed = false, dir_placed = false;
-	struct vm_config c;
-	struct stat st;
-	int fd = -1, ram_fd = -1, r;
-
-	if ((r = pathf(state, "%s/%s", tmp, s->cow ? "devstate" : "state")) < 0 ||
-	    (r = parent_of(dir, parent)) < 0 ||
-	    (s->cow && (r = parent_of(ram, ram_parent)) < 0))
-		return r;
-	if (s->broken)
-		return -EIO;
-	if (!replace && exists(dir))
-		return -EEXIST;
-	rm_tree(tmp);
-	if (mkdir(tmp, 0700) < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", tmp, strerror(-r));
-		return r;
-	}
-	fd = open(state, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", state, strerror(-r));
-		goto out;
-	}
-	if (s->cow && (ram_fd = open(ram_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", ram_tmp, strerror(-r));
-		goto out;
-	}
-	if ((r = state_save(s, fd, ram_fd, true, frozen)) < 0)
-		goto out;
-	if (fsync(fd) < 0 || fstat(fd, &st) < 0) {
-		r = -errno;
-		say(s->id, "%s: %s", state, strerror(-r));
-		goto out;
-	}
-	if (s->cow) {
-		if (fsync(ram_fd) < 0 || rename(ram_tmp, ram) < 0) {
-			r = -errno;
-			say(s->id, "%s: %s", ram, strerror(-r));
-			goto out;
-		}
-		ram_placed = true;
-		if ((r = fsync_path(ram_parent)) < 0) {
-			say(s->id, "%s: %s", ram_parent, strerror(-r));
-			goto out;
-		}
-	}
-	config_of(s, &c);
-	if ((r = config_write(tmp, &c, true)) < 0 || (r = fsync_path(tmp)) < 0) {
-		say(s->id, "%s: %s", tmp, strerror(-r));
-		goto out;
-	}
-	if (replace)
-		rm_tree(dir);
-	if (rename(tmp, dir) < 0) {
-		r = errno == ENOTEMPTY ? -EEXIST : -errno;
-		say(s->id, "%s: %s", dir, strerror(-r));
-		goto out;
-	}
-	dir_placed = true;
-	if ((r = fsync_path(parent)) < 0)
-		say(s->id, "%s: %s", parent, strerror(-r));
-	*state_bytes = (uint64_t)st.st_size;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (ram_fd >= 0)
-		close(ram_fd);
-	if (r < 0) {
-		rm_tree(dir_placed ? dir : tmp);
-		if (s->cow)
-			unlink(ram_tmp);
-		if (ram_placed)
-			unlink(ram);
-	}
-	return r;
-}
-
 static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_info *info)
 {
 	char dir[PATH_MAX], tmp[PATH_MAX], ram[PATH_MAX] = "", ram_tmp[PATH_MAX] = "";
@@ -620,7 +322,7 @@ static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_i
 	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0)
 		return r;
 	if (s->cow && ((r = ram_snapshot_path(s->b, snap_id, ram)) < 0 ||
-		       (r = pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0))
+		       (r = vm_pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0))
 		return r;
 	if ((r = state_freeze(s, dir, tmp, ram, ram_tmp, false, &frozen, &bytes)) < 0)
 		return r;
@@ -637,15 +339,15 @@ static int vm_snapshot_delete(struct backend *b, const char *snap_id)
 
 	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
-	if (!exists(dir))
+	if (!vm_exists(dir))
 		return -ENOENT;
 	/* The dir is the snapshot: its RAM file goes after it. */
-	if ((r = rm_tree(dir)) == 0)
-		r = fsync_path(b->snap_dir);
+	if ((r = vm_rm_tree(dir)) == 0)
+		r = vm_fsync_path(b->snap_dir);
 	if (r < 0)
-		fprintf(stderr, "worldfs: vm: %s: %s\n", dir, strerror(-r));
+		vm_log(NULL, "%s: %s", dir, strerror(-r));
 	if (r == 0 && b->ram_ready && ram_snapshot_path(b, snap_id, ram) == 0 && unlink(ram) < 0 && errno != ENOENT)
-		fprintf(stderr, "worldfs: vm: %s: %s\n", ram, strerror(errno));
+		vm_log(NULL, "%s: %s", ram, strerror(errno));
 	return r;
 }
 
@@ -658,7 +360,7 @@ static int branch_state_of_parent(struct sandbox *parent, struct sandbox *child,
 
 	if (fd < 0) {
 		r = -errno;
-		say(child->id, "%s: temporary state file: %s", child->dir, strerror(-r));
+		vm_log(child->id, "%s: temporary state file: %s", child->dir, strerror(-r));
 		return r;
 	}
 	r = state_save(parent, fd, ram_to, true, frozen);
@@ -682,27 +384,27 @@ static int branch_state_of_snapshot(struct backend *b, const char *snap_id, stru
 	ram[0] = '\0';
 	if ((r = snapshot_paths(b, snap_id, dir, NULL)) < 0)
 		return r;
-	if ((r = config_read(dir, c)) < 0) {
+	if ((r = vm_config_read(dir, c)) < 0) {
 		if (r != -ENOENT)
-			fprintf(stderr, "worldfs: vm: %s/config: %s\n", dir, strerror(-r));
+			vm_log(NULL, "%s/config: %s", dir, strerror(-r));
 		return r;
 	}
 	if (!(*img = image_find(b, c->image))) {
-		fprintf(stderr, "worldfs: vm: snapshot %s: its guest image is gone\n", snap_id);
+		vm_log(NULL, "snapshot %s: its guest image is gone", snap_id);
 		return -EIO;
 	}
-	if ((r = pathf(state, "%s/%s", dir, c->cow ? "devstate" : "state")) < 0 ||
+	if ((r = vm_pathf(state, "%s/%s", dir, c->cow ? "devstate" : "state")) < 0 ||
 	    (c->cow && (r = ram_snapshot_path(b, snap_id, ram)) < 0))
 		return r;
 	if (c->cow && !b->ram_ready) {
-		fprintf(stderr, "worldfs: vm: snapshot %s: its RAM is in %s, which is not available\n", snap_id,
-			b->ram_dir);
+		vm_log(NULL, "snapshot %s: its RAM is in %s, which is not available", snap_id,
+		       b->ram_dir);
 		return -EIO;
 	}
 	fd = open(state, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
-		fprintf(stderr, "worldfs: vm: %s: %s\n", state, strerror(-r));
+		vm_log(NULL, "%s: %s", state, strerror(-r));
 		return r;
 	}
 	return fd;
@@ -723,7 +425,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	if (parent) {
 		if (parent->broken)
 			return -EIO;
-		config_of(parent, &c);
+		vm_config_of(parent, &c);
 		img = parent->img;
 	} else {
 		if (!snap_id)
@@ -733,7 +435,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 			return fd;
 	}
 	t = now_ms();
-	if ((r = sandbox_prepare(b, child_id, img, c.mem_mib, c.vcpus, c.cow, c.machine, &s, &pooled)) < 0) {
+	if ((r = take_or_make(b, child_id, img, c.mem_mib, c.vcpus, c.cow, c.machine, &s, &pooled)) < 0) {
 		s = NULL;
 		goto out;
 	}
@@ -741,7 +443,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 	s->steps.from = parent ? "parent" : "snapshot";
 	if (c.cow) {
 		if ((r = ram_path(b, child_id, ram)) < 0 || (ram_to = r = ram_open_dest(ram)) < 0) {
-			say(child_id, "%s: %s", ram, strerror(-r));
+			vm_log(child_id, "%s: %s", ram, strerror(-r));
 			goto fail;
 		}
 	}
@@ -763,7 +465,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 		if (src >= 0)
 			close(src);
 		if (r < 0) {
-			say(child_id, "%s -> %s: %s", src_ram, ram, strerror(-r));
+			vm_log(child_id, "%s -> %s: %s", src_ram, ram, strerror(-r));
 			goto fail;
 		}
 		s->steps.clone_ms = now_ms() - t;
@@ -813,8 +515,9 @@ static int vm_suspend(struct sandbox *s)
 	double frozen;
 	int fd = -1, r;
 
-	if ((r = pathf(tmp, "%s/suspend.state.tmp", s->dir)) < 0 || (r = pathf(path, "%s/suspend.state", s->dir)) < 0 ||
-	    (r = pathf(config, "%s/config", s->dir)) < 0 || (r = ram_path(b, s->id, ram)) < 0)
+	if ((r = vm_pathf(tmp, "%s/suspend.state.tmp", s->dir)) < 0 ||
+	    (r = vm_pathf(path, "%s/suspend.state", s->dir)) < 0 ||
+	    (r = vm_pathf(config, "%s/config", s->dir)) < 0 || (r = ram_path(b, s->id, ram)) < 0)
 		goto out;
 	if (!s->qmp) {
 		r = -EIO;
@@ -823,15 +526,15 @@ static int vm_suspend(struct sandbox *s)
 	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", tmp, strerror(-r));
+		vm_log(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}
 	if ((r = state_save(s, fd, -1, false, &frozen)) < 0)
 		goto out;
-	if ((s->cow && (r = fsync_path(ram)) < 0) || (r = fsync_path(config)) < 0 || fsync(fd) < 0 ||
+	if ((s->cow && (r = vm_fsync_path(ram)) < 0) || (r = vm_fsync_path(config)) < 0 || fsync(fd) < 0 ||
 	    rename(tmp, path) < 0 || fsync(s->dirfd) < 0) {
 		r = r < 0 ? r : -errno;
-		say(s->id, "%s: %s", path, strerror(-r));
+		vm_log(s->id, "%s: %s", path, strerror(-r));
 		qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
 		goto out;
 	}
@@ -841,7 +544,7 @@ out:
 		close(fd);
 	if (r < 0) {
 		unlink(tmp);
-		say(s->id, "suspend failed (%s); qemu left running for the next mount", strerror(-r));
+		vm_log(s->id, "suspend failed (%s); qemu left running for the next mount", strerror(-r));
 	}
 	sandbox_free(s);
 	pool_release(b);
@@ -856,16 +559,16 @@ static int resume_reattach(struct sandbox *s, pid_t pid)
 	int r;
 
 	s->pid = pid;
-	sock_path(s, "qmp.sock", false, us);
+	qemu_sock_path(s, "qmp.sock", false, us);
 	if ((r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS)) < 0) {
-		say(s->id, "reattach: %s/qmp.sock: %s", s->dir, strerror(-r));
+		vm_log(s->id, "reattach: %s/qmp.sock: %s", s->dir, strerror(-r));
 		return r;
 	}
-	if ((r = query_status(s, st, sizeof(st))) < 0)
-		return qmp_failed(s, r, "query-status");
+	if ((r = qemu_status(s, st, sizeof(st))) < 0)
+		return qemu_cmd_failed(s, r, "query-status");
 	/* Stopped mid-snapshot or mid-suspend when worldfs died. */
 	if (strcmp(st, "running") != 0 && (r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
-		return qmp_failed(s, r, "cont");
+		return qemu_cmd_failed(s, r, "cont");
 	/* A run may still be going on: PING waits for it (exec_timeout). */
 	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
 	    (r = agent_reseed(s, deadline, false)) < 0)
@@ -880,14 +583,14 @@ static int resume_from_file(struct sandbox *s, const char *path)
 	double t0 = now_ms();
 	int fd, r;
 
-	if (s->cow && (!s->b->ram_ready || ram_path(s->b, s->id, ram) < 0 || !exists(ram))) {
-		say(s->id, "%s: its RAM file %s/%s.ram is missing", path, s->b->ram_dir, s->id);
+	if (s->cow && (!s->b->ram_ready || ram_path(s->b, s->id, ram) < 0 || !vm_exists(ram))) {
+		vm_log(s->id, "%s: its RAM file %s/%s.ram is missing", path, s->b->ram_dir, s->id);
 		return -ENOENT;
 	}
 	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		r = -errno;
-		say(s->id, "%s: %s", path, strerror(-r));
+		vm_log(s->id, "%s: %s", path, strerror(-r));
 		return r;
 	}
 	s->steps.from = "suspend";
@@ -899,7 +602,7 @@ static int resume_from_file(struct sandbox *s, const char *path)
 	s->steps.total_ms = now_ms() - t0;
 	/* Running now: the saved state is older than the world and must not come back. */
 	if (unlink(path) < 0 || fsync(s->dirfd) < 0)
-		say(s->id, "%s: %s", path, strerror(errno));
+		vm_log(s->id, "%s: %s", path, strerror(errno));
 	return 0;
 }
 
@@ -914,14 +617,14 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 
 	if ((r = sandbox_new(b, id, NULL, 0, 0, &s)) < 0)
 		return r;
-	if ((r = config_read(s->dir, &c)) < 0 || (r = sandbox_open_dir(s)) < 0) {
+	if ((r = vm_config_read(s->dir, &c)) < 0 || (r = sandbox_open_dir(s)) < 0) {
 		if (r != -ENOENT)
-			say(id, "%s: %s", s->dir, strerror(-r));
+			vm_log(id, "%s: %s", s->dir, strerror(-r));
 		sandbox_free(s);
 		return -ENOENT;
 	}
 	if (!(s->img = image_find(b, c.image))) {
-		say(id, "its guest image is gone: cannot resume");
+		vm_log(id, "its guest image is gone: cannot resume");
 		sandbox_free(s);
 		return -ENOENT;
 	}
@@ -930,29 +633,29 @@ static int vm_resume(struct backend *b, const char *id, const char *handle,
 	s->cow = c.cow;
 	s->machine = c.machine;
 	qemu_origin(s->dir, s->qdir);
-	if ((r = pathf(path, "%s/suspend.state", s->dir)) < 0)
+	if ((r = vm_pathf(path, "%s/suspend.state", s->dir)) < 0)
 		goto fail;
 
-	pid = pid_parse(handle);
-	if (!pid_is_ours(pid, s->qdir))
-		pid = pid_from_file(s->dir);
-	if (pid_is_ours(pid, s->qdir)) {
+	pid = qemu_pid_parse(handle);
+	if (!qemu_pid_is_ours(pid, s->qdir))
+		pid = qemu_pid_from_file(s->dir);
+	if (qemu_pid_is_ours(pid, s->qdir)) {
 		r = resume_reattach(s, pid);
 		if (r == 0) {
 			unlink(path);  /* older than the running VM */
 			goto done;
 		}
-		say(id, "reattach to qemu pid %d failed; stopping it", (int)pid);
+		vm_log(id, "reattach to qemu pid %d failed; stopping it", (int)pid);
 		s->pid = pid;
 		qemu_stop(s);
 	}
-	if (exists(path)) {
+	if (vm_exists(path)) {
 		if ((r = resume_from_file(s, path)) < 0)
 			goto fail;
 		goto done;
 	}
 	/* Nothing to bring back: nobody else can clean these files up. */
-	say_died(s, "nothing to resume");
+	qemu_log_died(s, "nothing to resume");
 	sandbox_discard(s);
 	return -ENOENT;
 done:
@@ -971,15 +674,15 @@ static enum sandbox_presence vm_probe(struct backend *b, const char *id, const c
 	char dir[PATH_MAX], qdir[PATH_MAX], path[PATH_MAX], ram[PATH_MAX];
 	struct vm_config c;
 
-	if (id_check(id) < 0 || reserved(id) || pathf(dir, "%s/%s", b->dir, id) < 0 ||
-	    pathf(path, "%s/suspend.state", dir) < 0)
+	if (vm_id_check(id) < 0 || sandbox_reserved(id) || vm_pathf(dir, "%s/%s", b->dir, id) < 0 ||
+	    vm_pathf(path, "%s/suspend.state", dir) < 0)
 		return SANDBOX_GONE;
 	qemu_origin(dir, qdir);
-	if (pid_is_ours(pid_parse(handle), qdir) || pid_is_ours(pid_from_file(dir), qdir))
+	if (qemu_pid_is_ours(qemu_pid_parse(handle), qdir) || qemu_pid_is_ours(qemu_pid_from_file(dir), qdir))
 		return SANDBOX_RUNNING;
-	if (!exists(path) || config_read(dir, &c) < 0)
+	if (!vm_exists(path) || vm_config_read(dir, &c) < 0)
 		return SANDBOX_GONE;
-	if (c.cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !exists(ram)))
+	if (c.cow && (!b->ram_ready || ram_path(b, id, ram) < 0 || !vm_exists(ram)))
 		return SANDBOX_GONE;
 	return SANDBOX_SAVED;
 }
@@ -994,17 +697,17 @@ static int vm_discard(struct backend *b, const char *id, const char *handle)
 
 	if ((r = sandbox_new(b, id, NULL, 0, 0, &s)) < 0)
 		return r;
-	if (!exists(s->dir)) {
+	if (!vm_exists(s->dir)) {
 		if (b->ram_ready && ram_path(b, id, ram) == 0)
 			unlink(ram);
 		sandbox_free(s);
 		return 0;
 	}
 	qemu_origin(s->dir, s->qdir);
-	pid = pid_parse(handle);
-	if (!pid_is_ours(pid, s->qdir))
-		pid = pid_from_file(s->dir);
-	s->pid = pid_is_ours(pid, s->qdir) ? pid : 0;
+	pid = qemu_pid_parse(handle);
+	if (!qemu_pid_is_ours(pid, s->qdir))
+		pid = qemu_pid_from_file(s->dir);
+	s->pid = qemu_pid_is_ours(pid, s->qdir) ? pid : 0;
 	return sandbox_discard(s);
 }
 
@@ -1016,9 +719,9 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 	if (!d)
 		return;
 	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.' || reserved(e->d_name) || known(ctx, e->d_name))
+		if (e->d_name[0] == '.' || sandbox_reserved(e->d_name) || known(ctx, e->d_name))
 			continue;
-		say(e->d_name, "not in the registry (left by a crash while being made): deleted");
+		vm_log(e->d_name, "not in the registry (left by a crash while being made): deleted");
 		vm_discard(b, e->d_name, "");
 	}
 	closedir(d);
@@ -1027,8 +730,8 @@ static void vm_collect_garbage(struct backend *b, bool (*known)(void *ctx, const
 		while ((e = readdir(d))) {
 			if (e->d_name[0] == '.' || known(ctx, e->d_name))
 				continue;
-			say(e->d_name, "snapshot not in the registry: deleted");
-			rm_tree_at(dirfd(d), e->d_name);
+			vm_log(e->d_name, "snapshot not in the registry: deleted");
+			vm_rm_tree_at(dirfd(d), e->d_name);
 		}
 		closedir(d);
 	}
@@ -1047,7 +750,7 @@ static char *vm_describe(struct sandbox *s)
 			      "vcpus", (int)s->vcpus,
 			      "ram", s->cow ? "cow" : "copy",
 			      "image", s->img->name,
-			      "status", s->broken ? "failed" : pid_is_ours(s->pid, s->qdir) ? "up" : "down");
+			      "status", s->broken ? "failed" : qemu_pid_is_ours(s->pid, s->qdir) ? "up" : "down");
 	json_t *sessions = json_array();
 	char *text;
 

@@ -1,16 +1,26 @@
 /* vm.h: what the files of the vm backend share: the backend and sandbox
- * structs, and the functions each file offers the others.  Private to
- * backend/vm/; backend.h is the interface to the rest of worldfs.
+ * structs, and the functions each file offers the others, in sections by
+ * the file that defines them.  Private to backend/vm/; backend.h is the
+ * interface to the rest of worldfs.
  *
- *   files.c   small file helpers (durable writes, trees, config files, logs)
- *   image.c   guest images: their manifests, pinned copies, kernel arguments
- *   qemu.c    the QEMU process: start, stop, identity, migration over QMP
- *   agent.c   the guest agent: connect, ping, reseed, exec
- *   ram.c     the RAM directory (files that clone with FICLONE) and its
- *             loop-mounted XFS image
- *   golden.c  the frozen just-booted world every create branches from
- *   pool.c    QEMU processes started ahead, waiting for a state
- *   vm.c      the backend ops */
+ * The files, from the bottom up: each calls only those above it.
+ *   files.c    small file helpers (paths, durable writes, trees, the VM
+ *              config file)
+ *   image.c    guest images: their manifests, pinned copies, kernel arguments
+ *   host.c     what the host offers: KVM or TCG, the TSC rate for TCG guests
+ *   ram.c      the RAM directory (files that clone with FICLONE) and its
+ *              loop-mounted XFS image
+ *   qemu.c     the QEMU process: its command line, start, stop, identity,
+ *              migration over QMP
+ *   agent.c    the guest agent: connect, ping, reseed, exec
+ *   sandbox.c  a sandbox's life: made, started, frozen into a state
+ *              directory, freed or discarded
+ *   golden.c   the frozen just-booted world every create branches from
+ *   pool.c     QEMU processes started ahead, waiting for a state
+ *   vm.c       the backend ops (vm_backend_ops, declared in backend.h)
+ * Beside them, with headers of their own: log.c (vm_log, how every file
+ * here logs), qmp.c (the QMP client) and mountinfo.c (/proc/self/mountinfo,
+ * for ram.c). */
 #ifndef WORLDFS_VM_H
 #define WORLDFS_VM_H
 
@@ -27,6 +37,7 @@
 #include "backend/util/clock.h"
 #include "backend/util/io.h"
 #include "backend/util/strbuf.h"
+#include "backend/vm/log.h"
 #include "backend/vm/qmp.h"
 
 #define ID_MAX 64
@@ -133,28 +144,30 @@ struct sandbox {
 	struct start_steps steps;
 };
 
-/* --- files.c --------------------------------------------------------------- */
+/* --- files.c -------------------------------------------------------------- */
 
-void say(const char *id, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-const char *str_or(const char *s, const char *fallback);
-int pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int id_check(const char *id);
-bool exists(const char *path);
-int fsync_path(const char *path);
-int write_file(const char *dir, const char *name, const char *text, bool durable);
-ssize_t read_small(const char *path, char *buf, size_t n);
-int rm_tree_at(int parent, const char *name);
+/* snprintf into a path buffer: -ENAMETOOLONG if it does not fit. */
+int vm_pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* 0 if id (a registry or snapshot id) is a plain file name, else -EINVAL. */
+int vm_id_check(const char *id);
+bool vm_exists(const char *path);
+int vm_fsync_path(const char *path);
+/* Replace dir/name with text atomically, and durably if durable. */
+int vm_write_file(const char *dir, const char *name, const char *text, bool durable);
+/* Up to n-1 bytes of a small file, NUL-terminated: how many, or -errno. */
+ssize_t vm_read_small(const char *path, char *buf, size_t n);
+/* Remove name in the dir parent (path) and all below it; missing is fine. */
+int vm_rm_tree_at(int parent, const char *name);
+int vm_rm_tree(const char *path);
 /* Delete the .NAME.tmp entries of dir (left by a crash mid-freeze). */
-void tmp_sweep(const char *dir);
-int rm_tree(const char *path);
-int mkdir_p(char *path);
-int find_program(const char *name, char out[PATH_MAX]);
+void vm_tmp_sweep(const char *dir);
+/* name in PATH, then in the sbin dirs a non-login root shell may lack. */
+int vm_find_program(const char *name, char out[PATH_MAX]);
 /* FNV-1a: h extended with text; with a file's identity (path, size, mtime:
  * what changes when it is replaced or rebuilt), -errno if it has none. */
-#define FNV1A_INIT 0xcbf29ce484222325ull
-uint64_t fnv1a(uint64_t h, const char *text);
-int fnv1a_file(uint64_t *h, const char *path);
-void log_tail(const char *dir, const char *name, char *out, size_t n);
+#define VM_FNV1A_INIT 0xcbf29ce484222325ull
+uint64_t vm_fnv1a(uint64_t h, const char *text);
+int vm_fnv1a_file(uint64_t *h, const char *path);
 
 /* The machine a VM is started as; its device state only loads into the same.
  * 1: worldfs 0.1 (microvm with the i8254 PIT); 2: no PIT, whose 37 Hz timer
@@ -172,12 +185,12 @@ struct vm_config {
 	char image[IMAGE_DIGEST_MAX + 1]; /* the image's digest; "" for 0.1's */
 };
 
-int config_write(const char *dir, const struct vm_config *c, bool durable);
-int config_read(const char *dir, struct vm_config *c);
+int vm_config_write(const char *dir, const struct vm_config *c, bool durable);
+int vm_config_read(const char *dir, struct vm_config *c);
 /* The config of s as it runs. */
-void config_of(const struct sandbox *s, struct vm_config *c);
+void vm_config_of(const struct sandbox *s, struct vm_config *c);
 
-/* --- image.c --------------------------------------------------------------- */
+/* --- image.c -------------------------------------------------------------- */
 
 void image_init(struct backend *b, const char *base);
 void image_fini(struct backend *b);
@@ -189,56 +202,14 @@ const struct vm_image *image_find(struct backend *b, const char *digest);
 /* Delete the pinned images no config names. */
 void image_collect_garbage(struct backend *b);
 
-/* --- qemu.c ---------------------------------------------------------------- */
+/* --- host.c --------------------------------------------------------------- */
 
-bool pid_is_ours(pid_t pid, const char *qdir);
-pid_t pid_parse(const char *text);
-pid_t pid_from_file(const char *dir);
-/* The dir a QEMU running for dir was started in: dir/qemu.origin, else dir. */
-void qemu_origin(const char *dir, char qdir[PATH_MAX]);
-void say_died(const struct sandbox *s, const char *what);
-void sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX]);
+/* KVM for accel=kvm; for auto where the CPU has vmx/svm and /dev/kvm
+ * opens (the choice is logged). */
+bool host_use_kvm(enum accel accel);
+unsigned long host_tsc_khz(void);
 
-/* Start QEMU for s, daemonized; incoming: wait paused for state_load().
- * A cow sandbox maps ram_dir/<id>.ram, which must exist with its size. */
-int qemu_launch(struct sandbox *s, bool incoming);
-/* End QEMU: stop asks it to quit first; kill (its state is thrown away)
- * does not.  Both leave s with no process and no connections. */
-void qemu_stop(struct sandbox *s);
-void qemu_kill(struct sandbox *s);
-int qmp_failed(struct sandbox *s, int r, const char *what);
-int query_status(struct sandbox *s, char *out, size_t n);
-/* Migration parameters (bandwidth; x-ignore-shared for cow), once per QEMU. */
-int migrate_prepare(struct sandbox *s);
-
-/* Stop the guest, write QEMU's state to fd (device state only when cow:
- * its RAM is the file), and, if ram_to is given, clone the RAM file to it
- * while stopped.  The guest runs again afterwards if keep_running, and
- * always on failure.  *frozen_ms: how long it was stopped. */
-int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double *frozen_ms);
-/* Freeze s's full state durably into the directory dir (device state, or
- * the whole state when s is not cow, and its config) and, cow, its RAM
- * cloned to ram.  Built under the temp names tmp and ram_tmp and renamed
- * into place, so a crash leaves a whole state or none; on failure nothing
- * is left.  An existing dir is -EEXIST unless replace.  s keeps running. */
-int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
-		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes);
-/* Load a state from fd into s's QEMU (launched incoming) and run it. */
-int state_load(struct sandbox *s, int fd, double deadline);
-
-/* --- agent.c --------------------------------------------------------------- */
-
-int agent_connect(struct sandbox *s, double deadline);
-/* Until the agent answers PING. */
-int agent_ping(struct sandbox *s, double deadline);
-/* Fresh entropy and the host's time: a restored or cloned guest has its
- * parent's.  sessions: the interpreters' global generators too (a version
- * 1 agent has no interpreters but sh). */
-int agent_reseed(struct sandbox *s, double deadline, bool sessions);
-/* A run with the backend's exec_timeout, or timeout_ms if not 0. */
-int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res);
-
-/* --- ram.c ----------------------------------------------------------------- */
+/* --- ram.c ---------------------------------------------------------------- */
 
 /* Find or make a RAM directory that clones files; sets b->ram_*.
  * want: the mount asked for cow (else only an existing one is reused). */
@@ -260,7 +231,120 @@ void ram_preflush(const char *path);
 /* Remove the RAM files of ids and snapshots that known() does not claim. */
 void ram_collect_garbage(struct backend *b, bool (*known)(void *ctx, const char *id), void *ctx);
 
-/* --- golden.c -------------------------------------------------------------- */
+/* --- qemu.c --------------------------------------------------------------- */
+
+/* Is pid a live QEMU started in qdir?  (Its -pidfile argument says so.) */
+bool qemu_pid_is_ours(pid_t pid, const char *qdir);
+/* The pid in a handle or a pid file's text; 0 if there is none. */
+pid_t qemu_pid_parse(const char *text);
+/* The pid in dir/qemu.pid; 0 if there is none. */
+pid_t qemu_pid_from_file(const char *dir);
+/* The dir a QEMU running for dir was started in: dir/qemu.origin, else dir. */
+void qemu_origin(const char *dir, char qdir[PATH_MAX]);
+/* Log that what failed, in QEMU's own words: the last lines of qemu.log
+ * and console.log. */
+void qemu_log_died(const struct sandbox *s, const char *what);
+/* The path of s's socket name, for QEMU to bind (for_qemu) or for us to
+ * connect to; short enough for sun_path either way. */
+void qemu_sock_path(const struct sandbox *s, const char *name, bool for_qemu, char out[SOCK_PATH_MAX]);
+
+/* What a QEMU is started with: all that qemu_argv() reads. */
+struct qemu_spec {
+	const char *qemu;          /* the binary */
+	const char *id;            /* the sandbox's: the process is named worldfs-<id> */
+	bool kvm;                  /* -accel kvm -cpu host, else TCG -cpu max */
+	unsigned machine;          /* MACHINE_*: from MACHINE_NO_PIT on, no PIT */
+	unsigned mem_mib, vcpus;
+	const char *ram;           /* cow: guest RAM is this file, mapped shared; NULL: anonymous */
+	const char *kernel, *initrd, *append;
+	const char *root;          /* the root disk, attached read-only; NULL or "": none */
+	const char *qmp_sock, *agent_sock; /* for QEMU to bind (qemu_sock_path) */
+	const char *pidfile, *log; /* -pidfile (which also marks the process as ours), -D */
+	bool incoming;             /* wait paused for a state: -incoming defer -S */
+};
+
+/* A QEMU command line: argv, NULL-terminated, points into the strings
+ * beside it (so the struct is not to be copied). */
+struct qemu_cmdline {
+	const char *argv[64];
+	char name[ID_MAX + 16], machine[160], accel[64], mem[32], smp[32];
+	char qmp[SOCK_PATH_MAX + 48], agent[SOCK_PATH_MAX + 80];
+	char ram[2 * PATH_MAX + 96], root[2 * PATH_MAX + 96];
+};
+
+/* Build the command line of a QEMU as spec says into out: no I/O, nothing
+ * read but spec.  -ENAMETOOLONG if a path does not fit. */
+int qemu_argv(const struct qemu_spec *spec, struct qemu_cmdline *out);
+
+/* Start QEMU for s, daemonized; incoming: wait paused for state_load().
+ * A cow sandbox maps ram_dir/<id>.ram, which must exist with its size. */
+int qemu_launch(struct sandbox *s, bool incoming);
+/* End QEMU: stop asks it to quit first; kill (its state is thrown away)
+ * does not.  Both leave s with no process and no connections. */
+void qemu_stop(struct sandbox *s);
+void qemu_kill(struct sandbox *s);
+/* A QMP command (what) failed with r: log why (s is broken if QEMU is
+ * gone); the error to return: r for a time-out or ENOMEM, else -EIO. */
+int qemu_cmd_failed(struct sandbox *s, int r, const char *what);
+/* QEMU's run state ("running", "inmigrate", "paused", ...) into out. */
+int qemu_status(struct sandbox *s, char *out, size_t n);
+
+/* Stop the guest, write QEMU's state to fd (device state only when cow:
+ * its RAM is the file), and, if ram_to is given, clone the RAM file to it
+ * while stopped.  The guest runs again afterwards if keep_running, and
+ * always on failure.  *frozen_ms: how long it was stopped. */
+int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double *frozen_ms);
+/* Load a state from fd into s's QEMU (launched incoming) and run it. */
+int state_load(struct sandbox *s, int fd, double deadline);
+
+/* --- agent.c -------------------------------------------------------------- */
+
+int agent_connect(struct sandbox *s, double deadline);
+/* Until the agent answers PING. */
+int agent_ping(struct sandbox *s, double deadline);
+/* Fresh entropy and the host's time: a restored or cloned guest has its
+ * parent's.  sessions: the interpreters' global generators too (a version
+ * 1 agent has no interpreters but sh). */
+int agent_reseed(struct sandbox *s, double deadline, bool sessions);
+/* A run with the backend's exec_timeout, or timeout_ms if not 0. */
+int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res);
+
+/* --- sandbox.c ------------------------------------------------------------ */
+
+/* Names in STATE/vm that are not sandboxes (snapshots, golden, ...). */
+bool sandbox_reserved(const char *name);
+/* A sandbox for id (unstarted, no dir made); img, mem_mib, vcpus 0: the
+ * mount's.  -EINVAL for an id that is not a plain file name. */
+int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		struct sandbox **out);
+int sandbox_open_dir(struct sandbox *s);
+/* sandbox_new() with its dir made and its config written (cow, machine:
+ * MACHINE_*); -EEXIST if the id is taken. */
+int sandbox_make(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
+		 bool cow, unsigned machine, struct sandbox **out);
+/* Close what s holds in worldfs and free it; QEMU keeps running if it does. */
+void sandbox_free(struct sandbox *s);
+/* Stop QEMU, delete s's files (its RAM file too), free s. */
+int sandbox_discard(struct sandbox *s);
+
+/* What a start reseeds: nothing (a golden state's first boot, reseeded
+ * after its freeze), the kernel's RNG (a world that resumes), or the
+ * interpreters' generators too (a new world; a branch under reseed=all). */
+enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_ALL };
+/* Bring s up: start QEMU unless it is already waiting (launched), load a
+ * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
+ * failure no process is left. */
+int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline);
+
+/* Freeze s's full state durably into the directory dir (device state, or
+ * the whole state when s is not cow, and its config) and, cow, its RAM
+ * cloned to ram.  Built under the temp names tmp and ram_tmp and renamed
+ * into place, so a crash leaves a whole state or none; on failure nothing
+ * is left.  An existing dir is -EEXIST unless replace.  s keeps running. */
+int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
+		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes);
+
+/* --- golden.c ------------------------------------------------------------- */
 
 /* Compute b->golden_id from what every booted world depends on, and
  * delete the golden states of other identities or images than b->img. */
@@ -277,7 +361,7 @@ int golden_bake(struct sandbox *s);
 /* Forget the golden state for this image and size (it failed to load). */
 void golden_drop(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus);
 
-/* --- pool.c ---------------------------------------------------------------- */
+/* --- pool.c --------------------------------------------------------------- */
 
 int pool_start(struct backend *b, unsigned size);
 void pool_stop(struct backend *b);
@@ -290,13 +374,5 @@ void pool_sweep(struct backend *b);
 /* Live sandboxes come and go: with none left the pool idles empty. */
 void pool_hold(struct backend *b);
 void pool_release(struct backend *b);
-
-/* --- vm.c ------------------------------------------------------------------ */
-
-int sandbox_new(struct backend *b, const char *id, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
-		struct sandbox **out);
-int sandbox_open_dir(struct sandbox *s);
-void sandbox_free(struct sandbox *s);
-int sandbox_discard(struct sandbox *s);
 
 #endif
