@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/util/log.h"
 #include "fs/log.h"
 #include "fs/registry.h"
 
@@ -115,15 +116,8 @@ void worldfs_log_close(void)
 void worldfs_log(const char *fmt, ...)
 {
 	va_list ap;
-	char line[1024];
 
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
+	log_vline("", fmt, ap);
 	va_end(ap);
-	/* Paths and names come from users: one message is one line, whatever
-	 * they hold (a newline in a mkdir path must not forge a log line). */
-	for (char *p = line; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
-			*p = '?';
-	fprintf(stderr, "worldfs: %s\n", line);
 }

@@ -10,6 +10,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "fs/log.h"
 #include "fs/registry.h"
 
 struct registry {
@@ -64,7 +65,7 @@ static int sqlite_errno(int rc)
 
 static int fail(struct registry *r, int rc, const char *what)
 {
-	fprintf(stderr, "worldfs: registry: %s: %s\n", what, sqlite3_errmsg(r->db));
+	worldfs_log("registry: %s: %s", what, sqlite3_errmsg(r->db));
 	return sqlite_errno(rc);
 }
 
@@ -436,7 +437,7 @@ int registry_load(struct registry *r, int (*cb)(void *ctx, struct entity *e, con
 		col_text(st, 2, parent, sizeof(parent));
 		col_text(st, 4, state, sizeof(state));
 		if (entity_kind_parse(kind, &e.kind) < 0 || entity_state_parse(state, &e.state) < 0) {
-			fprintf(stderr, "worldfs: registry: entity %s: bad type/state, skipped\n", e.id);
+			worldfs_log("registry: entity %s: bad type/state, skipped", e.id);
 			continue;
 		}
 		e.trit = sqlite3_column_int(st, 3);

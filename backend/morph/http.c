@@ -12,6 +12,7 @@
 
 #include "backend/morph/http.h"
 #include "backend/util/clock.h"
+#include "backend/util/log.h"
 #include "backend/util/strbuf.h"
 
 #define POOL_MAX 16
@@ -97,13 +98,11 @@ long morph_retry_after_ms(const char *value, time_t now)
 
 void morph_log(const char *fmt, ...)
 {
-	char line[1024];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(line, sizeof(line), fmt, ap);
+	log_vline("morph: ", fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "worldfs: morph: %s\n", line);
 }
 
 /* A text from the service, fit for the log: one line, short, and without

@@ -1,35 +1,22 @@
 /* log.c: vm_log, the one function backend/vm logs through (log.h). */
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 
+#include "backend/util/log.h"
 #include "backend/vm/log.h"
 
 void vm_log(const char *id, const char *fmt, ...)
 {
-	char small[2048], *msg = small;
-	va_list ap, again;
-	int n;
+	char prefix[96];
+	va_list ap;
 
-	va_start(ap, fmt);
-	va_copy(again, ap);
-	n = vsnprintf(small, sizeof(small), fmt, ap);
-	/* A longer line (long paths) is written whole; cut only without memory. */
-	if (n >= (int)sizeof(small)) {
-		msg = malloc((size_t)n + 1);
-		if (msg)
-			vsnprintf(msg, (size_t)n + 1, fmt, again);
-		else
-			msg = small;
-	}
-	va_end(again);
-	va_end(ap);
 	if (!id)
-		fprintf(stderr, "worldfs: vm: %s\n", msg);
+		snprintf(prefix, sizeof(prefix), "vm: ");
 	else if (!*id)
-		fprintf(stderr, "worldfs: %s\n", msg);
+		prefix[0] = '\0';
 	else
-		fprintf(stderr, "worldfs: vm %s: %s\n", id, msg);
-	if (msg != small)
-		free(msg);
+		snprintf(prefix, sizeof(prefix), "vm %.80s: ", id);
+	va_start(ap, fmt);
+	log_vline(prefix, fmt, ap);
+	va_end(ap);
 }
