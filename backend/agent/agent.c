@@ -61,6 +61,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -173,6 +174,7 @@ struct agent {
 };
 
 static uint8_t chunk[65536];
+static bool hostile;  /* worldfs.hostile=1: see hostile_run */
 
 static void say(const char *fmt, ...)
 {
@@ -387,6 +389,8 @@ static void init_system(struct agent *a)
 	/* The Python session's program lives in the initramfs, which the
 	 * root switch hides: keep it. */
 	session_py_load(a, SESSION_PY);
+	cmdline_value("worldfs.hostile", why, sizeof(why));
+	hostile = strcmp(why, "1") == 0;
 	cmdline_value("worldfs.root", dev, sizeof(dev));
 	if (dev[0] && root_switch(dev, why, sizeof(why)) < 0) {
 		say("root disk: %s; staying in the initramfs", why);
@@ -478,7 +482,7 @@ static void port_send(struct agent *a, uint8_t type, const struct iovec *iov, in
 
 	if (a->port < 0)
 		return;
-	ret = proto_writev(a->port, type, iov, n);
+	ret = proto_writev(a->port, type, iov, n, -1);
 	if (ret < 0)
 		say("dropping reply %u: %s", type, strerror(-ret));
 }
@@ -898,6 +902,53 @@ static void send_early_result(struct agent *a, uint32_t id, enum session_kind ki
 }
 
 static void run_start_next(struct agent *a);
+
+/* ---- the hostile guest of the tests ----
+ * With worldfs.hostile=1 on the kernel command line (the host puts it
+ * there only for its test suite: WORLDFS_TEST_HOSTILE), a run whose code
+ * starts with "#!worldfs-hostile MODE" makes the agent misbehave as an
+ * untrusted guest may, so that the tests can show the host survives it:
+ *   stall     read nothing more from the port, answer nothing
+ *   mute      answer nothing to this run
+ *   oversize  a RESULT header announcing PROTO_FRAME_MAX bytes, then nothing
+ *   badstatus a RESULT with status 1000
+ *   bigout    a RESULT whose stdout is output_max + 8 KiB
+ *   garbage   64 random bytes */
+
+static bool hostile_run(struct agent *a, const uint8_t *p, size_t len)
+{
+	static const char tag[] = "#!worldfs-hostile ";
+	const size_t k = sizeof(tag) - 1;
+	struct strbuf out = STRBUF_INIT, err = STRBUF_INIT;
+	uint8_t raw[64];
+	const char *mode;
+
+	if (!hostile || len < 12 + k || memcmp(p + 12, tag, k) != 0)
+		return false;
+	mode = (const char *)p + 12 + k;
+	len -= 12 + k;
+	say("hostile: %.*s", (int)(len < 16 ? len : 16), mode);
+	if (len >= 5 && memcmp(mode, "stall", 5) == 0) {
+		a->port_retry = LLONG_MAX;
+	} else if (len >= 8 && memcmp(mode, "oversize", 8) == 0) {
+		proto_put_u32(raw, PROTO_FRAME_MAX);
+		raw[4] = PROTO_RESULT;
+		(void)write_all(a->port, raw, 5);
+	} else if (len >= 9 && memcmp(mode, "badstatus", 9) == 0) {
+		send_result(a, proto_get_u32(p), 1000, 0, &out, &err);
+	} else if (len >= 6 && memcmp(mode, "bigout", 6) == 0) {
+		if (strbuf_grow(&out, proto_get_u32(p + 8) + 8192) == 0) {
+			memset(out.buf, 'x', strbuf_avail(&out));
+			strbuf_setlen(&out, proto_get_u32(p + 8) + 8192);
+		}
+		send_result(a, proto_get_u32(p), 0, 0, &out, &err);
+	} else if (len >= 7 && memcmp(mode, "garbage", 7) == 0) {
+		if (getrandom(raw, sizeof(raw), 0) == sizeof(raw))
+			(void)write_all(a->port, raw, sizeof(raw));
+	}
+	strbuf_release(&out);
+	return true;
+}
 
 /* status: the code's exit status; the session's status if it died (died). */
 static void run_finish(struct agent *a, int status, bool died)
@@ -1342,6 +1393,8 @@ static int handle_frame(struct agent *a, const struct proto_frame *f)
 	case PROTO_EXEC:
 		if (f->len < 12)
 			return -EPROTO;
+		if (hostile_run(a, f->payload, f->len))
+			return 0;
 		if (run_enqueue(a, f->payload, f->len) < 0)
 			say("dropping an EXEC: out of memory");
 		return 0;

@@ -9,6 +9,7 @@
 
 #include "backend/agent/proto.h"
 #include "backend/util/clock.h"
+#include "backend/util/io.h"
 
 #define PROTO_HDR 5  /* u32 length + u8 type */
 
@@ -56,37 +57,13 @@ long proto_parse(const uint8_t *buf, size_t len, struct proto_frame *f)
 	return 4 + (long)flen;
 }
 
-/* Wait for events on fd until deadline (< 0: forever).  Returns the revents,
- * or -ETIMEDOUT / -errno. */
-static int wait_fd(int fd, short events, long long deadline)
-{
-	struct pollfd p = { .fd = fd, .events = events };
-	int timeout, n;
-
-	for (;;) {
-		timeout = -1;
-		if (deadline >= 0) {
-			long long left = deadline - now_ms();
-
-			if (left <= 0)
-				return -ETIMEDOUT;
-			timeout = left > 60000 ? 60000 : (int)left;
-		}
-		n = poll(&p, 1, timeout);
-		if (n < 0 && errno != EINTR)
-			return -errno;
-		if (n > 0)
-			return p.revents;
-	}
-}
-
 /* The guest's virtio port has no write_iter: the kernel turns a writev into
  * one write per piece, and each is a virtqueue kick (a trap into QEMU under
  * TCG) and a separate arrival on the host.  A frame up to the port's largest
  * single write (32 KiB) goes out as one piece. */
 #define GATHER_MAX (32u << 10)
 
-int proto_writev(int fd, uint8_t type, const struct iovec *iov, int iovcnt)
+int proto_writev(int fd, uint8_t type, const struct iovec *iov, int iovcnt, double deadline)
 {
 	struct iovec v[PROTO_IOV_MAX + 1];
 	uint8_t hdr[PROTO_HDR], small[GATHER_MAX];
@@ -125,9 +102,9 @@ int proto_writev(int fd, uint8_t type, const struct iovec *iov, int iovcnt)
 				continue;
 			if (errno != EAGAIN)
 				return -errno;
-			/* A non-blocking fd (the guest's port): wait, but give
-			 * up when the peer is gone instead of blocking forever. */
-			rev = wait_fd(fd, POLLOUT, -1);
+			/* A non-blocking fd: wait, but give up at the deadline
+			 * or when the peer is gone instead of blocking forever. */
+			rev = io_wait(fd, POLLOUT, deadline);
 			if (rev < 0)
 				return rev;
 			if (rev & POLLNVAL)
@@ -146,21 +123,21 @@ int proto_writev(int fd, uint8_t type, const struct iovec *iov, int iovcnt)
 	return 0;
 }
 
-int proto_write(int fd, uint8_t type, const void *payload, size_t len)
+int proto_write(int fd, uint8_t type, const void *payload, size_t len, double deadline)
 {
 	struct iovec v = { .iov_base = (void *)payload, .iov_len = len };
 
-	return proto_writev(fd, type, &v, 1);
+	return proto_writev(fd, type, &v, 1, deadline);
 }
 
 /* Read exactly len bytes before deadline.  -EPIPE on EOF. */
-static int read_full(int fd, uint8_t *p, size_t len, long long deadline)
+static int read_full(int fd, uint8_t *p, size_t len, double deadline)
 {
 	ssize_t r;
 	int rev;
 
 	while (len) {
-		rev = wait_fd(fd, POLLIN, deadline);
+		rev = io_wait(fd, POLLIN, deadline);
 		if (rev < 0)
 			return rev;
 		r = read(fd, p, len);
@@ -177,21 +154,30 @@ static int read_full(int fd, uint8_t *p, size_t len, long long deadline)
 	return 0;
 }
 
-int proto_read(int fd, struct proto_frame *f, uint8_t **buf, int timeout_ms)
+int proto_read(int fd, struct proto_frame *f, uint8_t **buf, double deadline, proto_limit_fn limit,
+	       const void *arg)
 {
-	long long deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
-	uint8_t hdr[4];
+	uint8_t hdr[PROTO_HDR];
 	uint8_t *b = NULL;
-	uint32_t flen;
+	uint32_t flen, max;
 	long n;
 	int ret;
 
 	*buf = NULL;
-	ret = read_full(fd, hdr, sizeof(hdr), deadline);
+	/* The length first, refused as soon as it is in; then the type. */
+	ret = read_full(fd, hdr, 4, deadline);
 	if (ret < 0)
 		goto out;
 	flen = proto_get_u32(hdr);
 	if (flen == 0 || flen > PROTO_FRAME_MAX) {
+		ret = -EPROTO;
+		goto out;
+	}
+	ret = read_full(fd, hdr + 4, 1, deadline);
+	if (ret < 0)
+		goto out;
+	max = limit ? limit(hdr[4], arg) : PROTO_FRAME_MAX - 1;
+	if (flen - 1 > max || (limit && max == 0)) {
 		ret = -EPROTO;
 		goto out;
 	}
@@ -201,7 +187,7 @@ int proto_read(int fd, struct proto_frame *f, uint8_t **buf, int timeout_ms)
 		goto out;
 	}
 	memcpy(b, hdr, sizeof(hdr));
-	ret = read_full(fd, b + 4, flen, deadline);
+	ret = read_full(fd, b + sizeof(hdr), flen + 4 - sizeof(hdr), deadline);
 	if (ret < 0)
 		goto out;
 	n = proto_parse(b, 4 + (size_t)flen, f);

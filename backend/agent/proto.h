@@ -66,23 +66,36 @@ struct proto_frame {
  * 0 if more bytes are needed, or -EPROTO for a malformed frame. */
 long proto_parse(const uint8_t *buf, size_t len, struct proto_frame *f);
 
+/* Deadlines are in now_ms() terms (backend/util/clock.h); < 0: none.  The
+ * host gives one to every read and write, so that a guest that stops
+ * reading or writing its port cannot hold a host thread. */
+
 /* Write one frame (header + payload) to fd, retrying short writes and EINTR.
  * Returns 0 or -errno. */
-int proto_write(int fd, uint8_t type, const void *payload, size_t len);
+int proto_write(int fd, uint8_t type, const void *payload, size_t len, double deadline);
 
 /* Same, with the payload gathered from iov[0..iovcnt) (at most
  * PROTO_IOV_MAX entries), so that large replies need no extra copy.  On a
- * non-blocking fd it waits for POLLOUT and returns -EPIPE once the peer has
- * hung up.  Returns 0 or -errno. */
+ * non-blocking fd it waits for POLLOUT until deadline (-ETIMEDOUT) and
+ * returns -EPIPE once the peer has hung up; a blocking fd is waited on by
+ * the kernel, with no deadline.  After an error part of the frame may
+ * have gone out: the stream is out of step.  Returns 0 or -errno. */
 #define PROTO_IOV_MAX 8
-int proto_writev(int fd, uint8_t type, const struct iovec *iov, int iovcnt);
+int proto_writev(int fd, uint8_t type, const struct iovec *iov, int iovcnt, double deadline);
 
-/* Read exactly one frame from a blocking fd into a malloc'd buffer
- * (*buf, freed by the caller); f->payload points into it.  timeout_ms < 0
- * waits forever.  Returns 0, -ETIMEDOUT, -EPIPE on EOF, -EPROTO or -errno.
- * After -ETIMEDOUT or -EPROTO part of a frame may have been consumed: the
- * stream is out of step and the caller should reset the connection. */
-int proto_read(int fd, struct proto_frame *f, uint8_t **buf, int timeout_ms);
+/* The largest payload a reader takes for a frame of this type; 0: it
+ * takes none of that type. */
+typedef uint32_t (*proto_limit_fn)(uint8_t type, const void *arg);
+
+/* Read exactly one frame from fd into a malloc'd buffer (*buf, freed by
+ * the caller); f->payload points into it.  A frame whose type limit(type,
+ * arg) refuses or whose length is above it is -EPROTO before anything is
+ * allocated for it (limit NULL: PROTO_FRAME_MAX for any type).  Returns 0,
+ * -ETIMEDOUT, -EPIPE on EOF, -EPROTO or -errno.  After -ETIMEDOUT or
+ * -EPROTO part of a frame may have been consumed: the stream is out of
+ * step and the caller should reset the connection. */
+int proto_read(int fd, struct proto_frame *f, uint8_t **buf, double deadline, proto_limit_fn limit,
+	       const void *arg);
 
 /* Big-endian helpers for building and reading payloads. */
 void proto_put_u32(uint8_t *p, uint32_t v);

@@ -7,4 +7,9 @@
 /* Write all len bytes, across short writes and EINTR.  0 or -errno. */
 int write_all(int fd, const void *data, size_t len);
 
+/* Wait until fd has one of events (poll(2) bits) or deadline passes
+ * (now_ms() terms; < 0: no deadline), across EINTR.  The revents (which
+ * may be POLLHUP, POLLERR or POLLNVAL alone), -ETIMEDOUT, or -errno. */
+int io_wait(int fd, short events, double deadline);
+
 #endif

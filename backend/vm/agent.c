@@ -1,6 +1,7 @@
 /* agent.c: the host side of the guest agent's session (frames of
  * backend/agent/proto.h over the virtio-serial port's unix socket). */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,14 @@ int agent_connect(struct sandbox *s, double deadline)
 		if (fd < 0)
 			return -errno;
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			/* Non-blocking: every read and write has a deadline
+			 * (proto.h), and a guest that stops reading cannot
+			 * hold this thread in write(2). */
+			if (fcntl(fd, F_SETFL, O_NONBLOCK) < 0) {
+				err = -errno;
+				close(fd);
+				return err;
+			}
 			s->agent = fd;
 			return 0;
 		}
@@ -48,6 +57,29 @@ static int agent_lost(struct sandbox *s, int r, const char *what)
 	return -EIO;
 }
 
+/* The most the host takes of each frame the agent sends: it trusts no
+ * size from the guest.  A RESULT holds each stream cut at output_max plus
+ * the agent's notes. */
+static uint32_t result_max(const struct sandbox *s)
+{
+	uint64_t stream = (uint64_t)s->b->output_max + AGENT_NOTES_MAX;
+
+	return (uint32_t)(16 + 2 * stream);
+}
+
+static uint32_t frame_max(uint8_t type, const void *arg)
+{
+	switch (type) {
+	case PROTO_PONG:
+	case PROTO_RESEEDED:
+		return 64;
+	case PROTO_RESULT:
+		return result_max(arg);
+	default:
+		return 0;
+	}
+}
+
 /* Read frames until one of type `type` arrives (for RESULT: with run_id);
  * anything else is stale (extra PONGs of a boot, results of runs
  * given up on) and dropped.  *buf holds the frame's bytes on success.
@@ -58,16 +90,11 @@ static int agent_wait(struct sandbox *s, uint8_t type, uint32_t run_id,
 		      struct proto_frame *f, uint8_t **buf, double idle, double deadline)
 {
 	for (;;) {
-		struct pollfd pfd = { .fd = s->agent, .events = POLLIN };
-		int r = poll(&pfd, 1, ms_left(idle < deadline ? idle : deadline));
+		int r = io_wait(s->agent, POLLIN, idle < deadline ? idle : deadline);
 
-		if (r < 0 && errno == EINTR)
-			continue;
 		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ETIMEDOUT;
-		r = proto_read(s->agent, f, buf, ms_left(deadline));
+			return r;
+		r = proto_read(s->agent, f, buf, deadline, frame_max, s);
 		if (r < 0)
 			return r;
 		if (f->type == type &&
@@ -112,7 +139,7 @@ int agent_ping(struct sandbox *s, double deadline)
 	for (;;) {
 		double retry = now_ms() + PING_RETRY_MS;
 
-		r = proto_write(s->agent, PROTO_PING, NULL, 0);
+		r = proto_write(s->agent, PROTO_PING, NULL, 0, now_ms() + AGENT_WRITE_TIMEOUT_MS);
 		if (r < 0)
 			return agent_lost(s, r, "ping");
 		/* Before the guest opens its port, PINGs wait in the socket
@@ -151,7 +178,8 @@ int agent_reseed(struct sandbox *s, double deadline, bool sessions)
 	proto_put_u32(seed + 8, sessions ? PROTO_RESEED_SESSIONS : 0);
 	if (getrandom(seed + hdr, RESEED_BYTES, 0) != RESEED_BYTES)
 		return -EIO;
-	r = proto_write(s->agent, v2 ? PROTO_RESEED2 : PROTO_RESEED, seed, hdr + RESEED_BYTES);
+	r = proto_write(s->agent, v2 ? PROTO_RESEED2 : PROTO_RESEED, seed, hdr + RESEED_BYTES,
+			now_ms() + AGENT_WRITE_TIMEOUT_MS);
 	if (r == 0)
 		r = agent_wait(s, PROTO_RESEEDED, 0, &f, &buf, deadline, deadline);
 	if (r == 0)
@@ -160,18 +188,25 @@ int agent_reseed(struct sandbox *s, double deadline, bool sessions)
 	return r < 0 ? agent_lost(s, r, "reseed") : 0;
 }
 
-/* RESULT: u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr. */
-static int result_parse(const struct proto_frame *f, struct run_result *res, uint32_t *flags_out)
+/* RESULT: u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr.
+ * What the agent promises is checked, not believed: a status outside
+ * 0..255 or a stream longer than output_max and the notes is -EPROTO. */
+static int result_parse(const struct proto_frame *f, size_t stream_max, struct run_result *res,
+			uint32_t *flags_out)
 {
 	uint32_t flags, out_len;
+	int32_t status;
 
 	if (f->len < 16)
 		return -EPROTO;
 	out_len = proto_get_u32(f->payload + 12);
-	if (out_len > f->len - 16)
+	if (out_len > f->len - 16 || out_len > stream_max || f->len - 16 - out_len > stream_max)
+		return -EPROTO;
+	status = (int32_t)proto_get_u32(f->payload + 4);
+	if (status < 0 || status > 255)
 		return -EPROTO;
 	flags = proto_get_u32(f->payload + 8);
-	res->status = (int)(int32_t)proto_get_u32(f->payload + 4);
+	res->status = status;
 	res->timed_out = flags & PROTO_F_TIMED_OUT;
 	res->truncated = flags & PROTO_F_TRUNCATED;
 	res->session_reset = flags & PROTO_F_SESSION_RESET;
@@ -215,7 +250,7 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout
 	proto_put_u32(head, run_id);
 	proto_put_u32(head + 4, timeout_ms);
 	proto_put_u32(head + 8, output_max);
-	r = proto_writev(s->agent, PROTO_EXEC, iov, 2);
+	r = proto_writev(s->agent, PROTO_EXEC, iov, 2, now_ms() + AGENT_WRITE_TIMEOUT_MS);
 	if (r < 0)
 		return agent_lost(s, r, "exec");
 	r = agent_wait(s, PROTO_RESULT, run_id, &f, &buf, deadline, deadline);
@@ -225,7 +260,7 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout
 	}
 	if (r < 0)
 		return agent_lost(s, r, "exec");
-	r = result_parse(&f, res, &flags);
+	r = result_parse(&f, s->b->output_max + AGENT_NOTES_MAX, res, &flags);
 	if (r == 0)
 		sessions_set(s, flags);
 	free(buf);

@@ -13,6 +13,7 @@
 
 #include "backend/vm/qmp.h"
 #include "backend/util/clock.h"
+#include "backend/util/io.h"
 #include "backend/vm/log.h"
 
 /* --- line buffer ---------------------------------------------------------- */
@@ -170,7 +171,6 @@ static int read_msg(struct qmp *q, struct qmp_msg *m, double deadline)
 	for (;;) {
 		size_t len;
 		char *line = qmp_lines_next(&q->in, &len);
-		struct pollfd pfd = { .fd = q->fd, .events = POLLIN };
 		ssize_t n;
 		int r;
 
@@ -182,13 +182,9 @@ static int read_msg(struct qmp *q, struct qmp_msg *m, double deadline)
 				vm_log(VM_LOG_HOST, "qmp: not a QMP message: %.200s", line);
 			return r;
 		}
-		r = poll(&pfd, 1, ms_left(deadline));
-		if (r < 0 && errno == EINTR)
-			continue;
+		r = io_wait(q->fd, POLLIN, deadline);
 		if (r < 0)
-			return -errno;
-		if (r == 0)
-			return -ETIMEDOUT;
+			return r;
 		n = read(q->fd, chunk, sizeof(chunk));
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;

@@ -97,6 +97,7 @@ static int take_or_make(struct backend *b, const char *id, const struct vm_image
 
 static int vm_init(struct backend **out, struct backend_config *cfg, char *err, size_t errlen)
 {
+	char args[sizeof(kernel_append) + 32];
 	char path[PATH_MAX];
 	struct backend *b;
 	int r;
@@ -137,12 +138,15 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 		goto fail;
 	}
 	b->kvm = host_use_kvm(cfg->accel);
-	snprintf(b->append, sizeof(b->append), "%s", kernel_append);
+	/* The test suite's hostile guest (t_hostile.sh): the agent then
+	 * misbehaves on request, as an untrusted guest may. */
+	snprintf(args, sizeof(args), "%s%s", kernel_append, getenv("WORLDFS_TEST_HOSTILE") ? " worldfs.hostile=1" : "");
+	snprintf(b->append, sizeof(b->append), "%s", args);
 	if (!b->kvm) {
 		unsigned long khz = host_tsc_khz();
 
 		if (khz)
-			snprintf(b->append, sizeof(b->append), "%s tsc_early_khz=%lu", kernel_append, khz);
+			snprintf(b->append, sizeof(b->append), "%s tsc_early_khz=%lu", args, khz);
 	}
 	if ((r = image_open(b, cfg->image, cfg->image_base, &b->img, err, errlen)) < 0)
 		goto fail;
@@ -153,7 +157,7 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	       b->img->root[0] ? "root disk" : "initramfs root");
 	pthread_mutex_init(&b->golden_lock, NULL);
 	ram_init(b, !cfg->branch_copy);
-	if ((r = golden_init(b, kernel_append)) < 0) {
+	if ((r = golden_init(b, args)) < 0) {
 		vm_log(NULL, "%s/golden: %s: every create boots cold", b->dir, strerror(-r));
 		b->golden_id[0] = '\0';
 	}

@@ -49,6 +49,8 @@
 #define MIGRATE_TIMEOUT_MS 300000
 #define EXEC_GRACE_MS 10000        /* the agent kills a run at its time-out; allow for that */
 #define PING_RETRY_MS 250
+#define AGENT_WRITE_TIMEOUT_MS 30000 /* one frame to the agent, 16 MiB of code included */
+#define AGENT_NOTES_MAX 4096       /* the agent's notes after a stream cut at output_max */
 #define QUIT_TIMEOUT_MS 5000
 #define RESEED_BYTES 64
 #define DEFAULT_EXEC_TIMEOUT_S 60

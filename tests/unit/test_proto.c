@@ -138,15 +138,15 @@ static void test_pipe_round_trip(void **state)
 	proto_put_u32(payload + 4, 1000);
 	proto_put_u32(payload + 8, 4096);
 	memcpy(payload + 12, "echo hi", 7);
-	assert_int_equal(proto_write(p[1], PROTO_PING, NULL, 0), 0);
-	assert_int_equal(proto_write(p[1], PROTO_EXEC, payload, sizeof(payload)), 0);
+	assert_int_equal(proto_write(p[1], PROTO_PING, NULL, 0, -1), 0);
+	assert_int_equal(proto_write(p[1], PROTO_EXEC, payload, sizeof(payload), -1), 0);
 
-	assert_int_equal(proto_read(p[0], &f, &buf, 1000), 0);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, NULL, NULL), 0);
 	assert_int_equal(f.type, PROTO_PING);
 	assert_int_equal(f.len, 0);
 	free(buf);
 
-	assert_int_equal(proto_read(p[0], &f, &buf, 1000), 0);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, NULL, NULL), 0);
 	assert_int_equal(f.type, PROTO_EXEC);
 	assert_int_equal(f.len, sizeof(payload));
 	assert_int_equal(proto_get_u32(f.payload), 7);
@@ -171,8 +171,8 @@ static void test_writev_gathers(void **state)
 
 	(void)state;
 	assert_int_equal(pipe(p), 0);
-	assert_int_equal(proto_writev(p[1], PROTO_RESULT, iov, 3), 0);
-	assert_int_equal(proto_read(p[0], &f, &buf, 1000), 0);
+	assert_int_equal(proto_writev(p[1], PROTO_RESULT, iov, 3, -1), 0);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, NULL, NULL), 0);
 	assert_int_equal(f.type, PROTO_RESULT);
 	assert_int_equal(f.len, 7);
 	assert_memory_equal(f.payload, "abcdefg", 7);
@@ -189,7 +189,7 @@ static void test_write_too_big(void **state)
 	(void)state;
 	/* Checked before anything is written: iov_base is never read. */
 	assert_int_equal(pipe(p), 0);
-	assert_int_equal(proto_writev(p[1], PROTO_RESULT, &iov, 1), -EMSGSIZE);
+	assert_int_equal(proto_writev(p[1], PROTO_RESULT, &iov, 1, -1), -EMSGSIZE);
 	close(p[0]);
 	close(p[1]);
 }
@@ -201,7 +201,7 @@ static void test_write_peer_gone(void **state)
 	(void)state;
 	assert_int_equal(pipe(p), 0);
 	close(p[0]);
-	assert_int_equal(proto_write(p[1], PROTO_PING, NULL, 0), -EPIPE);
+	assert_int_equal(proto_write(p[1], PROTO_PING, NULL, 0, -1), -EPIPE);
 	close(p[1]);
 }
 
@@ -224,13 +224,13 @@ static void test_large_frame_nonblocking(void **state)
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		close(p[1]);
-		ok = proto_read(p[0], &f, &buf, 10000) == 0 && f.type == PROTO_RESULT &&
+		ok = proto_read(p[0], &f, &buf, now_ms() + 10000, NULL, NULL) == 0 && f.type == PROTO_RESULT &&
 		     f.len == len && memcmp(f.payload, payload, len) == 0;
 		_exit(ok ? 0 : 1);
 	}
 	close(p[0]);
 	fcntl(p[1], F_SETFL, O_NONBLOCK);
-	assert_int_equal(proto_write(p[1], PROTO_RESULT, payload, len), 0);
+	assert_int_equal(proto_write(p[1], PROTO_RESULT, payload, len, -1), 0);
 	close(p[1]);
 	assert_int_equal(waitpid(pid, &st, 0), pid);
 	assert_true(WIFEXITED(st));
@@ -248,7 +248,7 @@ static void test_read_timeout(void **state)
 	(void)state;
 	assert_int_equal(pipe(p), 0);
 	t = now_ms();
-	assert_int_equal(proto_read(p[0], &f, &buf, 50), -ETIMEDOUT);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 50, NULL, NULL), -ETIMEDOUT);
 	assert_true(now_ms() - t >= 45);
 	assert_null(buf);
 
@@ -257,7 +257,7 @@ static void test_read_timeout(void **state)
 	hdr[4] = PROTO_PONG;
 	hdr[5] = 'x';
 	assert_int_equal(write(p[1], hdr, sizeof(hdr)), sizeof(hdr));
-	assert_int_equal(proto_read(p[0], &f, &buf, 50), -ETIMEDOUT);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 50, NULL, NULL), -ETIMEDOUT);
 	assert_null(buf);
 	close(p[0]);
 	close(p[1]);
@@ -272,7 +272,7 @@ static void test_read_eof(void **state)
 	(void)state;
 	assert_int_equal(pipe(p), 0);
 	close(p[1]);
-	assert_int_equal(proto_read(p[0], &f, &buf, 1000), -EPIPE);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, NULL, NULL), -EPIPE);
 	close(p[0]);
 
 	/* EOF inside a frame. */
@@ -281,7 +281,7 @@ static void test_read_eof(void **state)
 	hdr[4] = PROTO_PONG;
 	assert_int_equal(write(p[1], hdr, sizeof(hdr)), sizeof(hdr));
 	close(p[1]);
-	assert_int_equal(proto_read(p[0], &f, &buf, 1000), -EPIPE);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, NULL, NULL), -EPIPE);
 	assert_null(buf);
 	close(p[0]);
 }
@@ -296,11 +296,63 @@ static void test_read_malformed(void **state)
 	assert_int_equal(pipe(p), 0);
 	proto_put_u32(hdr, PROTO_FRAME_MAX + 1);
 	assert_int_equal(write(p[1], hdr, sizeof(hdr)), sizeof(hdr));
-	assert_int_equal(proto_read(p[0], &f, &buf, 1000), -EPROTO);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, NULL, NULL), -EPROTO);
 	assert_null(buf);
 	proto_put_u32(hdr, 0);
 	assert_int_equal(write(p[1], hdr, sizeof(hdr)), sizeof(hdr));
-	assert_int_equal(proto_read(p[0], &f, &buf, 1000), -EPROTO);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, NULL, NULL), -EPROTO);
+	close(p[0]);
+	close(p[1]);
+}
+
+/* A peer that stops reading: a non-blocking write gives up at its
+ * deadline instead of holding the writer forever. */
+static void test_write_deadline(void **state)
+{
+	static uint8_t code[1 << 20];
+	double t;
+	int p[2];
+
+	(void)state;
+	assert_int_equal(pipe2(p, O_NONBLOCK), 0);
+	t = now_ms();
+	assert_int_equal(proto_write(p[1], PROTO_EXEC, code, sizeof(code), now_ms() + 100), -ETIMEDOUT);
+	assert_true(now_ms() - t >= 95);
+	assert_true(now_ms() - t < 5000);
+	close(p[0]);
+	close(p[1]);
+}
+
+static uint32_t host_limits(uint8_t type, const void *arg)
+{
+	(void)arg;
+	return type == PROTO_PONG ? 64 : type == PROTO_RESULT ? 1000 : 0;
+}
+
+/* The reader's limits per frame type: a type it does not take and a frame
+ * above its type's limit are refused from the header, before anything is
+ * allocated or read for them; one at the limit is taken. */
+static void test_read_limits(void **state)
+{
+	uint8_t payload[1000] = { 0 }, *buf = NULL;
+	struct proto_frame f;
+	int p[2];
+
+	(void)state;
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(proto_write(p[1], PROTO_RESULT, payload, 1000, -1), 0);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, host_limits, NULL), 0);
+	assert_int_equal(f.len, 1000);
+	free(buf);
+	assert_int_equal(proto_write(p[1], PROTO_PONG, payload, 65, -1), 0);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, host_limits, NULL), -EPROTO);
+	assert_null(buf);
+	close(p[0]);
+	close(p[1]);
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(proto_write(p[1], PROTO_EXEC, payload, 8, -1), 0);
+	assert_int_equal(proto_read(p[0], &f, &buf, now_ms() + 1000, host_limits, NULL), -EPROTO);
+	assert_null(buf);
 	close(p[0]);
 	close(p[1]);
 }
@@ -323,6 +375,8 @@ int main(void)
 		cmocka_unit_test(test_read_timeout),
 		cmocka_unit_test(test_read_eof),
 		cmocka_unit_test(test_read_malformed),
+		cmocka_unit_test(test_write_deadline),
+		cmocka_unit_test(test_read_limits),
 	};
 
 	/* A write to a closed pipe must fail with EPIPE, not kill us. */

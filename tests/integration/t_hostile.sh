@@ -1,0 +1,44 @@
+#!/bin/sh
+# shellcheck source=tests/integration/lib.sh
+# t_hostile.sh: a guest that breaks the protocol (the agent's test mode,
+# WORLDFS_TEST_HOSTILE: see hostile_run in backend/agent/agent.c).  After
+# each fault the victim reads failed with a reason and its run has its own
+# status 255 and note, within the run's deadline; the mount answers,
+# another world runs, and the victim can be removed at once.
+. "$(dirname "$0")/lib.sh"
+
+[ "$WFS_BACKEND" = vm ] || wfs_skip "the hostile guest is a mode of backend=vm's agent"
+WORLDFS_TEST_HOSTILE=1
+export WORLDFS_TEST_HOSTILE
+
+wfs_mount exec_timeout=3
+W=$MNT/w
+expect_ok "mkdir w" mkdir "$W" || bail "cannot create a world"
+expect_ok "mkdir bystander" mkdir "$MNT/bystander"
+
+# fast: answered at once, wrongly; slow: not answered (the run's deadline,
+# exec_timeout 3 s + 10 s of grace, ends it).
+for case in badstatus:fast bigout:fast oversize:fast garbage:slow mute:slow stall:slow; do
+	mode=${case%%:*}
+	V=$W/$mode
+	expect_ok "mkdir w/$mode" mkdir "$V"
+	t0=$(wfs_now)
+	expect_errno EIO wfs_exec "$V" "#!worldfs-hostile $mode"
+	took=$(($(wfs_now) - t0))
+	limit=8
+	[ "${case#*:}" = slow ] && limit=25
+	expect_ok "$mode: the run ended within ${limit} s (took ${took} s)" test "$took" -le "$limit"
+	expect_eq "$mode: the victim is failed" failed "$(wfs_val "$V/state")"
+	expect_match "$mode: info says why" '"failure": *"[^"]+' "$(cat "$V/info")"
+	expect_eq "$mode: its run's status" 255 "$(wfs_val "$V/status")"
+	expect_match "$mode: its run's stderr says so" 'died during this run' "$(cat "$V/stderr")"
+	expect_ok "$mode: the mount answers" ls "$MNT" "$W"
+	expect_eq "$mode: another world runs" hi "$(wfs_run "$MNT/bystander" 'echo hi')"
+	expect_eq "$mode: the parent runs" "$mode" "$(wfs_run "$W" "echo $mode")"
+	expect_ok "$mode: rmdir the victim" rmdir "$V"
+done
+
+expect_ok "rmdir w" rmdir "$W"
+expect_ok "rmdir bystander" rmdir "$MNT/bystander"
+wfs_umount
+expect_no_qemu "no qemu left after unmount" 20
