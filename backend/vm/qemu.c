@@ -265,8 +265,10 @@ int qemu_argv(const struct qemu_spec *q, struct qemu_cmdline *out)
 	argv[argc++] = q->initrd;
 	argv[argc++] = "-append";
 	argv[argc++] = q->append;
+	/* The console is a pipe (console.c), never a file the guest can grow. */
+	snprintf(out->serial, sizeof(out->serial), "file:/dev/fd/%d", q->console_fd);
 	argv[argc++] = "-serial";
-	argv[argc++] = "file:console.log";  /* relative: QEMU opens it in its cwd, the sandbox dir */
+	argv[argc++] = out->serial;
 	argv[argc++] = "-device";
 	argv[argc++] = "virtio-serial-device";
 	argv[argc++] = "-chardev";
@@ -336,7 +338,10 @@ static const struct sock_fprog no_hugepage = {
 
 /* Fork and exec QEMU (argv) in s's dir, in a session of its own, with its
  * stdout and stderr going to logfd: the child's pid, or -errno. */
-static pid_t spawn(const struct sandbox *s, int logfd, const char *const argv[])
+/* The descriptor the console pipe has in QEMU. */
+#define QEMU_CONSOLE_FD 3
+
+static pid_t spawn(const struct sandbox *s, int logfd, int consolefd, const char *const argv[])
 {
 	sigset_t none;
 	pid_t child;
@@ -355,7 +360,8 @@ static pid_t spawn(const struct sandbox *s, int logfd, const char *const argv[])
 		dup2(devnull, 0);
 	dup2(logfd, 1);
 	dup2(logfd, 2);
-	close_range(3, ~0u, 0);
+	dup2(consolefd, QEMU_CONSOLE_FD);
+	close_range(QEMU_CONSOLE_FD + 1, ~0u, 0);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	/* Without the filter (seccomp not allowed here) it only costs memory. */
 	if (s->cow && (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
@@ -418,11 +424,11 @@ int qemu_launch(struct sandbox *s, bool incoming)
 		.mem_mib = s->mem_mib, .vcpus = s->vcpus, .ram = s->cow ? ram : NULL,
 		.kernel = s->img->kernel, .initrd = s->img->initrd, .append = s->img->append, .root = s->img->root,
 		.qmp_sock = qmp_sock, .agent_sock = agent_sock, .pidfile = pidfile, .log = logpath,
-		.incoming = incoming,
+		.incoming = incoming, .console_fd = QEMU_CONSOLE_FD,
 	};
 	struct qemu_cmdline cmd;
 	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;
-	int logfd, r;
+	int logfd, consolefd, r;
 	pid_t child;
 
 	qemu_sock_path(s, "qmp.sock", true, qmp_sock);
@@ -443,8 +449,14 @@ int qemu_launch(struct sandbox *s, bool incoming)
 		vm_log(s->id, "%s: %s", logpath, strerror(-r));
 		return r;
 	}
-	child = spawn(s, logfd, cmd.argv);
+	if ((r = console_pipe(s, &consolefd)) < 0) {
+		vm_log(s->id, "console pipe: %s", strerror(-r));
+		close(logfd);
+		return r;
+	}
+	child = spawn(s, logfd, consolefd, cmd.argv);
 	close(logfd);
+	close(consolefd);
 	if (child < 0) {
 		vm_log(s->id, "fork: %s", strerror((int)-child));
 		return (int)child;

@@ -16,7 +16,8 @@
  *   <id>/config         mem_mib, vcpus, ram=file when cow, machine, image
  *   <id>/qemu.pid       written by QEMU; -pidfile also marks the process as ours
  *   <id>/qemu.origin    a former pool member: the dir QEMU was started in
- *   <id>/qmp.sock, <id>/agent.sock, <id>/console.log (guest), <id>/qemu.log (QEMU's stderr)
+ *   <id>/qmp.sock, <id>/agent.sock, <id>/qemu.log (QEMU's stderr)
+ *   <id>/console.log[.1] the guest's console, copied there and rotated (console.c)
  *   <id>/suspend.state  the state saved by suspend() (device state only when cow)
  *   snapshots/<snap>/{config,state}     full copy
  *   snapshots/<snap>/{config,devstate}  cow, with ram/snapshots/<snap>.ram
@@ -156,6 +157,10 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	vm_log(NULL, "image %s (%s), %u MiB, %s", b->img->name, b->img->dir, b->mem_mib,
 	       b->img->root[0] ? "root disk" : "initramfs root");
 	pthread_mutex_init(&b->golden_lock, NULL);
+	if ((r = console_init(b)) < 0) {
+		snprintf(err, errlen, "vm: console thread: %s", strerror(-r));
+		goto fail;
+	}
 	ram_init(b, !cfg->branch_copy);
 	if ((r = golden_init(b, args)) < 0) {
 		vm_log(NULL, "%s/golden: %s: every create boots cold", b->dir, strerror(-r));
@@ -169,6 +174,7 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	*out = b;
 	return 0;
 fail:
+	console_fini(b);
 	image_fini(b);
 	free(b);
 	return r;
@@ -177,6 +183,7 @@ fail:
 static void vm_fini(struct backend *b)
 {
 	pool_stop(b);
+	console_fini(b);
 	ram_fini(b);
 	pthread_mutex_destroy(&b->golden_lock);
 	image_fini(b);

@@ -107,6 +107,7 @@ struct backend {
 	char golden_id[40];        /* identity of qemu + kernel + initrd (golden.c) */
 	pthread_mutex_t golden_lock;
 	struct pool *pool;         /* NULL: none */
+	struct consoles *consoles; /* the console thread (console.c) */
 };
 
 /* Where the time of the last start went (create, branch, resume), for info. */
@@ -263,7 +264,18 @@ struct qemu_spec {
 	const char *qmp_sock, *agent_sock; /* for QEMU to bind (qemu_sock_path) */
 	const char *pidfile, *log; /* -pidfile (which also marks the process as ours), -D */
 	bool incoming;             /* wait paused for a state: -incoming defer -S */
+	int console_fd;            /* the serial console goes to this inherited descriptor */
 };
+
+/* --- console.c: the guests' consoles, each copied into its sandbox's
+ * console.log, rotated at CONSOLE_ROTATE (so at most twice that on disk). */
+#define CONSOLE_ROTATE (512 << 10)
+int console_init(struct backend *b);
+void console_fini(struct backend *b);
+/* A pipe for the console of s's next QEMU: its write end in *qemu_end (the
+ * caller passes it to QEMU and closes it), its read end copied from now on
+ * into s's console.log until that QEMU exits. */
+int console_pipe(struct sandbox *s, int *qemu_end);
 
 /* A QEMU command line: argv, NULL-terminated, points into the strings
  * beside it (so the struct is not to be copied). */
@@ -272,6 +284,7 @@ struct qemu_cmdline {
 	char name[ID_MAX + 16], machine[160], accel[64], mem[32], smp[32];
 	char qmp[SOCK_PATH_MAX + 48], agent[SOCK_PATH_MAX + 80];
 	char ram[2 * PATH_MAX + 96], root[2 * PATH_MAX + 96];
+	char serial[32];
 };
 
 /* Build the command line of a QEMU as spec says into out: no I/O, nothing

@@ -38,6 +38,18 @@ for case in badstatus:fast bigout:fast oversize:fast garbage:slow mute:slow stal
 	expect_ok "$mode: rmdir the victim" rmdir "$V"
 done
 
+# A guest that floods its console fills no disk: its console.log and the
+# one rotated before it stay within 2 x 512 KiB (and the pipe's 64 KiB).
+expect_ok "mkdir w/flood" mkdir "$W/flood"
+id=$(sed -n 's/.*"entity_id": *"\([^"]*\)".*/\1/p' "$W/flood/info")
+expect_ok "flood the console" wfs_exec "$W/flood" 'cat /dev/zero >/dev/console 2>/dev/null & flood=$!'
+sleep 12
+bytes=$(cat "$STATE/vm/$id"/console.log* 2>/dev/null | wc -c)
+expect_ok "the console takes at most 1088 KiB on disk ($bytes bytes)" test "$bytes" -le $((1088 * 1024))
+expect_ok "... and was rotated (the flood got through)" test -e "$STATE/vm/$id/console.log.1"
+expect_eq "the flooding world still runs" alive "$(wfs_run "$W/flood" 'kill $flood; echo alive')"
+expect_ok "rmdir w/flood" rmdir "$W/flood"
+
 expect_ok "rmdir w" rmdir "$W"
 expect_ok "rmdir bystander" rmdir "$MNT/bystander"
 wfs_umount

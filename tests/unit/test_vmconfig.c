@@ -129,7 +129,7 @@ static struct qemu_spec spec_cow(void)
 		.mem_mib = 2048, .vcpus = 2, .ram = "/st/vm/ram/w1.ram",
 		.kernel = "/img/vmlinux", .initrd = "/img/initrd.cpio.gz", .append = "console=ttyS0 quiet",
 		.root = "/img/root.img", .qmp_sock = "/st/vm/w1/qmp.sock", .agent_sock = "/st/vm/w1/agent.sock",
-		.pidfile = "/st/vm/w1/qemu.pid", .log = "/st/vm/w1/qemu.log",
+		.pidfile = "/st/vm/w1/qemu.pid", .log = "/st/vm/w1/qemu.log", .console_fd = 3,
 	};
 }
 
@@ -186,6 +186,9 @@ static void argv_cow_kvm_boot(void **state)
 	assert_string_equal(opt(&c, "-kernel"), "/img/vmlinux");
 	assert_string_equal(opt(&c, "-initrd"), "/img/initrd.cpio.gz");
 	assert_string_equal(opt(&c, "-append"), "console=ttyS0 quiet");
+	/* The console goes into the inherited pipe, never into a file that
+	 * the guest could grow without bound. */
+	assert_string_equal(opt(&c, "-serial"), "file:/dev/fd/3");
 	assert_string_equal(opt(&c, "-qmp"), "unix:/st/vm/w1/qmp.sock,server=on,wait=off");
 	assert_string_equal(opt(&c, "-chardev"), "socket,id=agent,path=/st/vm/w1/agent.sock,server=on,wait=off");
 	assert_string_equal(opt(&c, "-pidfile"), "/st/vm/w1/qemu.pid");
