@@ -255,6 +255,13 @@ int qemu_argv(const struct qemu_spec *q, struct qemu_cmdline *out)
 	}
 	argv[argc++] = "-smp";
 	argv[argc++] = out->smp;
+	/* QEMU's own seccomp filter: no obsolete system calls, no changing of
+	 * limits, priorities or CPU affinity, so a guest that escapes into
+	 * QEMU gets no further than QEMU's own needs.  Not elevateprivileges
+	 * or spawn=deny: -daemonize forks and calls setsid(2) after the
+	 * filter is in place. */
+	argv[argc++] = "-sandbox";
+	argv[argc++] = "on,obsolete=deny,resourcecontrol=deny";
 	argv[argc++] = "-nodefaults";
 	argv[argc++] = "-no-user-config";
 	argv[argc++] = "-nographic";

@@ -189,6 +189,8 @@ static void argv_cow_kvm_boot(void **state)
 	/* The console goes into the inherited pipe, never into a file that
 	 * the guest could grow without bound. */
 	assert_string_equal(opt(&c, "-serial"), "file:/dev/fd/3");
+	/* QEMU runs under its own seccomp sandbox. */
+	assert_string_equal(opt(&c, "-sandbox"), "on,obsolete=deny,resourcecontrol=deny");
 	assert_string_equal(opt(&c, "-qmp"), "unix:/st/vm/w1/qmp.sock,server=on,wait=off");
 	assert_string_equal(opt(&c, "-chardev"), "socket,id=agent,path=/st/vm/w1/agent.sock,server=on,wait=off");
 	assert_string_equal(opt(&c, "-pidfile"), "/st/vm/w1/qemu.pid");
