@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "fs/tree.h"
+#include "backend/util/clock.h"
 
 struct load_ctx {
 	struct runtime *rt;
@@ -120,6 +121,96 @@ static void private_files(const char *dir)
 	}
 }
 
+/* ---- recovery: the sandboxes of a registry just loaded ---- */
+
+struct recovery {
+	struct load_ctx c;  /* every entity loaded, each referenced */
+	pthread_t thread;
+};
+
+/* What is left of e's sandbox, under e->oplock, unless first use has
+ * attached it already: reattach one that kept running (so that a clean
+ * unmount suspends it), fail a live one that is gone and has no snapshot
+ * to come back from (with the reason, never dropped), delete what a
+ * collapsed or failed one left. */
+static void recover_one(struct runtime *rt, struct entity *e, size_t *counts)
+{
+	enum sandbox_presence p;
+	bool live, skip, lost;
+
+	pthread_mutex_lock(&e->oplock);
+	pthread_mutex_lock(&rt->lock);
+	live = e->state == STATE_RUNNING || e->state == STATE_WON;
+	skip = e->removed || e->sb || e->kind == ENTITY_SNAPSHOT;
+	pthread_mutex_unlock(&rt->lock);
+	if (!skip) {
+		p = rt->be_ops->probe(rt->be, e->id, e->handle);
+		pthread_mutex_lock(&rt->lock);
+		e->sb_saved = live && p == SANDBOX_SAVED;
+		rt->sb_changes++;
+		lost = live && p == SANDBOX_GONE && e->nsnapshots == 0;
+		pthread_mutex_unlock(&rt->lock);
+		if (live && p == SANDBOX_RUNNING && sandbox_ensure(rt, e) == 0) {
+			counts[0]++;
+		} else if (lost) {
+			mark_failed(rt, e, "sandbox lost while worldfs was down (no process, no saved state)");
+			counts[1]++;
+		} else if (!live && p != SANDBOX_GONE) {
+			rt->be_ops->discard(rt->be, e->id, e->handle);
+		}
+	}
+	pthread_mutex_unlock(&e->oplock);
+}
+
+static void *recover(void *arg)
+{
+	struct recovery *r = arg;
+	struct runtime *rt = r->c.rt;
+	double t0 = now_ms();
+	size_t counts[2] = { 0, 0 };
+
+	for (size_t i = 0; i < r->c.n; i++)
+		recover_one(rt, r->c.all[i], counts);
+	rt->be_ops->collect_garbage(rt->be, known_id, &r->c);
+	worldfs_log("recovered %zu entities in %.0f ms: %zu reattached, %zu failed", r->c.n, now_ms() - t0,
+		    counts[0], counts[1]);
+	for (size_t i = 0; i < r->c.n; i++)
+		runtime_put(rt, r->c.all[i]);
+	return NULL;
+}
+
+static int recovery_start(struct runtime *rt, struct load_ctx *c)
+{
+	struct recovery *r = calloc(1, sizeof(*r));
+	int err;
+
+	if (!r)
+		return -ENOMEM;
+	r->c = *c;
+	c->all = NULL;
+	c->n = 0;
+	err = pthread_create(&r->thread, NULL, recover, r);
+	if (err) {
+		*c = r->c;
+		free(r);
+		return -err;
+	}
+	rt->recovery = r;
+	return 0;
+}
+
+void runtime_settle(struct runtime *rt)
+{
+	struct recovery *r = rt->recovery;
+
+	if (!r)
+		return;
+	pthread_join(r->thread, NULL);
+	free(r->c.all);
+	free(r);
+	rt->recovery = NULL;
+}
+
 int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct backend_config *cfg,
 		 char *err, size_t errlen)
 {
@@ -152,31 +243,22 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 		snprintf(err, errlen, "%s: cannot load the registry: %s", path, strerror(-rc));
 		goto fail;
 	}
-	/* What was up when worldfs stopped comes back lazily on first use; what
-	 * cannot come back is failed now, with the reason, never dropped. */
+	/* The mount is served at once: what was up when worldfs stopped is
+	 * looked at in the background (recover), or sooner on first use. */
 	for (size_t i = 0; i < c.n; i++) {
 		struct entity *e = c.all[i];
-		enum sandbox_presence p;
-		bool live = e->state == STATE_RUNNING || e->state == STATE_WON;
 
-		if (e->kind == ENTITY_SNAPSHOT)
-			continue;
-		p = rt->be_ops->probe(rt->be, e->id, e->handle);
-		e->sb_saved = live && p == SANDBOX_SAVED;
-		if (live && p == SANDBOX_RUNNING) {
-			/* Reattach now (cheap), so a clean unmount suspends it. */
-			pthread_mutex_lock(&e->oplock);
-			sandbox_ensure(rt, e);
-			pthread_mutex_unlock(&e->oplock);
-		} else if (live && p == SANDBOX_GONE && e->nsnapshots == 0) {
-			mark_failed_locked(rt, e, "sandbox lost while worldfs was down (no process, no saved state)");
-		} else if (!live && p != SANDBOX_GONE) {
-			rt->be_ops->discard(rt->be, e->id, e->handle);
-		}
+		e->sb_saved = e->kind != ENTITY_SNAPSHOT && (e->state == STATE_RUNNING || e->state == STATE_WON);
+		e->refs++;  /* the recovery's */
 	}
-	rt->be_ops->collect_garbage(rt->be, known_id, &c);
-	free(c.all);
 	worldfs_log("mounted: %zu entities, backend %s, state %s", c.n, rt->be_ops->name, cfg->state_dir);
+	rc = recovery_start(rt, &c);
+	if (rc) {
+		snprintf(err, errlen, "cannot start the recovery thread: %s", strerror(-rc));
+		for (size_t i = 0; i < c.n; i++)
+			c.all[i]->refs--;
+		goto fail;
+	}
 	return 0;
 fail:
 	free(c.all);
@@ -238,6 +320,8 @@ void runtime_close(struct runtime *rt)
 	struct suspend_job *jobs = NULL;
 	size_t n = 0;
 
+	/* The recovery finishes its pass first: what it reattaches is suspended below. */
+	runtime_settle(rt);
 	for (size_t i = 0; i < rt->nworlds; i++)
 		collect_up(rt->worlds[i], &jobs, &n);
 	/* Suspend in parallel: each is a migration to disk and a quit. */

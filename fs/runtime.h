@@ -32,6 +32,7 @@ struct runtime {
 	time_t mount_time;
 	unsigned max_worlds;           /* live worlds + verses per uid but the mounting user's; 0: any */
 	unsigned long sb_changes;      /* a sandbox was set or unset (sandbox_set_locked) */
+	struct recovery *recovery;     /* runtime_open's background pass, until settled */
 	/* Rendered .worldfs files (node.c), reused while nothing changed. */
 	struct rendered {
 		char *buf;
@@ -44,6 +45,9 @@ struct runtime {
 /* Open the registry under cfg->state_dir, start the backend, load the tree. */
 int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct backend_config *cfg,
 		 char *err, size_t errlen);
+/* Wait for the recovery runtime_open started (the sandboxes of the loaded
+ * registry looked at, reattached or failed, in the background) to end. */
+void runtime_settle(struct runtime *rt);
 /* Suspend every live sandbox to disk and close everything. */
 void runtime_close(struct runtime *rt);
 

@@ -191,9 +191,21 @@ static int f_suspend(struct sandbox *s)
 	snprintf(s->b->suspended[s->b->nsuspended++], 24, "%s", s->id);
 	return f_destroy(s);
 }
+/* A probe that does not answer until the test lets it (morph's is an HTTP
+ * request per world): the mount must not wait for it. */
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t open;
+	bool held;
+} gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false };
+
 static enum sandbox_presence f_probe(struct backend *b, const char *id, const char *handle)
 {
 	(void)handle;
+	pthread_mutex_lock(&gate.lock);
+	while (gate.held)
+		pthread_cond_wait(&gate.open, &gate.lock);
+	pthread_mutex_unlock(&gate.lock);
 	for (int i = 0; i < b->nsuspended; i++)
 		if (strcmp(b->suspended[i], id) == 0)
 			return SANDBOX_SAVED;
@@ -237,6 +249,7 @@ static void open_rt(struct runtime *rt)
 
 	memset(rt, 0, sizeof(*rt));
 	assert_int_equal(runtime_open(rt, &fake_ops, &cfg, err, sizeof(err)), 0);
+	runtime_settle(rt);
 }
 
 static struct entity *verse(struct runtime *rt, struct entity *p, const char *name)
@@ -643,6 +656,48 @@ static void info_while_sandboxes_go(void **state)
 	runtime_close(&rt);
 }
 
+/* A remount is served before the backend has said anything about the
+ * sandboxes: they show as suspended, and first use brings them back. */
+static void remount_does_not_wait(void **state)
+{
+	struct backend_config cfg = { .state_dir = state_dir, .mem_mib = 128, .vcpus = 1,
+				      .exec_timeout_s = 5, .output_max = 1 << 20 };
+	struct run_result res;
+	struct runtime rt;
+	struct node n;
+	char err[256], *buf;
+	size_t len;
+	(void)state;
+
+	open_rt(&rt);
+	for (int i = 0; i < 20; i++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "w%d", i);
+		assert_int_equal(runtime_create_world(&rt, name, 0, 0), 0);
+	}
+	runtime_close(&rt);
+	assert_int_equal(fake.nsuspended, 20);
+
+	gate.held = true;
+	memset(&rt, 0, sizeof(rt));
+	assert_int_equal(runtime_open(&rt, &fake_ops, &cfg, err, sizeof(err)), 0);
+	assert_int_equal(node_lookup(&rt, "/w7/info", 0, &n), 0);
+	assert_int_equal(node_render(&rt, &n, &buf, &len), 0);
+	assert_non_null(strstr(buf, "\"status\":\"suspended\""));
+	free(buf);
+	node_release(&rt, &n);
+	pthread_mutex_lock(&gate.lock);
+	gate.held = false;
+	pthread_cond_broadcast(&gate.open);
+	pthread_mutex_unlock(&gate.lock);
+	assert_int_equal(runtime_exec(&rt, verse(&rt, NULL, "w7"), "echo", 4, &res), 0);
+	assert_memory_equal(res.out, "echo", 4);
+	run_result_release(&res);
+	runtime_settle(&rt);
+	runtime_close(&rt);
+}
+
 static void parent_runs_while_child_starts(void **state)
 {
 	struct runtime rt;
@@ -676,6 +731,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(resolve_racing_snapshot, setup, teardown),
 		cmocka_unit_test_setup_teardown(rmdir_racing_snapshot, setup, teardown),
 		cmocka_unit_test_setup_teardown(info_while_sandboxes_go, setup, teardown),
+		cmocka_unit_test_setup_teardown(remount_does_not_wait, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
