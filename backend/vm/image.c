@@ -130,8 +130,27 @@ static int legacy_load(const char *dir, struct vm_image *img, char *err, size_t 
 	return 0;
 }
 
+/* The rest of in into out with read and write, where copy_file_range
+ * cannot cross filesystems (tmpfs). */
+static int copy_plain(int in, int out)
+{
+	static char buf[1 << 16];
+	ssize_t n;
+	int r;
+
+	while ((n = read(in, buf, sizeof(buf))) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if ((r = write_all(out, buf, (size_t)n)) < 0)
+			return r;
+	}
+	return 0;
+}
+
 /* Make dst a copy of src: a hard link where the filesystem allows, else
- * the bytes (copy_file_range), synced. */
+ * the bytes (copy_file_range, or read and write), synced. */
 static int pin_file(const char *src, const char *dst)
 {
 	struct stat st;
@@ -154,6 +173,12 @@ static int pin_file(const char *src, const char *dst)
 
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n < 0 && (errno == EXDEV || errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL)) {
+			r = copy_plain(in, out);
+			if (r < 0)
+				goto out;
+			break;
+		}
 		if (n <= 0) {
 			r = n < 0 ? -errno : -EIO;
 			goto out;

@@ -283,6 +283,35 @@ static const char *fs_name(const char *dir)
 	}
 }
 
+/* MiB free to an unprivileged writer on dir's filesystem, or -errno. */
+static long long free_mib(const char *dir)
+{
+	struct statvfs v;
+
+	if (statvfs(dir, &v) < 0)
+		return -errno;
+	return (long long)((unsigned long long)v.f_bavail * v.f_frsize >> 20);
+}
+
+int vm_room(const struct backend *b, const char *id, unsigned mem_mib)
+{
+	/* The state directory's filesystem, and the RAM directory's when it is
+	 * our loop-mounted image (whose file lives on the first). */
+	const char *dirs[2] = { b->dir, b->ram_mounted ? b->ram_dir : NULL };
+	long long need = (long long)mem_mib + DISK_RESERVE_MIB;
+
+	for (int i = 0; i < 2 && dirs[i]; i++) {
+		long long have = free_mib(dirs[i]);
+
+		if (have >= 0 && have < need) {
+			vm_log(id, "%s: %lld MiB free, below the %lld MiB a %u MiB guest needs with the margin kept for "
+			       "the running ones: refused (ENOSPC)", dirs[i], have, need, mem_mib);
+			return -ENOSPC;
+		}
+	}
+	return 0;
+}
+
 void ram_init(struct backend *b, bool want)
 {
 	const char *why = NULL;

@@ -266,6 +266,8 @@ static int vm_create(struct backend *b, const char *id, unsigned mem_mib, unsign
 
 	mem_mib = mem_mib ? mem_mib : b->mem_mib;
 	vcpus = vcpus ? vcpus : b->vcpus;
+	if ((r = vm_room(b, id, mem_mib)) < 0)
+		return r;
 	if (!b->cow || !b->golden_id[0]) {
 		r = create_cold(b, id, mem_mib, vcpus, false, &s, deadline);
 		goto done;
@@ -330,7 +332,7 @@ static int vm_snapshot(struct sandbox *s, const char *snap_id, struct snapshot_i
 	double frozen = 0;
 	int r;
 
-	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0)
+	if ((r = snapshot_paths(s->b, snap_id, dir, tmp)) < 0 || (r = vm_room(s->b, s->id, s->mem_mib)) < 0)
 		return r;
 	if (s->cow && ((r = ram_snapshot_path(s->b, snap_id, ram)) < 0 ||
 		       (r = vm_pathf(ram_tmp, "%s/snapshots/.%s.ram.tmp", s->b->ram_dir, snap_id)) < 0))
@@ -446,6 +448,8 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 			return fd;
 	}
 	t = now_ms();
+	if ((r = vm_room(b, child_id, c.mem_mib)) < 0)
+		goto out;
 	if ((r = take_or_make(b, child_id, img, c.mem_mib, c.vcpus, c.cow, c.machine, &s, &pooled)) < 0) {
 		s = NULL;
 		goto out;

@@ -216,6 +216,13 @@ unsigned long host_tsc_khz(void);
 
 /* Find or make a RAM directory that clones files; sets b->ram_*.
  * want: the mount asked for cow (else only an existing one is reused). */
+/* Refuse (-ENOSPC, with a log line) to make anything that may grow on
+ * disk (a world, a verse, a snapshot of mem_mib) unless the filesystems
+ * below STATE/vm keep mem_mib + DISK_RESERVE_MIB free: the margin is what
+ * the running guests may still write into their copy-on-write RAM files,
+ * whose loop device would otherwise fail them with I/O errors. */
+#define DISK_RESERVE_MIB 256
+int vm_room(const struct backend *b, const char *id, unsigned mem_mib);
 void ram_init(struct backend *b, bool want);
 /* Unmount our loop mount if nothing uses it any more. */
 void ram_fini(struct backend *b);

@@ -19,6 +19,7 @@ wfs_n=0          # assertions so far
 wfs_failed=0     # failed assertions
 wfs_nmount=0     # mounts so far (one log file each)
 wfs_pid=         # our worldfs, while it runs
+wfs_fs_mounts=   # tmpfs mounts of wfs_small_fs, unmounted at exit
 wfs_tmp=
 wfs_name=${0##*/}
 
@@ -112,6 +113,7 @@ wfs_strerror() {
 	EPERM) echo 'Operation not permitted' ;;
 	EFBIG) echo 'File too large' ;;
 	EDQUOT) echo 'Disk quota exceeded' ;;
+	ENOSPC) echo 'No space left on device' ;;
 	ENOTDIR) echo 'Not a directory' ;;
 	EISDIR) echo 'Is a directory' ;;
 	*) echo "unknown errno name $1" >&2; return 1 ;;
@@ -286,6 +288,13 @@ wfs_umount() {
 	fi
 }
 
+# wfs_small_fs DIR MIB: a tmpfs of MIB MiB on DIR (a small disk), unmounted
+# when the test ends whatever happens.
+wfs_small_fs() {
+	mkdir -p "$1" && mount -t tmpfs -o "size=${2}m,mode=0700" worldfs-test "$1" || return 1
+	wfs_fs_mounts="$wfs_fs_mounts $1"
+}
+
 # wfs_kill9: kill -9 our worldfs (a crash), then clear the dead mount.
 wfs_kill9() {
 	kill -9 "$wfs_pid"
@@ -343,6 +352,10 @@ wfs_cleanup() {
 		fi
 		for wfs_q in $(wfs_qemu_pids); do
 			kill -9 "$wfs_q" 2>/dev/null
+		done
+		# Filesystems a test mounted for itself (wfs_small_fs).
+		for wfs_m in $wfs_fs_mounts; do
+			umount "$wfs_m" 2>/dev/null || umount -l "$wfs_m" 2>/dev/null
 		done
 		if [ "$wfs_failed" -gt 0 ] || [ "$wfs_rc" -ne 0 ]; then
 			for wfs_f in "$wfs_tmp"/worldfs.*.log; do

@@ -54,3 +54,20 @@ expect_ok "rmdir w" rmdir "$W"
 expect_ok "rmdir bystander" rmdir "$MNT/bystander"
 wfs_umount
 expect_no_qemu "no qemu left after unmount" 20
+
+# A small disk: a new world is refused with ENOSPC while the state
+# directory's filesystem would keep less than the guest's memory and a
+# margin free (256 MiB), and nothing is left half-made; with room again,
+# it works.
+SMALL=$wfs_tmp/small
+wfs_small_fs "$SMALL" 300 || bail "cannot mount a tmpfs on $SMALL"
+STATE=$SMALL/state
+wfs_mount
+expect_errno ENOSPC mkdir "$MNT/tight"
+expect_eq "nothing half-made" "" "$(ls "$MNT")"
+expect_match "the log says why" 'free, below the .* MiB a 128 MiB guest needs' "$(cat "$wfs_log")"
+expect_ok "make room (the tmpfs grows)" mount -o remount,size=2g "$SMALL"
+expect_ok "mkdir tight, with room" mkdir "$MNT/tight"
+expect_eq "it runs" ok "$(wfs_run "$MNT/tight" 'echo ok')"
+expect_ok "rmdir tight" rmdir "$MNT/tight"
+wfs_umount
