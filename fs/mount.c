@@ -350,5 +350,8 @@ void runtime_close(struct runtime *rt)
 	for (size_t i = 0; i < sizeof(rt->meta_cache) / sizeof(rt->meta_cache[0]); i++)
 		free(rt->meta_cache[i].buf);
 	memset(rt->meta_cache, 0, sizeof(rt->meta_cache));
+	free(rt->uses);
+	rt->uses = NULL;
+	rt->nuses = 0;
 	pthread_mutex_destroy(&rt->lock);
 }

@@ -289,10 +289,15 @@ out:
 /* Run the code pending on an exec handle (h->lock held). */
 static int handle_run(struct runtime *rt, struct handle *h)
 {
-	struct run_result res;
+	struct run_result res = { 0 };
 	int err;
 
-	err = runtime_exec(rt, h->n.e, h->code.buf, h->code.len, &res);
+	err = runtime_charge(rt, h->n.uid, 1, 0);
+	if (!err) {
+		err = runtime_exec(rt, h->n.e, h->code.buf, h->code.len, &res);
+		runtime_charge(rt, h->n.uid, -1, 0);
+	}
+	runtime_charge(rt, h->n.uid, 0, -(long long)h->code.len);
 	strbuf_reset(&h->code);
 	/* After writing N bytes of code the descriptor's offset is N: the run's
 	 * stdout reads from there as if from its start. */
@@ -422,8 +427,11 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 		if (h->code.len + size > EXEC_CODE_MAX) {
 			worldfs_log("%s: code larger than 16 MiB", path);
 			err = -EFBIG;
-		} else if (!(err = strbuf_add(&h->code, buf, size))) {
-			h->write_end = off + (off_t)size;
+		} else if (!(err = runtime_charge(rt, h->n.uid, 0, (long long)size))) {
+			if ((err = strbuf_add(&h->code, buf, size)))
+				runtime_charge(rt, h->n.uid, 0, -(long long)size);
+			else
+				h->write_end = off + (off_t)size;
 		}
 		goto out;
 	}
@@ -452,6 +460,8 @@ static int wfs_release(const char *path, struct fuse_file_info *fi)
 	struct handle *h = handle_of(fi);
 
 	(void)path;
+	if (h->code.len)  /* not run: a flush that failed before the run */
+		runtime_charge(rt_of(), h->n.uid, 0, -(long long)h->code.len);
 	node_release(rt_of(), &h->n);
 	pthread_mutex_destroy(&h->lock);
 	free(h->data);

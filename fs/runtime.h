@@ -31,6 +31,12 @@ struct runtime {
 	gid_t mount_gid;
 	time_t mount_time;
 	unsigned max_worlds;           /* live worlds + verses per uid but the mounting user's; 0: any */
+	struct uid_use {               /* what each uid holds now (runtime_charge) */
+		uid_t uid;
+		unsigned runs;
+		size_t code;
+	} *uses;
+	size_t nuses;
 	unsigned long sb_changes;      /* a sandbox was set or unset (sandbox_set_locked) */
 	struct recovery *recovery;     /* runtime_open's background pass, until settled */
 	/* Rendered .worldfs files (node.c), reused while nothing changed. */
@@ -77,6 +83,16 @@ int runtime_set_trit(struct runtime *rt, struct entity *e, int trit);
 int runtime_set_prob(struct runtime *rt, struct entity *e, int64_t prob);
 int runtime_set_balance(struct runtime *rt, struct entity *e, const char *owner, int64_t amount);
 int runtime_delete_balance(struct runtime *rt, struct entity *e, const char *owner);
+
+/* What one uid other than the mounting user may hold at once, so that
+ * nobody can take every FUSE thread (each run waiting or running holds
+ * one) or the host's memory (code written to exec, not yet run). */
+#define RUNS_PER_UID 64
+#define CODE_PER_UID (256u << 20)
+/* Add runs and code bytes (negative: give back) to what uid holds; an
+ * addition beyond its limit changes nothing and is -EAGAIN (runs) or
+ * -EDQUOT (code), with a log line. */
+int runtime_charge(struct runtime *rt, uid_t uid, int runs, long long code);
 
 /* The bar every run, branch and snapshot of e passes: entity_state_errno
  * of e, read under the tree lock. */

@@ -73,6 +73,29 @@ expect_match "root sees nobody's world" '"path": *"/n"' "$(cat "$MNT/.worldfs/en
 expect_ok "the mounting user is not limited" mkdir "$W/c" "$W/d"
 expect_ok "nobody removes its world" as_nobody rmdir "$MNT/n"
 expect_ok "... and may make another" as_nobody mkdir "$MNT/n2"
+# One user's runs waiting in line cannot take every FUSE thread (each
+# holds one): beyond 64 of one uid a run is refused at once (EAGAIN), and
+# the mount goes on answering everybody else.
+: >"$wfs_tmp/refused"
+chmod 0666 "$wfs_tmp/refused"
+as_nobody sh -c 'env printf "sleep 6\n" >"$1/exec"' _ "$MNT/n2" &
+writers=$!
+sleep 1
+i=0
+while [ $i -lt 300 ]; do
+	as_nobody sh -c 'env printf "true\n" >"$1/exec" 2>/dev/null || echo refused >>"$2"' _ "$MNT/n2" \
+		"$wfs_tmp/refused" &
+	writers="$writers $!"
+	i=$((i + 1))
+done
+sleep 2
+expect_ok "the mount answers while nobody has 300 runs in line" timeout 5 ls "$W"
+expect_eq "and runs another user's code" busy "$(timeout 5 sh -c 'env printf "echo busy\n" >"$1/exec" && cat "$1/stdout"' _ "$W")"
+# shellcheck disable=SC2086 # a list of pids
+wait $writers
+expect_ok "nobody's runs beyond 64 were refused ($(wc -l <"$wfs_tmp/refused"))" \
+	test "$(wc -l <"$wfs_tmp/refused")" -ge 200
+expect_match "the log says why" 'runs waiting or running, the most one user may' "$(cat "$wfs_log")"
 expect_ok "rmdir n2" as_nobody rmdir "$MNT/n2"
 expect_ok "rmdir w/c w/d" rmdir "$W/c" "$W/d"
 # The state directory is the mounting user's alone.
