@@ -546,8 +546,12 @@ static int vm_suspend(struct sandbox *s)
 	}
 	if ((r = state_save(s, fd, -1, false, &frozen)) < 0)
 		goto out;
-	if ((s->cow && (r = vm_fsync_path(ram)) < 0) || (r = vm_fsync_path(config)) < 0 || fsync(fd) < 0 ||
-	    rename(tmp, path) < 0 || fsync(s->dirfd) < 0) {
+	/* Durable before QEMU goes: the RAM file and its directory entry, the
+	 * config, the state, and the directories that name them (the sandbox
+	 * dir and the RAM file were made at create or branch, unsynced). */
+	if ((s->cow && ((r = vm_fsync_path(ram)) < 0 || (r = vm_fsync_path(b->ram_dir)) < 0)) ||
+	    (r = vm_fsync_path(config)) < 0 || fsync(fd) < 0 || rename(tmp, path) < 0 || fsync(s->dirfd) < 0 ||
+	    (r = vm_fsync_path(b->dir)) < 0) {
 		r = r < 0 ? r : -errno;
 		vm_log(s->id, "%s: %s", path, strerror(-r));
 		qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS);
