@@ -11,6 +11,7 @@
 
 #include "fs/tree.h"
 #include "backend/util/clock.h"
+#include "backend/util/fault.h"
 
 /* ---- sandboxes ---- */
 
@@ -178,6 +179,7 @@ int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t 
 		return err;
 
 	err = rt->be_ops->create(rt->be, e->id, e->mem_mib, e->vcpus, &sb, handle, &boot_ms);
+	fault_point("create-commit");
 	desc = describe(rt, sb);
 
 	pthread_mutex_lock(&rt->lock);
@@ -259,6 +261,7 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 			err = rt->be_ops->branch(rt->be, parent->sb, NULL, e->id, &sb, handle, &info);
 		parent_release(&h);
 	}
+	fault_point("branch-commit");
 	desc = describe(rt, sb);
 
 	pthread_mutex_lock(&rt->lock);
@@ -330,6 +333,7 @@ int runtime_snapshot(struct runtime *rt, struct entity *w, const char *name, uid
 	if (!err)
 		err = rt->be_ops->snapshot(w->sb, s->id, &info);
 	pthread_mutex_unlock(&w->oplock);
+	fault_point("snapshot-commit");
 
 	pthread_mutex_lock(&rt->lock);
 	made = !err;
@@ -392,6 +396,7 @@ int runtime_remove(struct runtime *rt, struct entity *e)
 		all[i]->refs++;  /* ours, for the teardown below */
 	}
 	pthread_mutex_unlock(&rt->lock);
+	fault_point("remove-drop");
 
 	for (size_t i = 0; i < n; i++) {
 		sandbox_drop(rt, all[i]);
@@ -613,6 +618,7 @@ int runtime_resolve(struct runtime *rt, struct entity *parent, const char *winne
 	parent->wev = wev;
 	strcpy(parent->winner, win->name);
 	snprintf(oracle, sizeof(oracle), "resolve-file:uid=%u", (unsigned)uid);
+	fault_point("resolve-commit");
 
 	err = registry_begin(rt->reg);
 	for (size_t i = 0; !err && i < nchanged; i++)
@@ -651,6 +657,8 @@ out:
 		worldfs_log("resolved %s: %s won, %zu collapsed, wev %lld", parent->id, winner,
 			    nchanged, (long long)wev);
 	/* The collapsed verses' sandboxes stop after the resolution is durable. */
+	if (nchanged)
+		fault_point("resolve-drop");
 	for (size_t i = 0; i < nchanged; i++) {
 		sandbox_drop(rt, changed[i].e);
 		runtime_put(rt, changed[i].e);

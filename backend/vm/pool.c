@@ -246,6 +246,7 @@ int pool_take(struct backend *b, const char *id, unsigned mem_mib, unsigned vcpu
 		return -ENOENT;
 	if ((r = ram_path(b, s->id, ram_from)) < 0)
 		goto fail;
+	fault_point("pool-take");
 	if (renameat2(AT_FDCWD, s->dir, AT_FDCWD, dir, RENAME_NOREPLACE) < 0) {
 		r = -errno;
 		goto fail;

@@ -228,6 +228,7 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 	}
 	if ((r = state_save(s, fd, ram_fd, true, frozen)) < 0)
 		goto out;
+	fault_point("freeze");
 	if (fsync(fd) < 0 || fstat(fd, &st) < 0) {
 		r = -errno;
 		vm_log(s->id, "%s: %s", state, strerror(-r));

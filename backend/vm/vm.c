@@ -546,6 +546,7 @@ static int vm_suspend(struct sandbox *s)
 	}
 	if ((r = state_save(s, fd, -1, false, &frozen)) < 0)
 		goto out;
+	fault_point("suspend");
 	/* Durable before QEMU goes: the RAM file and its directory entry, the
 	 * config, the state, and the directories that name them (the sandbox
 	 * dir and the RAM file were made at create or branch, unsynced). */

@@ -35,6 +35,7 @@
 
 #include "backend/backend.h"
 #include "backend/util/clock.h"
+#include "backend/util/fault.h"
 #include "backend/util/io.h"
 #include "backend/util/strbuf.h"
 #include "backend/vm/log.h"
