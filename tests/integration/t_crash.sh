@@ -127,8 +127,81 @@ wfs_mount
 expect_eq "suspend: w comes back with its files" kept "$(wfs_run "$W" 'cat /tmp/kept')"
 expect_eq "suspend: the registry is intact" ok "$(sqlite3 "$STATE/worldfs.db" 'PRAGMA integrity_check')"
 
+# kill -9 at random moments of a workload, WFS_KILL_ROUNDS times (20 by
+# default; the closing note's 100 were run by hand).  The workload writes
+# down each operation once it was acknowledged (and a removal before it
+# starts, since its end may be cut off); after each remount every one of
+# them is there, and whatever exists runs.
+workload() {
+	i=$1
+	while :; do
+		k=$MNT/k$i
+		mkdir "$k" 2>/dev/null && echo "create k$i" >>"$ack" || return
+		wfs_exec "$k" "echo $i >/tmp/i" 2>/dev/null && echo "exec k$i" >>"$ack" || return
+		mkdir "$k/v" 2>/dev/null && echo "branch k$i" >>"$ack" || return
+		mkdir "$k/snapshot/s" 2>/dev/null && echo "snapshot k$i" >>"$ack" || return
+		wfs_put "$k/resolve" v 2>/dev/null && echo "resolve k$i" >>"$ack" || return
+		old=k$((i - 2))
+		if [ -d "$MNT/$old" ]; then
+			echo "removing $old" >>"$ack"
+			rmdir "$MNT/$old/v" 2>/dev/null
+			rmdir "$MNT/$old" 2>/dev/null && echo "remove $old" >>"$ack" || return
+		fi
+		i=$((i + 1))
+	done
+}
+verify() {
+	lost=
+	while read -r op k; do
+		grep -qx "removing $k" "$ack" && present=maybe || present=yes
+		case $op:$present in
+		remove:*) [ -e "$MNT/$k" ] && lost="$lost $op:$k" ;;
+		create:yes | exec:yes) [ -d "$MNT/$k" ] || lost="$lost $op:$k" ;;
+		branch:yes) [ -d "$MNT/$k/v" ] || lost="$lost $op:$k" ;;
+		snapshot:yes) [ -d "$MNT/$k/snapshot/s" ] || lost="$lost $op:$k" ;;
+		resolve:yes) [ "$(cat "$MNT/$k/v/state" 2>/dev/null)" = won ] || lost="$lost $op:$k" ;;
+		esac
+	done <"$ack"
+	echo "$lost"
+}
+ack=$wfs_tmp/acknowledged
+: >"$ack"
+rounds=${WFS_KILL_ROUNDS:-20}
+next=0
+round=0
+lost_all=
+broken=
+while [ $round -lt "$rounds" ]; do
+	round=$((round + 1))
+	workload "$next" &
+	job=$!
+	sleep "$(awk -v r="$round" 'BEGIN { srand(r); printf "%.2f", 0.5 + rand() * 3 }')"
+	kill -9 "$wfs_pid"
+	wfs_wait_exit 10 || bail "worldfs survived kill -9"
+	wfs_pid=
+	wait "$job" 2>/dev/null
+	fusermount3 -u -z "$MNT" 2>/dev/null
+	wfs_mount
+	lost_all="$lost_all$(verify)"
+	[ "$(sqlite3 "$STATE/worldfs.db" 'PRAGMA integrity_check')" = ok ] || broken="$broken $round"
+	for k in "$MNT"/k*; do
+		[ -d "$k" ] || continue
+		[ "$(wfs_run "$k" 'echo up' 2>/dev/null)" = up ] || broken="$broken $round:${k##*/}"
+	done
+	next=$(($(ls "$MNT" | sed -n 's/^k//p' | sort -n | tail -n 1) + 1))
+done
+expect_eq "kill -9 x $rounds: no acknowledged operation lost ($(wc -l <"$ack") acknowledged)" "" "$lost_all"
+expect_eq "kill -9 x $rounds: the registry intact and every world there runs" "" "$broken"
+for k in "$MNT"/k*; do
+	[ -d "$k" ] || continue
+	rmdir "$k/v" 2>/dev/null
+	rmdir "$k" || not_ok "rmdir ${k##*/}"
+done
+wfs_umount
+
 # Nothing left over: after a clean unmount no QEMU runs, and STATE/vm
 # holds only what the registry knows (and the backend's own dirs).
+wfs_mount
 expect_ok "rmdir w/a" rmdir "$W/a"
 wfs_umount
 expect_no_qemu "no qemu left after the last unmount" 20
