@@ -215,11 +215,12 @@ run_tests() {
 		say "ninja -C build-asan" && ninja -C build-asan; then
 		suite build-asan unit --timeout-multiplier 3
 		suite build-asan mount --timeout-multiplier 2
+		suite build-asan mount-busybox --timeout-multiplier 2
 		suite build-asan morph --timeout-multiplier 2
 	else
 		say "build-asan did not build: its suites count as failed"
-		failed=$((failed + 3))
-		failures="$failures build-asan/unit build-asan/mount build-asan/morph"
+		failed=$((failed + 4))
+		failures="$failures build-asan/unit build-asan/mount build-asan/mount-busybox build-asan/morph"
 	fi
 
 	[ -z "$failures" ] || say "failed:$failures"
