@@ -56,6 +56,15 @@ int vm_fsync_path(const char *path)
 	return r;
 }
 
+int vm_open_tmp(const char *path)
+{
+	int fd;
+
+	unlink(path);  /* a crash's leftover */
+	fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+	return fd < 0 ? -errno : fd;
+}
+
 /* Replace dir/name with text, atomically (temp file, rename) and, if
  * durable, durably (fsync the file before and the dir after the rename). */
 int vm_write_file(const char *dir, const char *name, const char *text, bool durable)
@@ -65,9 +74,9 @@ int vm_write_file(const char *dir, const char *name, const char *text, bool dura
 
 	if ((r = vm_pathf(tmp, "%s/.%s.tmp", dir, name)) < 0 || (r = vm_pathf(path, "%s/%s", dir, name)) < 0)
 		return r;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = vm_open_tmp(tmp);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	r = write_all(fd, text, strlen(text));
 	if (r == 0 && durable && fsync(fd) < 0)
 		r = -errno;

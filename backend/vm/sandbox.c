@@ -221,8 +221,8 @@ int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char
 		vm_log(s->id, "%s: %s", state, strerror(-r));
 		goto out;
 	}
-	if (s->cow && (ram_fd = open(ram_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0) {
-		r = -errno;
+	if (s->cow && (ram_fd = vm_open_tmp(ram_tmp)) < 0) {
+		r = ram_fd;
 		vm_log(s->id, "%s: %s", ram_tmp, strerror(-r));
 		goto out;
 	}

@@ -538,9 +538,9 @@ static int vm_suspend(struct sandbox *s)
 		r = -EIO;
 		goto out;
 	}
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	fd = vm_open_tmp(tmp);
 	if (fd < 0) {
-		r = -errno;
+		r = fd;
 		vm_log(s->id, "%s: %s", tmp, strerror(-r));
 		goto out;
 	}

@@ -157,6 +157,10 @@ int vm_id_check(const char *id);
 bool vm_exists(const char *path);
 int vm_fsync_path(const char *path);
 /* Replace dir/name with text atomically, and durably if durable. */
+/* A new temp file for writing (0600): a leftover of a crash is removed
+ * first, and the file is made fresh (O_EXCL, no symlink followed).  fd or
+ * -errno. */
+int vm_open_tmp(const char *path);
 int vm_write_file(const char *dir, const char *name, const char *text, bool durable);
 /* Up to n-1 bytes of a small file, NUL-terminated: how many, or -errno. */
 ssize_t vm_read_small(const char *path, char *buf, size_t n);
