@@ -47,6 +47,10 @@ chmod 0777 "$wfs_tmp/open"
 bad=$("$WORLDFS" -o "state=$wfs_tmp/open" "$MNT2" 2>&1)
 expect_eq "a state= directory others can write fails the mount" 1 "$?"
 expect_match "and says so" 'writable by other users' "$bad"
+# A comma in state= would break the QEMU option strings naming files in it.
+bad=$("$WORLDFS" -o "state=$wfs_tmp/a\\,b" "$MNT2" 2>&1)
+expect_eq "a state= path with a comma fails the mount" 1 "$?"
+expect_match "and says so" 'a comma in the path is not supported' "$bad"
 mountpoint -q "$MNT2" && fusermount3 -u "$MNT2"
 rmdir "$MNT2"
 

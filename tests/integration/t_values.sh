@@ -100,6 +100,11 @@ for n in "$long65" .x "a b" "$eacute"; do
 	expect_errno EINVAL mkdir "$W/snapshot/$n"
 done
 expect_eq "bad names created nothing at the root" w "$(ls -A "$MNT" | grep -v '^\.worldfs$')"
+# A name is logged as one line, whatever it holds: no forged log lines.
+forged=$(printf 'x\nworldfs: forged')
+expect_errno EINVAL mkdir "$MNT/$forged"
+expect_eq "a newline in a name forges no log line" 0 "$(grep -c '^worldfs: forged' "$wfs_log")"
+expect_eq "... nor in the state's log" 0 "$(grep -c 'Z worldfs: forged' "$STATE/worldfs.log")"
 expect_errno EEXIST mkdir "$W"
 expect_errno EEXIST mkdir "$MNT/.worldfs"
 for n in trit exec balance snapshot wev; do
