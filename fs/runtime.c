@@ -669,47 +669,6 @@ out:
 	return err;
 }
 
-/* ---- what one uid holds ---- */
-
-int runtime_charge(struct runtime *rt, uid_t uid, int runs, long long code)
-{
-	struct uid_use *u = NULL;
-	int err = 0;
-
-	pthread_mutex_lock(&rt->lock);
-	for (size_t i = 0; i < rt->nuses && !u; i++)
-		if (rt->uses[i].uid == uid)
-			u = &rt->uses[i];
-	if (!u && (runs > 0 || code > 0)) {
-		struct uid_use *v = realloc(rt->uses, (rt->nuses + 1) * sizeof(*v));
-
-		if (!v) {
-			err = -ENOMEM;
-			goto out;
-		}
-		rt->uses = v;
-		u = &v[rt->nuses++];
-		*u = (struct uid_use){ .uid = uid };
-	}
-	if (!u)
-		goto out;
-	if (uid != rt->mount_uid && runs > 0 && u->runs + (unsigned)runs > RUNS_PER_UID) {
-		worldfs_log("uid %u has %u runs waiting or running, the most one user may: refused", (unsigned)uid,
-			    u->runs);
-		err = -EAGAIN;
-	} else if (uid != rt->mount_uid && code > 0 && u->code + (size_t)code > CODE_PER_UID) {
-		worldfs_log("uid %u holds %zu bytes of code not yet run, the most one user may: refused", (unsigned)uid,
-			    u->code);
-		err = -EDQUOT;
-	} else {
-		u->runs = runs < 0 && (unsigned)-runs > u->runs ? 0 : u->runs + runs;
-		u->code = code < 0 && (size_t)-code > u->code ? 0 : u->code + code;
-	}
-out:
-	pthread_mutex_unlock(&rt->lock);
-	return err;
-}
-
 /* ---- values ---- */
 
 int runtime_state_errno(struct runtime *rt, struct entity *e)

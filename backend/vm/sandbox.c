@@ -1,7 +1,8 @@
 /* sandbox.c: one sandbox (a world's QEMU, its agent and its files) from
  * birth to end: made (its dir and config), started (QEMU launched or taken
  * waiting, a state loaded or a boot, the agent reached and reseeded),
- * frozen into a state directory, freed or discarded.  Below the backend
+ * reattached or resumed from its suspended state, frozen into a state
+ * directory, freed or discarded.  Below the backend
  * ops (vm.c), the pool (pool.c) and the golden state (golden.c); above
  * qemu.c, agent.c, ram.c and files.c.
  *
@@ -189,6 +190,60 @@ static int parent_of(const char *path, char out[PATH_MAX])
 		return -EINVAL;
 	memcpy(out, path, (size_t)(slash - path));
 	out[slash - path] = '\0';
+	return 0;
+}
+
+int sandbox_reattach(struct sandbox *s, pid_t pid)
+{
+	double deadline = now_ms() + s->b->exec_timeout_s * 1000.0 + EXEC_GRACE_MS;
+	char us[SOCK_PATH_MAX], st[32];
+	int r;
+
+	s->pid = pid;
+	qemu_sock_path(s, "qmp.sock", false, us);
+	if ((r = qmp_open(&s->qmp, us, QMP_TIMEOUT_MS)) < 0) {
+		vm_log(s->id, "reattach: %s/qmp.sock: %s", s->dir, strerror(-r));
+		return r;
+	}
+	if ((r = qemu_status(s, st, sizeof(st))) < 0)
+		return qemu_cmd_failed(s, r, "query-status");
+	/* Stopped mid-snapshot or mid-suspend when worldfs died. */
+	if (strcmp(st, "running") != 0 && (r = qmp_command(s->qmp, "cont", NULL, NULL, QMP_TIMEOUT_MS)) < 0)
+		return qemu_cmd_failed(s, r, "cont");
+	/* A run may still be going on: PING waits for it (exec_timeout). */
+	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
+	    (r = agent_reseed(s, deadline, false)) < 0)
+		return r;
+	s->broken = false;
+	return 0;
+}
+
+int sandbox_resume_file(struct sandbox *s, const char *path)
+{
+	char ram[PATH_MAX];
+	double t0 = now_ms();
+	int fd, r;
+
+	if (s->cow && (!s->b->ram_ready || ram_path(s->b, s->id, ram) < 0 || !vm_exists(ram))) {
+		vm_log(s->id, "%s: its RAM file %s/%s.ram is missing", path, s->b->ram_dir, s->id);
+		return -ENOENT;
+	}
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		r = -errno;
+		vm_log(s->id, "%s: %s", path, strerror(-r));
+		return r;
+	}
+	s->steps.from = "suspend";
+	/* The same world, resumed: its interpreters keep their generators. */
+	r = sandbox_start(s, fd, false, RESEED_KERNEL, now_ms() + RESTORE_TIMEOUT_MS);
+	close(fd);
+	if (r < 0)
+		return r;
+	s->steps.total_ms = now_ms() - t0;
+	/* Running now: the saved state is older than the world and must not come back. */
+	if (unlink(path) < 0 || fsync(s->dirfd) < 0)
+		vm_log(s->id, "%s: %s", path, strerror(errno));
 	return 0;
 }
 

@@ -362,6 +362,11 @@ enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_ALL };
  * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
  * failure no process is left. */
 int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline);
+/* Take s up again: its QEMU pid that kept running while worldfs was down
+ * (continued if it was stopped mid-snapshot or mid-suspend), or the state
+ * suspended into path (deleted once the world runs again). */
+int sandbox_reattach(struct sandbox *s, pid_t pid);
+int sandbox_resume_file(struct sandbox *s, const char *path);
 
 /* Freeze s's full state durably into the directory dir (device state, or
  * the whole state when s is not cow, and its config) and, cow, its RAM
