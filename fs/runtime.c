@@ -101,7 +101,11 @@ static void sandbox_drop(struct runtime *rt, struct entity *e)
 	} else {
 		rt->be_ops->discard(rt->be, e->id, e->handle);
 	}
+	/* Under the tree lock too: registry_entity_put reads the handle
+	 * there, and a collapsed verse is still written to (its trit). */
+	pthread_mutex_lock(&rt->lock);
 	e->handle[0] = '\0';
+	pthread_mutex_unlock(&rt->lock);
 	pthread_mutex_unlock(&e->oplock);
 }
 
