@@ -234,7 +234,9 @@ static void add_name(void *ctx, const char *name)
 		snprintf(l->v[l->n++], sizeof(l->v[0]), "%s", name);
 }
 
-/* ls -l dir: each name listed is stat'ed, unless it went away since. */
+/* ls -l dir: each name listed is stat'ed, unless it went away since,
+ * and dir is listed again (ls reads until the end), the node held
+ * meanwhile as by a readdir that looked dir up just before an rmdir. */
 static void list(struct worker *w, const char *dir)
 {
 	struct names l = { .n = 0 };
@@ -247,8 +249,8 @@ static void list(struct worker *w, const char *dir)
 		return;
 	if (!expect(w, OP_LIST, dir, rc, 0))
 		return;
-	expect(w, OP_LIST, dir, node_list(w->rt, &n, add_name, &l), 0);
-	node_release(w->rt, &n);
+	/* ENOENT: dir was removed since the lookup. */
+	expect(w, OP_LIST, dir, node_list(w->rt, &n, add_name, &l), -ENOENT, 0);
 	for (int i = 0; i < l.n; i++) {
 		snprintf(path, sizeof(path), "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, l.v[i]);
 		if (node_lookup(w->rt, path, 0, &c) != 0)
@@ -259,6 +261,9 @@ static void list(struct worker *w, const char *dir)
 			snprintf(w->bad, sizeof(w->bad), "stat %s: mode %o, not %o", path, st.st_mode, node_mode(&c));
 		node_release(w->rt, &c);
 	}
+	l.n = 0;
+	expect(w, OP_LIST, dir, node_list(w->rt, &n, add_name, &l), -ENOENT, 0);
+	node_release(w->rt, &n);
 }
 
 /* (a) mkdir W (unless there) and its verses (live, nested, from a
