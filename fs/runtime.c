@@ -83,11 +83,22 @@ int sandbox_ensure(struct runtime *rt, struct entity *e)
 	}
 	desc = describe(rt, sb);
 	pthread_mutex_lock(&rt->lock);
-	sandbox_set_locked(rt, e, sb, desc, false);
-	snprintf(e->handle, sizeof(e->handle), "%s", handle);
-	registry_entity_put(rt->reg, e);
+	/* An rmdir or a resolve does not wait for the oplock: e may have been
+	 * removed (its registry row deleted: writing it again would bring e
+	 * back at the next mount) or collapsed while it came back. */
+	err = e->removed ? -ENOENT : entity_state_errno(e);
+	if (!err) {
+		sandbox_set_locked(rt, e, sb, desc, false);
+		desc = NULL;
+		snprintf(e->handle, sizeof(e->handle), "%s", handle);
+		registry_entity_put(rt->reg, e);
+	}
 	pthread_mutex_unlock(&rt->lock);
-	return 0;
+	if (err) {
+		free(desc);
+		rt->be_ops->destroy(sb);
+	}
+	return err;
 }
 
 /* Stop and forget e's sandbox (collapse, remove). */

@@ -173,11 +173,14 @@ static enum sandbox_presence f_probe(struct backend *b, const char *id, const ch
 	pthread_mutex_unlock(&b->lock);
 	return p;
 }
+/* Coming back takes a while too (a QEMU restores the saved state): time
+ * for an rmdir or a resolve meanwhile. */
 static int f_resume(struct backend *b, const char *id, const char *handle, struct sandbox **out,
 		    char nh[BACKEND_HANDLE_MAX])
 {
 	if (f_probe(b, id, handle) == SANDBOX_GONE)
 		return -ENOENT;
+	usleep(300);
 	*out = up(b, id, nh);
 	return 0;
 }
