@@ -45,7 +45,7 @@ static struct backend fake = { .lock = PTHREAD_MUTEX_INITIALIZER };
 static struct {
 	void (*snapshot)(void);                                         /* before it is taken */
 	void (*branch)(struct sandbox *parent, struct branch_info *i);  /* before the child is up */
-	void (*probe)(void);                                            /* before it answers */
+	void (*probe)(const char *id);                                  /* before it answers */
 } fake_hooks;
 
 /* The count under the fake's lock, for a test that reads it while
@@ -58,6 +58,16 @@ static inline int fake_count(const int *what)
 	n = *what;
 	pthread_mutex_unlock(&fake.lock);
 	return n;
+}
+
+/* id's sandbox was lost while worldfs was down: its probe finds nothing. */
+static inline void fake_lose(const char *id)
+{
+	pthread_mutex_lock(&fake.lock);
+	for (int i = 0; i < fake.nsuspended; i++)
+		if (strcmp(fake.suspended[i], id) == 0)
+			fake.suspended[i][0] = '\0';
+	pthread_mutex_unlock(&fake.lock);
 }
 
 static int f_init(struct backend **out, struct backend_config *cfg, char *err, size_t len)
@@ -165,7 +175,7 @@ static enum sandbox_presence f_probe(struct backend *b, const char *id, const ch
 
 	(void)handle;
 	if (fake_hooks.probe)
-		fake_hooks.probe();
+		fake_hooks.probe(id);
 	pthread_mutex_lock(&b->lock);
 	for (int i = 0; i < b->nsuspended; i++)
 		if (strcmp(b->suspended[i], id) == 0)

@@ -592,10 +592,136 @@ static void everything_at_once(void **state)
 	free(after);
 }
 
+/* The remount's recovery holds one sandbox's probe (id's) until let go. */
+static struct {
+	pthread_mutex_t lock;
+	pthread_cond_t changed;
+	const char *id;
+	bool held, waiting;
+} probe_gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, false, false };
+
+static void probe_waits(const char *id)
+{
+	pthread_mutex_lock(&probe_gate.lock);
+	if (probe_gate.id && strcmp(id, probe_gate.id) == 0) {
+		probe_gate.waiting = true;
+		pthread_cond_broadcast(&probe_gate.changed);
+		while (probe_gate.held)
+			pthread_cond_wait(&probe_gate.changed, &probe_gate.lock);
+	}
+	pthread_mutex_unlock(&probe_gate.lock);
+}
+
+struct resolution {
+	struct runtime *rt;
+	int rc;
+};
+
+/* echo b > w/resolve */
+static void *resolve_w_b(void *arg)
+{
+	struct resolution *r = arg;
+	struct node n;
+
+	r->rc = node_lookup(r->rt, "/w", 0, &n);
+	if (r->rc == 0) {
+		r->rc = runtime_resolve(r->rt, n.e, "b", 0);
+		node_release(r->rt, &n);
+	}
+	return NULL;
+}
+
+/* cat path, which must be there. */
+static char *cat_text(struct runtime *rt, const char *path)
+{
+	struct node n;
+	char *buf;
+	size_t len;
+
+	assert_int_equal(node_lookup(rt, path, 0, &n), 0);
+	assert_int_equal(node_render(rt, &n, &buf, &len), 0);
+	node_release(rt, &n);
+	return buf;
+}
+
+/* A verse's sandbox was lost while worldfs was down, and the remount's
+ * recovery is looking for it when a resolve collapses the verse: it stays
+ * collapsed, as the resolve made it, not failed for want of a sandbox it
+ * no longer needs. */
+static void resolve_during_recovery(void **state)
+{
+	struct backend_config cfg = { .state_dir = state_dir, .mem_mib = 128, .vcpus = 1,
+				      .exec_timeout_s = 5, .output_max = 1 << 20 };
+	struct resolution r;
+	struct runtime rt;
+	struct entity *a;
+	char err[256], a_id[24], *text;
+	pthread_t t;
+	bool collapsed = false;
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "w", 0, 0), 0);
+	assert_int_equal(runtime_branch(&rt, verse(&rt, NULL, "w"), "a", 0, 0), 0);
+	assert_int_equal(runtime_branch(&rt, verse(&rt, NULL, "w"), "b", 0, 0), 0);
+	snprintf(a_id, sizeof(a_id), "%s", verse(&rt, verse(&rt, NULL, "w"), "a")->id);
+	runtime_close(&rt);
+	fake_lose(a_id);
+
+	probe_gate.id = a_id;
+	probe_gate.held = true;
+	probe_gate.waiting = false;
+	fake_hooks.probe = probe_waits;
+	memset(&rt, 0, sizeof(rt));
+	assert_int_equal(runtime_open(&rt, &fake_ops, &cfg, err, sizeof(err)), 0);
+	pthread_mutex_lock(&probe_gate.lock);
+	while (!probe_gate.waiting)
+		pthread_cond_wait(&probe_gate.changed, &probe_gate.lock);
+	pthread_mutex_unlock(&probe_gate.lock);
+
+	/* The resolve collapses a at once, then waits for a's oplock (the
+	 * recovery's) to stop its sandbox. */
+	r.rt = &rt;
+	assert_int_equal(pthread_create(&t, NULL, resolve_w_b, &r), 0);
+	pthread_mutex_lock(&rt.lock);
+	a = verse(&rt, verse(&rt, NULL, "w"), "a");
+	pthread_mutex_unlock(&rt.lock);
+	while (!collapsed) {
+		pthread_mutex_lock(&rt.lock);
+		collapsed = a->state == STATE_COLLAPSED;
+		pthread_mutex_unlock(&rt.lock);
+		if (!collapsed)
+			usleep(1000);
+	}
+	pthread_mutex_lock(&probe_gate.lock);
+	probe_gate.held = false;
+	pthread_cond_broadcast(&probe_gate.changed);
+	pthread_mutex_unlock(&probe_gate.lock);
+	pthread_join(t, NULL);
+	assert_int_equal(r.rc, 0);
+	runtime_settle(&rt);
+	fake_hooks.probe = NULL;
+	probe_gate.id = NULL;
+
+	text = cat_text(&rt, "/w/a/state");
+	assert_string_equal(text, "collapsed\n");
+	free(text);
+	runtime_close(&rt);
+	open_rt(&rt);
+	text = cat_text(&rt, "/w/a/state");
+	assert_string_equal(text, "collapsed\n");
+	free(text);
+	text = cat_text(&rt, "/w/b/state");
+	assert_string_equal(text, "won\n");
+	free(text);
+	runtime_close(&rt);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(everything_at_once, setup, teardown),
+		cmocka_unit_test_setup_teardown(resolve_during_recovery, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -114,8 +114,9 @@ static struct {
 	bool held;
 } gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false };
 
-static void probe_hook(void)
+static void probe_hook(const char *id)
 {
+	(void)id;
 	pthread_mutex_lock(&gate.lock);
 	while (gate.held)
 		pthread_cond_wait(&gate.open, &gate.lock);
