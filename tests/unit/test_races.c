@@ -6,8 +6,10 @@
  * background recovery still runs.  Every call ends in success or in an
  * error the race explains (EEXIST, ENOENT, ENOTEMPTY, EROFS, EINVAL for
  * resolving nothing live; never EIO); then what memory holds, what the
- * backend runs and what the registry brings back must agree.  Built with
- * -Db_sanitize=thread (build-tsan), this is where ThreadSanitizer looks. */
+ * backend runs and what the registry brings back must agree.  Beside it,
+ * one race set up step by step: a resolve while the remount's recovery
+ * looks for a lost sandbox.  Built with -Db_sanitize=thread (build-tsan),
+ * this is where ThreadSanitizer looks. */
 #include <jansson.h>
 #include <sqlite3.h>
 #include <stdint.h>
