@@ -146,6 +146,9 @@ static void recover_one(struct runtime *rt, struct entity *e, size_t *counts)
 	if (!skip) {
 		p = rt->be_ops->probe(rt->be, e->id, e->handle);
 		pthread_mutex_lock(&rt->lock);
+		/* Again: a resolve or an rmdir does not wait for the oplock,
+		 * and a verse collapsed meanwhile is not to be failed. */
+		live = !e->removed && (e->state == STATE_RUNNING || e->state == STATE_WON);
 		e->sb_saved = live && p == SANDBOX_SAVED;
 		rt->sb_changes++;
 		lost = live && p == SANDBOX_GONE && e->nsnapshots == 0;

@@ -430,6 +430,10 @@ static int list_locked(struct runtime *rt, const struct node *n, node_fill_fn fi
 {
 	struct entity *e = n->e;
 
+	/* Removed since the lookup: the children it still points to may be
+	 * freed already (an rmdir frees the subtree it took out). */
+	if (e && e->removed)
+		return -ENOENT;
 	switch (n->type) {
 	case NODE_ROOT:
 		fill(ctx, ".worldfs");

@@ -84,11 +84,22 @@ int sandbox_ensure(struct runtime *rt, struct entity *e)
 	}
 	desc = describe(rt, sb);
 	pthread_mutex_lock(&rt->lock);
-	sandbox_set_locked(rt, e, sb, desc, false);
-	snprintf(e->handle, sizeof(e->handle), "%s", handle);
-	registry_entity_put(rt->reg, e);
+	/* An rmdir or a resolve does not wait for the oplock: e may have been
+	 * removed (its registry row deleted: writing it again would bring e
+	 * back at the next mount) or collapsed while it came back. */
+	err = e->removed ? -ENOENT : entity_state_errno(e);
+	if (!err) {
+		sandbox_set_locked(rt, e, sb, desc, false);
+		desc = NULL;
+		snprintf(e->handle, sizeof(e->handle), "%s", handle);
+		registry_entity_put(rt->reg, e);
+	}
 	pthread_mutex_unlock(&rt->lock);
-	return 0;
+	if (err) {
+		free(desc);
+		rt->be_ops->destroy(sb);
+	}
+	return err;
 }
 
 /* Stop and forget e's sandbox (collapse, remove). */
@@ -102,7 +113,11 @@ static void sandbox_drop(struct runtime *rt, struct entity *e)
 	} else {
 		rt->be_ops->discard(rt->be, e->id, e->handle);
 	}
+	/* Under the tree lock too: registry_entity_put reads the handle
+	 * there, and a collapsed verse is still written to (its trit). */
+	pthread_mutex_lock(&rt->lock);
 	e->handle[0] = '\0';
+	pthread_mutex_unlock(&rt->lock);
 	pthread_mutex_unlock(&e->oplock);
 }
 

@@ -190,13 +190,16 @@ void mark_failed(struct runtime *rt, struct entity *e, const char *why)
 	pthread_mutex_unlock(&rt->lock);
 }
 
-/* e's newest snapshot, referenced, or NULL. */
+/* e's newest snapshot, referenced, or NULL.  None once e is removed: an
+ * rmdir frees the snapshots it took out while e->snapshots still points
+ * to them (the caller's own check of e->removed was under an earlier
+ * hold of the lock). */
 struct entity *latest_snapshot(struct runtime *rt, struct entity *e)
 {
 	struct entity *snap = NULL;
 
 	pthread_mutex_lock(&rt->lock);
-	for (size_t i = e->nsnapshots; i-- > 0;)
+	for (size_t i = e->removed ? 0 : e->nsnapshots; i-- > 0;)
 		if (!e->snapshots[i]->busy_creating) {
 			snap = e->snapshots[i];
 			runtime_get(snap);

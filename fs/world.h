@@ -64,7 +64,7 @@ struct entity {
 	 * apart (sb_desc, sb_saved: runtime.c's sandbox_set_locked), so that
 	 * readers under the tree lock never touch a sandbox. */
 	struct sandbox *sb;
-	char handle[BACKEND_HANDLE_MAX];
+	char handle[BACKEND_HANDLE_MAX]; /* set under oplock and the tree lock; read under either */
 	char *sb_desc;            /* the backend's description of sb, or NULL */
 	bool sb_saved;            /* no sb, but its state is on disk (suspended) */
 

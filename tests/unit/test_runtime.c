@@ -1,70 +1,13 @@
 /* test_runtime.c: the World Runtime over a fake backend: trits, gf3,
  * probabilities, balances inherited on branch, resolve/WEV arithmetic,
  * removal rules, and the registry bringing the tree back after a restart. */
-#include <errno.h>
-#include <pthread.h>
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <time.h>
-#include <unistd.h>
-#include <cmocka.h>
 
 #include "fs/node.h"
-#include "fs/runtime.h"
+#include "fake_backend.h"
 
-/* ---- a backend that keeps nothing but names ---- */
-
-struct backend {
-	char suspended[64][24];
-	int nsuspended;
-	int live;
-};
-struct sandbox {
-	struct backend *b;
-	char id[24];
-};
-
-static struct backend fake;
-
-static int f_init(struct backend **out, struct backend_config *cfg, char *err, size_t len)
-{
-	(void)cfg; (void)err; (void)len;
-	*out = &fake;
-	return 0;
-}
-static void f_fini(struct backend *b) { (void)b; }
-static struct sandbox *up(struct backend *b, const char *id, char handle[BACKEND_HANDLE_MAX])
-{
-	struct sandbox *s = calloc(1, sizeof(*s));
-	s->b = b;
-	snprintf(s->id, sizeof(s->id), "%s", id);
-	snprintf(handle, BACKEND_HANDLE_MAX, "fake:%s", id);
-	b->live++;
-	return s;
-}
-static int f_create(struct backend *b, const char *id, unsigned mem, unsigned vcpus,
-		    struct sandbox **out, char handle[BACKEND_HANDLE_MAX], double *ms)
-{
-	(void)mem; (void)vcpus;
-	*out = up(b, id, handle);
-	*ms = 1;
-	return 0;
-}
-static int f_exec(struct sandbox *s, const char *code, size_t len, struct run_result *r)
-{
-	(void)s;
-	memset(r, 0, sizeof(*r));
-	r->out = malloc(len + 1);
-	memcpy(r->out, code, len);
-	r->out_len = len;
-	r->status = len == 4 && memcmp(code, "fail", 4) == 0 ? 3 : 0;
-	return 0;
-}
 /* Another operation in the middle of a branch's or a snapshot's backend
  * work: fn runs on its own thread, and the backend call returns once fn
  * has finished or happened() says its effect is there (fn may go on to
@@ -75,7 +18,7 @@ static struct {
 	bool (*happened)(void);
 	pthread_t thread;
 	bool started;
-	volatile bool finished;
+	atomic_bool finished;    /* read by the waiting thread while fn runs */
 	int rc;
 } midway;
 
@@ -114,17 +57,6 @@ static int midway_join(void)
 	return midway.rc;
 }
 
-static int snapshots_deleted;
-
-static int f_snapshot(struct sandbox *s, const char *snap, struct snapshot_info *i)
-{
-	(void)s; (void)snap;
-	midway_now();
-	i->size_bytes = 4096;
-	i->snapshot_time_ms = 1;
-	return 0;
-}
-static int f_snapshot_delete(struct backend *b, const char *snap) { (void)b; (void)snap; snapshots_deleted++; return 0; }
 /* A slow branch: once it has let the parent go, the parent must answer an
  * exec while the child is still starting. */
 static struct {
@@ -158,12 +90,12 @@ static void slow_child_start(struct branch_info *i, pthread_t *t)
 	slow.exec_in_time = pthread_timedjoin_np(*t, NULL, &until) == 0;
 }
 
-static int f_branch(struct backend *b, struct sandbox *parent, const char *snap, const char *child,
-		    struct sandbox **out, char handle[BACKEND_HANDLE_MAX], struct branch_info *i)
+/* In the middle of a branch's backend work: an operation midway, or the
+ * slow branch above. */
+static void branch_hook(struct sandbox *parent, struct branch_info *i)
 {
 	pthread_t t;
 
-	(void)snap;
 	if (midway.fn && i->parent_done)
 		i->parent_done(i->parent_done_arg);
 	midway_now();
@@ -172,25 +104,8 @@ static int f_branch(struct backend *b, struct sandbox *parent, const char *snap,
 		if (!slow.exec_in_time)
 			pthread_detach(t);  /* it runs once the branch returns */
 	}
-	*out = up(b, child, handle);
-	i->snapshot_time_ms = 1;
-	i->total_ms = 2;
-	return 0;
 }
-/* Stopping takes a while (a QEMU quits): whoever still holds the pointer
- * meanwhile holds freed memory. */
-static int f_destroy(struct sandbox *s)
-{
-	s->b->live--;
-	free(s);
-	usleep(300);
-	return 0;
-}
-static int f_suspend(struct sandbox *s)
-{
-	snprintf(s->b->suspended[s->b->nsuspended++], 24, "%s", s->id);
-	return f_destroy(s);
-}
+
 /* A probe that does not answer until the test lets it (morph's is an HTTP
  * request per world): the mount must not wait for it. */
 static struct {
@@ -199,79 +114,13 @@ static struct {
 	bool held;
 } gate = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false };
 
-static enum sandbox_presence f_probe(struct backend *b, const char *id, const char *handle)
+static void probe_hook(const char *id)
 {
-	(void)handle;
+	(void)id;
 	pthread_mutex_lock(&gate.lock);
 	while (gate.held)
 		pthread_cond_wait(&gate.open, &gate.lock);
 	pthread_mutex_unlock(&gate.lock);
-	for (int i = 0; i < b->nsuspended; i++)
-		if (strcmp(b->suspended[i], id) == 0)
-			return SANDBOX_SAVED;
-	return SANDBOX_GONE;
-}
-static int f_resume(struct backend *b, const char *id, const char *handle, struct sandbox **out,
-		    char nh[BACKEND_HANDLE_MAX])
-{
-	if (f_probe(b, id, handle) == SANDBOX_GONE)
-		return -ENOENT;
-	*out = up(b, id, nh);
-	return 0;
-}
-static int f_discard(struct backend *b, const char *id, const char *h) { (void)b; (void)id; (void)h; return 0; }
-static void f_gc(struct backend *b, bool (*known)(void *, const char *), void *ctx) { (void)b; (void)known; (void)ctx; }
-/* Reads the sandbox, as a real backend does: a sandbox already destroyed
- * is a use after free, which the AddressSanitizer build reports. */
-static char *f_describe(struct sandbox *s)
-{
-	char *text;
-
-	return asprintf(&text, "{\"backend\":\"fake\",\"id\":\"%s\"}", s->id) < 0 ? NULL : text;
-}
-
-static const struct backend_ops fake_ops = {
-	.name = "fake", .init = f_init, .fini = f_fini, .create = f_create, .exec = f_exec,
-	.snapshot = f_snapshot, .snapshot_delete = f_snapshot_delete, .branch = f_branch,
-	.destroy = f_destroy, .suspend = f_suspend, .resume = f_resume, .probe = f_probe,
-	.discard = f_discard, .collect_garbage = f_gc, .describe = f_describe,
-};
-
-/* ---- helpers ---- */
-
-static char state_dir[64];
-
-static void open_rt(struct runtime *rt)
-{
-	struct backend_config cfg = { .state_dir = state_dir, .mem_mib = 128, .vcpus = 1,
-				      .exec_timeout_s = 5, .output_max = 1 << 20 };
-	char err[256];
-
-	memset(rt, 0, sizeof(*rt));
-	assert_int_equal(runtime_open(rt, &fake_ops, &cfg, err, sizeof(err)), 0);
-	runtime_settle(rt);
-}
-
-static struct entity *verse(struct runtime *rt, struct entity *p, const char *name)
-{
-	return runtime_find_verse(rt, p, name, false);
-}
-
-static int setup(void **state)
-{
-	(void)state;
-	strcpy(state_dir, "/tmp/worldfs-test-XXXXXX");
-	assert_non_null(mkdtemp(state_dir));
-	memset(&fake, 0, sizeof(fake));
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	char cmd[128];
-	(void)state;
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", state_dir);
-	return system(cmd) == 0 ? 0 : -1;
 }
 
 /* The World Runtime scenario: push down, strategies, resolve optimal. */
@@ -535,7 +384,6 @@ static void race_setup(struct runtime *rt)
 	assert_int_equal(runtime_branch(rt, race_w, "b", 0, 0), 0);
 	race_b = verse(rt, race_w, "b");
 	midway.rt = rt;
-	snapshots_deleted = 0;
 }
 
 /* mkdir w/b/x while w resolves to a: b collapses, and x is not made at
@@ -572,7 +420,7 @@ static void resolve_racing_snapshot(void **state)
 	assert_int_equal(runtime_snapshot(&rt, race_b, "s", 0, 0), -EROFS);
 	assert_int_equal(midway_join(), 0);
 	assert_null(runtime_find_snapshot(race_b, "s", true));
-	assert_int_equal(snapshots_deleted, 1);
+	assert_int_equal(fake.snapshots_deleted, 1);
 	runtime_close(&rt);
 }
 
@@ -592,13 +440,13 @@ static void rmdir_racing_snapshot(void **state)
 	assert_int_equal(runtime_snapshot(&rt, race_w, "s", 0, 0), 0);
 	assert_int_equal(midway_join(), -ENOTEMPTY);
 	assert_non_null(runtime_find_snapshot(race_w, "s", false));
-	assert_int_equal(snapshots_deleted, 0);
+	assert_int_equal(fake.snapshots_deleted, 0);
 	assert_int_equal(runtime_remove(&rt, race_w), 0);
 	assert_null(verse(&rt, NULL, "w"));
 	runtime_close(&rt);
 }
 
-static volatile bool reading;
+static atomic_bool reading;   /* the readers go on while it is true */
 
 /* cat .worldfs/entities and cat w/b/info, over and over. */
 static void *read_info(void *arg)
@@ -733,5 +581,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(info_while_sandboxes_go, setup, teardown),
 		cmocka_unit_test_setup_teardown(remount_does_not_wait, setup, teardown),
 	};
+	fake_hooks.snapshot = midway_now;
+	fake_hooks.branch = branch_hook;
+	fake_hooks.probe = probe_hook;
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
