@@ -39,6 +39,8 @@ static int field(const json_t *j, const char *key, const char *def, char *out, s
 
 	if (v && !s && !json_is_null(v))
 		return -EIO;  /* there, but not a string */
+	if (s && strlen(s) != json_string_length(v))
+		return -EIO;  /* a NUL inside ("\u0000"): the C string would be a part of it */
 	if (!s)
 		s = def;
 	if (!s || strlen(s) >= len)

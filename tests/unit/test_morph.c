@@ -125,7 +125,10 @@ static void test_parse_instance(void **state)
 
 	/* No id, an id that cannot go into a path, not an object. */
 	const char *bad[] = { "{\"status\": \"ready\"}", "{\"id\": \"../snapshot/x\"}", "{\"id\": \"\"}",
-			      "{\"id\": 5}", "[\"morphvm_a\"]", "{\"id\": \"a\", \"status\": 3}" };
+			      "{\"id\": 5}", "[\"morphvm_a\"]", "{\"id\": \"a\", \"status\": 3}",
+			      /* A NUL inside: not the id or status it starts like (found by fuzz_morph). */
+			      "{\"id\": \"morphvm_a\\u0000/../x\"}", "{\"id\": \"a\", \"status\": \"ready\\u0000x\"}",
+			      "{\"id\": \"a\", \"refs\": {\"snapshot_id\": \"s\\u0000\"}}" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		j = parse(bad[i]);
 		assert_int_equal(morph_parse_instance(j, &inst), -EIO);
@@ -157,6 +160,9 @@ static void test_parse_snapshot(void **state)
 	assert_int_equal(snap.disk_mb, 0);
 	json_decref(j);
 	j = parse("{\"status\": \"ready\"}");
+	assert_int_equal(morph_parse_snapshot(j, &snap), -EIO);
+	json_decref(j);
+	j = parse("{\"id\": \"snapshot_1\\u0000x\", \"status\": \"ready\"}");
 	assert_int_equal(morph_parse_snapshot(j, &snap), -EIO);
 	json_decref(j);
 }
