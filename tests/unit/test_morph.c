@@ -6,6 +6,7 @@
  * would run them (a fresh process each time, HOME = a temp dir). */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -183,6 +184,12 @@ static void test_parse_exec(void **state)
 	morph_exec_release(&x);
 	json_decref(j);
 
+	j = parse("{\"exit_code\": -2147483648, \"stdout\": null}");
+	assert_int_equal(morph_parse_exec(j, &x), 0);
+	assert_int_equal(x.exit_code, INT_MIN);
+	morph_exec_release(&x);
+	json_decref(j);
+
 	j = parse("{\"exit_code\": 0, \"stdout\": null}");
 	assert_int_equal(morph_parse_exec(j, &x), 0);
 	assert_int_equal(x.out_len, 0);
@@ -191,7 +198,9 @@ static void test_parse_exec(void **state)
 	json_decref(j);
 
 	const char *bad[] = { "{\"stdout\": \"\", \"stderr\": \"\"}", "{\"exit_code\": \"0\"}",
-			      "{\"exit_code\": 0, \"stdout\": 5}", "[]" };
+			      "{\"exit_code\": 0, \"stdout\": 5}", "[]",
+			      /* Beyond an int: not wrapped to 0 or 1 (found by fuzz_morph). */
+			      "{\"exit_code\": 4294967296}", "{\"exit_code\": -4294967295}" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		j = parse(bad[i]);
 		assert_int_equal(morph_parse_exec(j, &x), -EIO);
