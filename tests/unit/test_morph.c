@@ -304,6 +304,20 @@ static void test_find_functions(void **state)
 	expect_fns("u() { echo\n", NULL, 0);
 	/* Calls are not definitions. */
 	expect_fns("greet you\necho $(greet me)\n", NULL, 0);
+	/* Nesting far deeper than any script: the scan gives up, it does not
+	 * overflow the stack (3 MB of "${ crashed it; found by fuzz_session). */
+	static const char *const nest[] = { "\"${", "${", "\"$((", "$(" };
+	for (size_t k = 0; k < sizeof(nest) / sizeof(nest[0]); k++) {
+		size_t unit = strlen(nest[k]), n = 1000000, len = 0;
+		char *code = malloc(16 + n * unit);
+		struct session_fn fns[2];
+		assert_non_null(code);
+		len += (size_t)sprintf(code, "a() { :; }\n: ");
+		for (size_t i = 0; i < n; i++, len += unit)
+			memcpy(code + len, nest[k], unit);
+		assert_int_equal(session_find_functions(code, len, fns, 2), 1);
+		free(code);
+	}
 }
 
 /* ---- the argv ---- */
