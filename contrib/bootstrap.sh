@@ -12,13 +12,14 @@
 #          in build-asan/ (AddressSanitizer + UBSan), and the unit suite in
 #          build-tsan/ (ThreadSanitizer); ends with "N passed, N failed"
 #          (morph: the mount tests with backend=morph against a local stand-in
-#          for the Morph Cloud API, tests/morph/standin.py)
+#          for the Morph Cloud API, tests/morph/standin.py); then the libFuzzer
+#          targets (tests/fuzz) in build-fuzz/ (clang), 60 s each
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils busybox-static kmod libfuse3-dev fuse3 meson
 ninja-build pkg-config libcmocka-dev libsqlite3-dev libjansson-dev
 libcurl4-openssl-dev sqlite3 cpio xz-utils gcc libc6-dev xfsprogs python3
-mmdebstrap squashfs-tools-ng libtsan2"
+mmdebstrap squashfs-tools-ng libtsan2 clang libclang-rt-14-dev"
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
@@ -236,6 +237,20 @@ run_tests() {
 		say "build-tsan did not build: its suite counts as failed"
 		failed=$((failed + 1))
 		failures="$failures build-tsan/unit"
+	fi
+
+	# The libFuzzer targets, built with clang (libclang-rt-14-dev holds
+	# libFuzzer): each runs from its seeds for 60 s, and a crash, leak,
+	# undefined behaviour or broken invariant fails it (the input is kept
+	# in build-fuzz/tests/fuzz/NAME/artifacts/).  Only the targets are
+	# built, not worldfs or the guest images again.
+	if (CC=clang && export CC && configure build-fuzz -Dfuzz=true) &&
+		say "ninja -C build-fuzz fuzzers" && ninja -C build-fuzz fuzzers; then
+		suite build-fuzz fuzz
+	else
+		say "build-fuzz did not build: its suite counts as failed"
+		failed=$((failed + 1))
+		failures="$failures build-fuzz/fuzz"
 	fi
 
 	[ -z "$failures" ] || say "failed:$failures"

@@ -1,5 +1,6 @@
 /* api.c: Morph Cloud calls and the parsing of their replies. */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,8 @@ static int field(const json_t *j, const char *key, const char *def, char *out, s
 
 	if (v && !s && !json_is_null(v))
 		return -EIO;  /* there, but not a string */
+	if (s && strlen(s) != json_string_length(v))
+		return -EIO;  /* a NUL inside ("\u0000"): the C string would be a part of it */
 	if (!s)
 		s = def;
 	if (!s || strlen(s) >= len)
@@ -93,7 +96,9 @@ int morph_parse_exec(const json_t *j, struct morph_exec *out)
 	int err;
 
 	memset(out, 0, sizeof(*out));
-	if (!json_is_object(j) || !json_is_integer(code))
+	/* An int, not wrapped into one: 4294967296 is not 0, a success. */
+	if (!json_is_object(j) || !json_is_integer(code) || json_integer_value(code) < INT_MIN ||
+	    json_integer_value(code) > INT_MAX)
 		return -EIO;
 	out->exit_code = (int)json_integer_value(code);
 	err = string_copy(json_object_get(j, "stdout"), &out->out, &out->out_len);

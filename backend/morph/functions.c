@@ -64,7 +64,7 @@ static size_t skip_backquote(struct scanner *sc, size_t i)
 
 /* From an opening '"', '${' or '$((' to after its end; inside, quotes and
  * expansions nest. */
-static size_t skip_nested(struct scanner *sc, size_t i, char close, int parens)
+static size_t skip_nested_in(struct scanner *sc, size_t i, char close, int parens)
 {
 	while (i < sc->len) {
 		char c = sc->s[i];
@@ -86,6 +86,19 @@ static size_t skip_nested(struct scanner *sc, size_t i, char close, int parens)
 		}
 	}
 	return NONE;
+}
+
+/* skip_nested_in, counted in sc->depth as scan is: "${"${"${... nests
+ * only SCAN_DEPTH_MAX deep (NONE beyond), so that no code, up to 16 MiB
+ * of it, can make the recursion overflow the thread's stack. */
+static size_t skip_nested(struct scanner *sc, size_t i, char close, int parens)
+{
+	size_t ret = NONE;
+
+	if (++sc->depth <= SCAN_DEPTH_MAX)
+		ret = skip_nested_in(sc, i, close, parens);
+	sc->depth--;
+	return ret;
 }
 
 /* One unit of a word at s[i]: an escape, a quoted string, an expansion,

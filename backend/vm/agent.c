@@ -191,8 +191,8 @@ int agent_reseed(struct sandbox *s, double deadline, bool sessions)
 /* RESULT: u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr.
  * What the agent promises is checked, not believed: a status outside
  * 0..255 or a stream longer than output_max and the notes is -EPROTO. */
-static int result_parse(const struct proto_frame *f, size_t stream_max, struct run_result *res,
-			uint32_t *flags_out)
+int agent_result_parse(const struct proto_frame *f, size_t stream_max, struct run_result *res,
+		       uint32_t *flags_out)
 {
 	uint32_t flags, out_len;
 	int32_t status;
@@ -260,7 +260,7 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout
 	}
 	if (r < 0)
 		return agent_lost(s, r, "exec");
-	r = result_parse(&f, s->b->output_max + AGENT_NOTES_MAX, res, &flags);
+	r = agent_result_parse(&f, s->b->output_max + AGENT_NOTES_MAX, res, &flags);
 	if (r == 0)
 		sessions_set(s, flags);
 	free(buf);

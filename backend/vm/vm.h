@@ -335,6 +335,13 @@ int agent_ping(struct sandbox *s, double deadline);
 int agent_reseed(struct sandbox *s, double deadline, bool sessions);
 /* A run with the backend's exec_timeout, or timeout_ms if not 0. */
 int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res);
+/* A RESULT frame's payload into res (and its PROTO_F_* flags): 0, -ENOMEM,
+ * or -EPROTO for a short frame, a status outside 0..255 or a stream longer
+ * than stream_max.  Used by agent_exec; not static so that
+ * tests/fuzz/fuzz_proto.c can reach it. */
+struct proto_frame;
+int agent_result_parse(const struct proto_frame *f, size_t stream_max, struct run_result *res,
+		       uint32_t *flags_out);
 
 /* --- sandbox.c ------------------------------------------------------------ */
 

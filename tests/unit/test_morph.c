@@ -6,6 +6,7 @@
  * would run them (a fresh process each time, HOME = a temp dir). */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -125,7 +126,10 @@ static void test_parse_instance(void **state)
 
 	/* No id, an id that cannot go into a path, not an object. */
 	const char *bad[] = { "{\"status\": \"ready\"}", "{\"id\": \"../snapshot/x\"}", "{\"id\": \"\"}",
-			      "{\"id\": 5}", "[\"morphvm_a\"]", "{\"id\": \"a\", \"status\": 3}" };
+			      "{\"id\": 5}", "[\"morphvm_a\"]", "{\"id\": \"a\", \"status\": 3}",
+			      /* A NUL inside: not the id or status it starts like (found by fuzz_morph). */
+			      "{\"id\": \"morphvm_a\\u0000/../x\"}", "{\"id\": \"a\", \"status\": \"ready\\u0000x\"}",
+			      "{\"id\": \"a\", \"refs\": {\"snapshot_id\": \"s\\u0000\"}}" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		j = parse(bad[i]);
 		assert_int_equal(morph_parse_instance(j, &inst), -EIO);
@@ -159,6 +163,9 @@ static void test_parse_snapshot(void **state)
 	j = parse("{\"status\": \"ready\"}");
 	assert_int_equal(morph_parse_snapshot(j, &snap), -EIO);
 	json_decref(j);
+	j = parse("{\"id\": \"snapshot_1\\u0000x\", \"status\": \"ready\"}");
+	assert_int_equal(morph_parse_snapshot(j, &snap), -EIO);
+	json_decref(j);
 }
 
 static void test_parse_exec(void **state)
@@ -177,6 +184,12 @@ static void test_parse_exec(void **state)
 	morph_exec_release(&x);
 	json_decref(j);
 
+	j = parse("{\"exit_code\": -2147483648, \"stdout\": null}");
+	assert_int_equal(morph_parse_exec(j, &x), 0);
+	assert_int_equal(x.exit_code, INT_MIN);
+	morph_exec_release(&x);
+	json_decref(j);
+
 	j = parse("{\"exit_code\": 0, \"stdout\": null}");
 	assert_int_equal(morph_parse_exec(j, &x), 0);
 	assert_int_equal(x.out_len, 0);
@@ -185,7 +198,9 @@ static void test_parse_exec(void **state)
 	json_decref(j);
 
 	const char *bad[] = { "{\"stdout\": \"\", \"stderr\": \"\"}", "{\"exit_code\": \"0\"}",
-			      "{\"exit_code\": 0, \"stdout\": 5}", "[]" };
+			      "{\"exit_code\": 0, \"stdout\": 5}", "[]",
+			      /* Beyond an int: not wrapped to 0 or 1 (found by fuzz_morph). */
+			      "{\"exit_code\": 4294967296}", "{\"exit_code\": -4294967295}" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		j = parse(bad[i]);
 		assert_int_equal(morph_parse_exec(j, &x), -EIO);
@@ -289,6 +304,20 @@ static void test_find_functions(void **state)
 	expect_fns("u() { echo\n", NULL, 0);
 	/* Calls are not definitions. */
 	expect_fns("greet you\necho $(greet me)\n", NULL, 0);
+	/* Nesting far deeper than any script: the scan gives up, it does not
+	 * overflow the stack (3 MB of "${ crashed it; found by fuzz_session). */
+	static const char *const nest[] = { "\"${", "${", "\"$((", "$(" };
+	for (size_t k = 0; k < sizeof(nest) / sizeof(nest[0]); k++) {
+		size_t unit = strlen(nest[k]), n = 1000000, len = 0;
+		char *code = malloc(16 + n * unit);
+		struct session_fn fns[2];
+		assert_non_null(code);
+		len += (size_t)sprintf(code, "a() { :; }\n: ");
+		for (size_t i = 0; i < n; i++, len += unit)
+			memcpy(code + len, nest[k], unit);
+		assert_int_equal(session_find_functions(code, len, fns, 2), 1);
+		free(code);
+	}
 }
 
 /* ---- the argv ---- */
