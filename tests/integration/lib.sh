@@ -295,6 +295,17 @@ wfs_small_fs() {
 	wfs_fs_mounts="$wfs_fs_mounts $1"
 }
 
+# wfs_wait_recovered: wait (up to 120 s) until the mount's background pass
+# over the sandboxes of its registry has ended ("recovered" in its log):
+# until then a world whose sandbox is gone still reads running.
+wfs_wait_recovered() {
+	wfs_deadline=$(($(wfs_now) + 120))
+	until grep -q 'worldfs: recovered ' "$wfs_log"; do
+		[ "$(wfs_now)" -ge "$wfs_deadline" ] && { not_ok "the mount's recovery pass ended within 120 s"; return 1; }
+		sleep 0.1
+	done
+}
+
 # wfs_kill9: kill -9 our worldfs (a crash), then clear the dead mount.
 wfs_kill9() {
 	kill -9 "$wfs_pid"

@@ -109,6 +109,7 @@ wfs_kill9
 expect_ok "w's sandbox survives the death of worldfs" sandbox_alive "$w_sb"
 [ -n "$e_sb" ] && sandbox_kill "$e_sb"
 wfs_mount
+wfs_wait_recovered
 expect_eq "the tree is back after kill -9" "$tree_before" "$(cd "$MNT" && find . | sort)"
 expect_eq "balances after kill -9" "42 7" "$(wfs_val "$W/balance/alice") $(wfs_val "$W/balance/bob")"
 expect_eq "trit and prob after kill -9" "1 0.25" "$(wfs_val "$W/a/trit") $(wfs_val "$W/a/prob")"
