@@ -205,6 +205,7 @@ run_tests() {
 	suite build mount-busybox
 	suite build mount-copy
 	suite build morph
+	suite build soak
 
 	# The same again with AddressSanitizer and UBSan.  UBSan errors are
 	# fatal; leaks fail unit tests and a worldfs that leaks by exit (the
