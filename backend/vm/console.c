@@ -24,16 +24,28 @@ struct console {
 	int dirfd;    /* the sandbox directory (it may be renamed: a pool member) */
 	int out;      /* its console.log, or -1 */
 	off_t size;   /* bytes in out */
+	struct console *prev, *next;
 };
 
 struct consoles {
 	int epfd;
 	int wake[2];  /* a byte here ends the thread */
 	pthread_t thread;
+	pthread_mutex_t lock;
+	struct console *all;  /* every entry, so that the end closes them all */
 };
 
-static void console_close(struct console *c)
+/* Take c out of the list (under cs->lock) and close it. */
+static void console_close(struct consoles *cs, struct console *c)
 {
+	pthread_mutex_lock(&cs->lock);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		cs->all = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	pthread_mutex_unlock(&cs->lock);
 	close(c->in);
 	close(c->dirfd);
 	if (c->out >= 0)
@@ -51,16 +63,17 @@ static int console_log_open(struct console *c, int flags)
 	return c->out < 0 ? -errno : 0;
 }
 
-/* Copy what the pipe holds; false once the QEMU side is gone. */
-static bool console_copy(struct console *c)
+/* Copy what the pipe holds: 1 copied, 0 nothing there now, -1 the QEMU
+ * side is gone. */
+static int console_copy(struct console *c)
 {
-	static char buf[65536];  /* the one thread's */
+	static char buf[65536];  /* the one thread's (and console_fini's, after it) */
 	ssize_t n = read(c->in, buf, sizeof(buf));
 
 	if (n < 0)
-		return errno == EINTR || errno == EAGAIN;
+		return errno == EINTR || errno == EAGAIN ? 0 : -1;
 	if (n == 0)
-		return false;
+		return -1;
 	if (c->out >= 0 && c->size + n > CONSOLE_ROTATE) {
 		close(c->out);
 		c->out = -1;
@@ -69,7 +82,7 @@ static bool console_copy(struct console *c)
 	}
 	if (c->out >= 0 && write_all(c->out, buf, (size_t)n) == 0)
 		c->size += n;
-	return true;
+	return 1;
 }
 
 static void *console_thread(void *arg)
@@ -87,9 +100,9 @@ static void *console_thread(void *arg)
 
 			if (!c)
 				return NULL;  /* the wake pipe: the backend ends */
-			if (!console_copy(c)) {
+			if (console_copy(c) < 0) {
 				epoll_ctl(cs->epfd, EPOLL_CTL_DEL, c->in, NULL);
-				console_close(c);
+				console_close(cs, c);
 			}
 		}
 	}
@@ -103,6 +116,7 @@ int console_init(struct backend *b)
 
 	if (!cs)
 		return -ENOMEM;
+	pthread_mutex_init(&cs->lock, NULL);
 	cs->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (cs->epfd < 0 || pipe2(cs->wake, O_CLOEXEC) < 0 ||
 	    epoll_ctl(cs->epfd, EPOLL_CTL_ADD, cs->wake[0], &ev) < 0 ||
@@ -126,8 +140,16 @@ void console_fini(struct backend *b)
 		return;
 	if (write(cs->wake[1], "", 1) == 1)
 		pthread_join(cs->thread, NULL);
-	/* The entries still open (QEMUs left running) are closed with the
-	 * process; the pipes' QEMU ends then see EPIPE, never a block. */
+	/* What is left: the last output of QEMUs that just quit, and the pipes
+	 * of QEMUs left running (they see EPIPE from now on, never a block). */
+	while (cs->all) {
+		struct console *c = cs->all;
+
+		while (console_copy(c) > 0)
+			;
+		console_close(cs, c);
+	}
+	pthread_mutex_destroy(&cs->lock);
 	close(cs->wake[0]);
 	close(cs->wake[1]);
 	close(cs->epfd);
@@ -160,10 +182,16 @@ int console_pipe(struct sandbox *s, int *qemu_end)
 	fcntl(c->in, F_SETFL, O_NONBLOCK);
 	console_log_open(c, O_TRUNC);
 	ev.data.ptr = c;
+	pthread_mutex_lock(&cs->lock);
+	c->next = cs->all;
+	if (c->next)
+		c->next->prev = c;
+	cs->all = c;
+	pthread_mutex_unlock(&cs->lock);
 	if (epoll_ctl(cs->epfd, EPOLL_CTL_ADD, c->in, &ev) < 0) {
 		int r = -errno;
 
-		console_close(c);
+		console_close(cs, c);
 		close(p[1]);
 		return r;
 	}
