@@ -27,6 +27,7 @@ struct backend_config {
 	const char *morph_url;   /* morph only */
 	bool branch_copy;        /* vm: branch by copying memory (0.1), not copy-on-write */
 	unsigned pool_size;      /* vm: QEMU processes kept started and waiting; 0: none */
+	const char *qemu_user;   /* vm, as root: the user QEMU runs as; NULL: the default */
 	const char *morph_snapshot; /* morph: the snapshot new worlds start from, or NULL */
 	const char *morph_image;    /* morph: the image a base snapshot is made from, or NULL */
 };
@@ -107,6 +108,14 @@ struct backend_ops {
 
 	/* Stop the sandbox and delete everything it owns. s is freed. */
 	int (*destroy)(struct sandbox *s);
+
+	/* Make the exec running on s end now (it returns an error), killing
+	 * the sandbox, which the caller then destroys: for rmdir and resolve,
+	 * which do not wait out a run's deadline.  Called with the caller's
+	 * locks held, while exec runs in another thread: must not block, and
+	 * touches only what exec does not change.  NULL: the run ends by its
+	 * own deadline. */
+	void (*interrupt)(struct sandbox *s);
 
 	/* Save the full state to disk and stop the sandbox (clean unmount). s is freed. */
 	int (*suspend)(struct sandbox *s);

@@ -52,6 +52,14 @@ else
 	say "packages: all present"
 fi
 
+# ---- the user QEMU runs as ---------------------------------------------------
+# worldfs started as root drops every QEMU to this user once it is started
+# (qemu_user= in worldfs(1)); without it QEMU would run as nobody.
+if ! id -u worldfs >/dev/null 2>&1; then
+	say "adding the system user worldfs (QEMU runs as it)"
+	useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin worldfs
+fi
+
 # ---- build -------------------------------------------------------------------
 # configure DIR [MESON-OPTION...]: meson setup, only when DIR is not yet a
 # usable build dir (ninja re-runs meson by itself when meson.build changes).

@@ -19,7 +19,7 @@
 #include "fs/runtime.h"
 
 struct options {
-	char *backend, *accel, *state, *image, *morph_url, *morph_snapshot, *morph_image, *branch, *reseed;
+	char *backend, *accel, *state, *image, *morph_url, *morph_snapshot, *morph_image, *branch, *reseed, *qemu_user;
 	unsigned mem, vcpus, exec_timeout, pool, max_worlds;
 	unsigned long output_max;
 	int help, version;
@@ -40,6 +40,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("morph_image=%s", morph_image),
 	OPT("branch=%s", branch),
 	OPT("pool=%u", pool),
+	OPT("qemu_user=%s", qemu_user),
 	OPT("reseed=%s", reseed),
 	OPT("max_worlds=%u", max_worlds),
 	OPT("-h", help),
@@ -79,6 +80,9 @@ static void usage(const char *prog)
 	       "    -o branch=cow|copy      vm: branch copy-on-write (default where the state\n"
 	       "                            directory can clone files, or as root) or by copying memory\n"
 	       "    -o pool=N               vm: QEMU processes kept started for branches (default: 2)\n"
+	       "    -o qemu_user=USER       vm, when worldfs runs as root: the user QEMU becomes once\n"
+	       "                            started, in an empty chroot (default: worldfs, else\n"
+	       "                            nobody; root: QEMU keeps root's privileges)\n"
 	       "    -o morph_url=URL        Morph Cloud API base (default: https://cloud.morph.so/api);\n"
 	       "                            the API key comes from $MORPH_API_KEY\n"
 	       "    -o morph_snapshot=ID    morph: the snapshot new worlds start from\n"
@@ -250,6 +254,7 @@ static int parse_config(struct options *o, struct backend_config *cfg, char **st
 	cfg->morph_snapshot = o->morph_snapshot;
 	cfg->morph_image = o->morph_image;
 	cfg->pool_size = o->pool;
+	cfg->qemu_user = o->qemu_user;
 	return 0;
 }
 
@@ -423,6 +428,7 @@ out:
 	free(o.morph_image);
 	free(o.branch);
 	free(o.reseed);
+	free(o.qemu_user);
 	worldfs_log_close();
 	return rc;
 }

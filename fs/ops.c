@@ -16,6 +16,7 @@
 
 struct handle {
 	struct node n;
+	char *path;          /* as opened, for the log (flush and release get none) */
 	pthread_mutex_t lock;
 	char *data;          /* what reads return: content at open, or a run's stdout */
 	size_t len;
@@ -72,7 +73,8 @@ static int wfs_getattr(const char *path, struct stat *st, struct fuse_file_info 
 	struct node n;
 	int err;
 
-	(void)fi;
+	if (!path)  /* fstat(2) of an open file (nullpath_ok: see wfs_init) */
+		return node_stat(rt, &handle_of(fi)->n, st);
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
@@ -102,9 +104,8 @@ static int wfs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t 
 	int err;
 
 	(void)off;
-	(void)fi;
 	(void)flags;
-	err = lookup(rt, path, &n);
+	err = lookup(rt, path ? path : (const char *)(uintptr_t)fi->fh, &n);
 	if (err)
 		return err;
 	fill(buf, ".", NULL, 0, 0);
@@ -112,6 +113,25 @@ static int wfs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t 
 	err = node_list(rt, &n, dir_fill, &d);
 	node_release(rt, &n);
 	return err;
+}
+
+/* With nullpath_ok readdir gets no path: it finds the directory by the
+ * path it was opened by (directories are never renamed). */
+static int wfs_opendir(const char *path, struct fuse_file_info *fi)
+{
+	char *copy = strdup(path);
+
+	if (!copy)
+		return -ENOMEM;
+	fi->fh = (uint64_t)(uintptr_t)copy;
+	return 0;
+}
+
+static int wfs_releasedir(const char *path, struct fuse_file_info *fi)
+{
+	(void)path;
+	free((char *)(uintptr_t)fi->fh);
+	return 0;
 }
 
 static int wfs_mkdir(const char *path, mode_t mode)
@@ -198,7 +218,7 @@ static bool writable(const struct node *n)
 }
 
 /* A handle on node n (its reference moves into the handle). */
-static int handle_open(struct runtime *rt, struct node *n, struct fuse_file_info *fi)
+static int handle_open(struct runtime *rt, const char *path, struct node *n, struct fuse_file_info *fi)
 {
 	bool wr = (fi->flags & O_ACCMODE) != O_RDONLY;
 	struct handle *h;
@@ -214,13 +234,16 @@ static int handle_open(struct runtime *rt, struct node *n, struct fuse_file_info
 	if (!h)
 		return -ENOMEM;
 	pthread_mutex_init(&h->lock, NULL);
-	if ((fi->flags & O_ACCMODE) != O_WRONLY) {
+	h->path = strdup(path);
+	if (!h->path)
+		err = -ENOMEM;
+	if (!err && (fi->flags & O_ACCMODE) != O_WRONLY)
 		err = node_render(rt, n, &h->data, &h->len);
-		if (err) {
-			pthread_mutex_destroy(&h->lock);
-			free(h);
-			return err;
-		}
+	if (err) {
+		pthread_mutex_destroy(&h->lock);
+		free(h->path);
+		free(h);
+		return err;
 	}
 	h->n = *n;
 	n->e = NULL;
@@ -240,7 +263,7 @@ static int wfs_open(const char *path, struct fuse_file_info *fi)
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
-	err = handle_open(rt, &n, fi);
+	err = handle_open(rt, path, &n, fi);
 	node_release(rt, &n);
 	return err;
 }
@@ -275,7 +298,7 @@ static int wfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		goto out;
 	err = lookup(rt, path, &n);
 	if (!err) {
-		err = handle_open(rt, &n, fi);
+		err = handle_open(rt, path, &n, fi);
 		node_release(rt, &n);
 	}
 	if (!err)
@@ -367,8 +390,10 @@ static int apply_value(struct runtime *rt, struct handle *h, const char *v, size
 
 /* Apply what value holds, once: a failure is logged, and a balance this
  * descriptor's create() made is undone if its first value fails. */
-static int value_apply(struct runtime *rt, struct handle *h, const char *path)
+static int value_apply(struct runtime *rt, struct handle *h)
 {
+	const char *path = h->path;
+
 	int err = apply_value(rt, h, h->value.buf, h->value.len);
 
 	h->pending = false;
@@ -389,8 +414,7 @@ static int value_apply(struct runtime *rt, struct handle *h, const char *path)
  * a newline (`echo v > file`: that write reports the error), or else at
  * close (`printf v > file`).  So no prefix of a value written in pieces is
  * ever applied, and a write that fails changes nothing, then or at close. */
-static int value_write(struct runtime *rt, struct handle *h, const char *path, const char *buf, size_t size,
-		       off_t off)
+static int value_write(struct runtime *rt, struct handle *h, const char *buf, size_t size, off_t off)
 {
 	size_t before = h->value.len;
 	int err;
@@ -398,7 +422,7 @@ static int value_write(struct runtime *rt, struct handle *h, const char *path, c
 	/* After a refused write nothing of this descriptor's is applied. */
 	h->pending = false;
 	if (off < 0 || (size_t)off > h->value.len || (size_t)off + size > VALUE_MAX) {
-		worldfs_log("%s: a value is one line of at most %d bytes", path, VALUE_MAX);
+		worldfs_log("%s: a value is one line of at most %d bytes", h->path, VALUE_MAX);
 		return -EINVAL;
 	}
 	strbuf_setlen(&h->value, (size_t)off);
@@ -408,7 +432,7 @@ static int value_write(struct runtime *rt, struct handle *h, const char *path, c
 		h->pending = true;
 		return 0;
 	}
-	err = value_apply(rt, h, path);
+	err = value_apply(rt, h);
 	if (err)
 		strbuf_setlen(&h->value, before < h->value.len ? before : h->value.len);
 	return err;
@@ -421,11 +445,13 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 	struct handle *h = handle_of(fi);
 	int err = 0;
 
+	(void)path;
+
 	pthread_mutex_lock(&h->lock);
 	if (h->n.type == NODE_FILE && h->n.file->id == F_EXEC) {
 		/* Code accumulates over any number of writes until the run. */
 		if (h->code.len + size > EXEC_CODE_MAX) {
-			worldfs_log("%s: code larger than 16 MiB", path);
+			worldfs_log("%s: code larger than 16 MiB", h->path);
 			err = -EFBIG;
 		} else if (!(err = runtime_charge(rt, h->n.uid, 0, (long long)size))) {
 			if ((err = strbuf_add(&h->code, buf, size)))
@@ -435,7 +461,7 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 		}
 		goto out;
 	}
-	err = value_write(rt, h, path, buf, size, off);
+	err = value_write(rt, h, buf, size, off);
 out:
 	pthread_mutex_unlock(&h->lock);
 	return err ? err : (int)size;
@@ -446,11 +472,13 @@ static int wfs_flush(const char *path, struct fuse_file_info *fi)
 	struct handle *h = handle_of(fi);
 	int err = 0;
 
+	(void)path;
+
 	pthread_mutex_lock(&h->lock);
 	if (h->code.len)
 		err = handle_run(rt_of(), h);
 	else if (h->pending)
-		err = value_apply(rt_of(), h, path);
+		err = value_apply(rt_of(), h);
 	pthread_mutex_unlock(&h->lock);
 	return err;
 }
@@ -467,6 +495,7 @@ static int wfs_release(const char *path, struct fuse_file_info *fi)
 	free(h->data);
 	strbuf_release(&h->code);
 	strbuf_release(&h->value);
+	free(h->path);
 	free(h);
 	return 0;
 }
@@ -477,7 +506,11 @@ static int wfs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	struct node n;
 	int err;
 
-	(void)fi;
+	if (!path) {  /* ftruncate(2) */
+		struct handle *h = handle_of(fi);
+
+		return !writable(&h->n) ? -EACCES : size != 0 ? -EINVAL : 0;
+	}
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
@@ -517,7 +550,8 @@ static int wfs_utimens(const char *path, const struct timespec tv[2], struct fus
 	int err;
 
 	(void)tv;
-	(void)fi;
+	if (!path)  /* futimens(2) of an open file */
+		return fi ? 0 : -ENOENT;
 	err = lookup(rt, path, &n);
 	if (!err)
 		node_release(rt, &n);
@@ -588,13 +622,19 @@ static void *wfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->attr_timeout = 0;
 	cfg->negative_timeout = 0;
 	cfg->direct_io = 1;
+	/* Operations on an open file get no path, so libfuse takes no path
+	 * lock for them: a run (exec's flush) that takes a minute must not
+	 * hold up rmdir of its world, which interrupts it. */
+	cfg->nullpath_ok = 1;
 	return fuse_get_context()->private_data;
 }
 
 const struct fuse_operations worldfs_ops = {
 	.init = wfs_init,
 	.getattr = wfs_getattr,
+	.opendir = wfs_opendir,
 	.readdir = wfs_readdir,
+	.releasedir = wfs_releasedir,
 	.mkdir = wfs_mkdir,
 	.rmdir = wfs_rmdir,
 	.open = wfs_open,

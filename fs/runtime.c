@@ -409,6 +409,7 @@ int runtime_remove(struct runtime *rt, struct entity *e)
 	for (size_t i = 0; i < n; i++) {
 		all[i]->removed = true;
 		all[i]->refs++;  /* ours, for the teardown below */
+		interrupt_run_locked(rt, all[i]);
 	}
 	pthread_mutex_unlock(&rt->lock);
 	fault_point("remove-drop");
@@ -477,7 +478,17 @@ int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t 
 	} else if (err) {
 		goto out;  /* removed: nothing to record in */
 	} else {
+		int cut;
+
+		pthread_mutex_lock(&rt->lock);
+		e->running = true;
+		pthread_mutex_unlock(&rt->lock);
 		err = rt->be_ops->exec(e->sb, code, len, res);
+		pthread_mutex_lock(&rt->lock);
+		e->running = false;
+		/* Removed or collapsed meanwhile: an error is the interruption. */
+		cut = e->removed ? -ENOENT : e->state == STATE_COLLAPSED ? -EROFS : 0;
+		pthread_mutex_unlock(&rt->lock);
 		record = ran = err == 0;
 		if (!err) {
 			/* What the run changed there (the sessions alive). */
@@ -486,6 +497,11 @@ int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t 
 			pthread_mutex_lock(&rt->lock);
 			sandbox_set_locked(rt, e, e->sb, desc, false);
 			pthread_mutex_unlock(&rt->lock);
+		} else if (cut) {
+			sandbox_kill(rt, e);
+			record = lost_run(res, "[worldfs: run cut short: this verse was %s]\n",
+					  cut == -ENOENT ? "removed" : "collapsed") == 0;
+			err = cut;
 		} else {
 			char why[256];
 
@@ -651,8 +667,10 @@ int runtime_resolve(struct runtime *rt, struct entity *parent, const char *winne
 		err = registry_metric_add(rt->reg, parent->id, "resolve", ms);
 	err = registry_finish(rt->reg, err);
 	if (!err) {
-		for (size_t i = 0; i < nchanged; i++)
+		for (size_t i = 0; i < nchanged; i++) {
 			changed[i].e->refs++;  /* for the teardown below */
+			interrupt_run_locked(rt, changed[i].e);
+		}
 		goto out;
 	}
 	win->state = STATE_RUNNING;

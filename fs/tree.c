@@ -182,6 +182,14 @@ void mark_failed_locked(struct runtime *rt, struct entity *e, const char *why)
 	registry_entity_put(rt->reg, e);
 }
 
+void interrupt_run_locked(struct runtime *rt, struct entity *e)
+{
+	/* e->running is set only while e->sb is attached and exec holds it,
+	 * so the sandbox cannot be destroyed under the call. */
+	if (e->running && e->sb && rt->be_ops->interrupt)
+		rt->be_ops->interrupt(e->sb);
+}
+
 void mark_failed(struct runtime *rt, struct entity *e, const char *why)
 {
 	pthread_mutex_lock(&rt->lock);

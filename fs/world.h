@@ -72,6 +72,8 @@ struct entity {
 	int refs;                 /* lookups in flight; guarded by the tree lock */
 	bool busy_creating;       /* name reserved, not yet in the registry */
 	bool removed;             /* detached from the tree; freed at refs == 0 */
+	bool running;             /* an exec is in the backend (guarded by the tree lock):
+	                           * rmdir and resolve interrupt it (interrupt_run_locked) */
 };
 
 const char *entity_kind_name(enum entity_kind k);

@@ -1,9 +1,13 @@
 /* host.c: what the host offers a VM: KVM where it can run a guest, else
- * QEMU's TCG, and under TCG the TSC rate the guest kernel is told. */
+ * QEMU's TCG; under TCG the TSC rate the guest kernel is told; and, where
+ * worldfs runs as root, the user and the empty root QEMU is confined to. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "backend/vm/vm.h"
@@ -77,4 +81,84 @@ unsigned long host_tsc_khz(void)
 #else
 	return 0;
 #endif
+}
+
+/* The uid and gid of user name, or -errno (ENOENT: no such user). */
+static int user_ids(const char *name, uid_t *uid, gid_t *gid)
+{
+	struct passwd pw, *found = NULL;
+	char buf[4096];
+	int r = getpwnam_r(name, &pw, buf, sizeof(buf), &found);
+
+	if (r)
+		return -r;
+	if (!found)
+		return -ENOENT;
+	*uid = pw.pw_uid;
+	*gid = pw.pw_gid;
+	return 0;
+}
+
+/* b->dir/empty: a directory only root can change, with nothing in it. */
+static int empty_root(struct backend *b, char *err, size_t errlen)
+{
+	struct stat st;
+	int r;
+
+	if ((r = vm_pathf(b->empty_dir, "%s/empty", b->dir)) < 0 ||
+	    ((r = mkdir(b->empty_dir, 0555) < 0 ? -errno : 0) < 0 && r != -EEXIST) ||
+	    (r = lstat(b->empty_dir, &st) < 0 ? -errno : 0) < 0) {
+		snprintf(err, errlen, "%s/empty: %s", b->dir, strerror(-r));
+		return r;
+	}
+	if (!S_ISDIR(st.st_mode) || st.st_uid != 0) {
+		snprintf(err, errlen, "%s: not a directory of root's", b->empty_dir);
+		return -EPERM;
+	}
+	if ((st.st_mode & 07777) != 0555 && chmod(b->empty_dir, 0555) < 0) {
+		r = -errno;
+		snprintf(err, errlen, "%s: %s", b->empty_dir, strerror(-r));
+		return r;
+	}
+	return 0;
+}
+
+int host_confine(struct backend *b, const char *user, char *err, size_t errlen)
+{
+	const char *name = user ? user : "worldfs";
+	uid_t uid;
+	gid_t gid;
+	int r;
+
+	b->runas[0] = '\0';
+	if (geteuid() != 0) {
+		if (user) {
+			snprintf(err, errlen, "qemu_user=%s: only where worldfs runs as root", user);
+			return -EPERM;
+		}
+		return 0;  /* QEMU runs as we do: nothing to drop */
+	}
+	if (strcmp(name, "root") == 0) {
+		vm_log(VM_LOG_HOST, "qemu_user=root: QEMU keeps root's privileges");
+		return 0;
+	}
+	r = user_ids(name, &uid, &gid);
+	if (r == -ENOENT && !user) {
+		vm_log(VM_LOG_HOST, "no user \"worldfs\" (contrib/bootstrap.sh makes it): QEMU runs as nobody");
+		name = "nobody";
+		r = user_ids(name, &uid, &gid);
+	}
+	if (r < 0) {
+		snprintf(err, errlen, "qemu_user=%s: %s", name, r == -ENOENT ? "no such user" : strerror(-r));
+		return r == -ENOENT ? -EINVAL : r;
+	}
+	if (uid == 0 || gid == 0) {
+		snprintf(err, errlen, "qemu_user=%s: has root's uid or gid (say qemu_user=root to mean it)", name);
+		return -EINVAL;
+	}
+	if ((r = empty_root(b, err, errlen)) < 0)
+		return r;
+	snprintf(b->runas, sizeof(b->runas), "%u:%u", (unsigned)uid, (unsigned)gid);
+	vm_log(VM_LOG_HOST, "QEMU runs as %s (%s), confined to %s", name, b->runas, b->empty_dir);
+	return 0;
 }

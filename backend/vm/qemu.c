@@ -256,12 +256,24 @@ int qemu_argv(const struct qemu_spec *q, struct qemu_cmdline *out)
 	argv[argc++] = "-smp";
 	argv[argc++] = out->smp;
 	/* QEMU's own seccomp filter: no obsolete system calls, no changing of
-	 * limits, priorities or CPU affinity, so a guest that escapes into
-	 * QEMU gets no further than QEMU's own needs.  Not elevateprivileges
-	 * or spawn=deny: -daemonize forks and calls setsid(2) after the
-	 * filter is in place. */
+	 * limits, priorities or CPU affinity.  Not elevateprivileges=deny or
+	 * spawn=deny: QEMU 7.2 installs the filter before it drops to -runas
+	 * (setuid) and -daemonize forks (both then die of SIGSYS).  What they
+	 * would guard is covered otherwise: once started, QEMU has no root to
+	 * elevate from, and nothing to run in its empty -chroot. */
 	argv[argc++] = "-sandbox";
 	argv[argc++] = "on,obsolete=deny,resourcecontrol=deny";
+	/* After init (every file open: kernel, disks, RAM file, sockets, log),
+	 * QEMU becomes an unprivileged user in an empty directory: later
+	 * files (states) come as descriptors over QMP. */
+	if (q->runas) {
+		argv[argc++] = "-runas";
+		argv[argc++] = q->runas;
+	}
+	if (q->chroot) {
+		argv[argc++] = "-chroot";
+		argv[argc++] = q->chroot;
+	}
 	argv[argc++] = "-nodefaults";
 	argv[argc++] = "-no-user-config";
 	argv[argc++] = "-nographic";
@@ -432,6 +444,7 @@ int qemu_launch(struct sandbox *s, bool incoming)
 		.kernel = s->img->kernel, .initrd = s->img->initrd, .append = s->img->append, .root = s->img->root,
 		.qmp_sock = qmp_sock, .agent_sock = agent_sock, .pidfile = pidfile, .log = logpath,
 		.incoming = incoming, .console_fd = QEMU_CONSOLE_FD,
+		.runas = b->runas[0] ? b->runas : NULL, .chroot = b->runas[0] ? b->empty_dir : NULL,
 	};
 	struct qemu_cmdline cmd;
 	double deadline = now_ms() + LAUNCH_TIMEOUT_MS;

@@ -22,7 +22,7 @@
 #include "backend/vm/vm.h"
 
 /* Names in STATE/vm that are not sandboxes. */
-static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs", "images" };
+static const char *const reserved_names[] = { "snapshots", "golden", "ram", "ram.xfs", "images", "empty" };
 
 bool sandbox_reserved(const char *name)
 {

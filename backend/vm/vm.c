@@ -28,6 +28,7 @@
  * resume() can reattach to it. */
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +140,8 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 		goto fail;
 	}
 	b->kvm = host_use_kvm(cfg->accel);
+	if ((r = host_confine(b, cfg->qemu_user, err, errlen)) < 0)
+		goto fail;
 	/* The test suite's hostile guest (t_hostile.sh): the agent then
 	 * misbehaves on request, as an untrusted guest may. */
 	snprintf(args, sizeof(args), "%s%s", kernel_append, getenv("WORLDFS_TEST_HOSTILE") ? " worldfs.hostile=1" : "");
@@ -520,6 +523,15 @@ static int vm_destroy(struct sandbox *s)
 	return r;
 }
 
+/* The run in progress ends when its QEMU does: the agent's socket closes
+ * under agent_exec, which returns at once.  s->pid and s->qdir are set
+ * before the sandbox is handed out and not changed by exec. */
+static void vm_interrupt(struct sandbox *s)
+{
+	if (qemu_pid_is_ours(s->pid, s->qdir) && kill(s->pid, SIGKILL) == 0)
+		vm_log(s->id, "run interrupted: qemu killed (world removed or collapsed)");
+}
+
 /* Save to suspend.state and quit.  On failure QEMU keeps running, so the
  * next mount reattaches to it instead of losing the world.  A cow VM's
  * RAM file is made durable before the state that goes with it. */
@@ -751,6 +763,7 @@ const struct backend_ops vm_backend_ops = {
 	.snapshot_delete = vm_snapshot_delete,
 	.branch = vm_branch,
 	.destroy = vm_destroy,
+	.interrupt = vm_interrupt,
 	.suspend = vm_suspend,
 	.resume = vm_resume,
 	.probe = vm_probe,

@@ -83,6 +83,8 @@ struct backend {
 	char qemu[PATH_MAX];
 	char append[256];          /* kernel command line, every image */
 	bool kvm;
+	char runas[32];            /* UID:GID every QEMU drops to after init; "": none */
+	char empty_dir[PATH_MAX];  /* STATE/vm/empty: every dropped QEMU's root */
 	unsigned mem_mib;
 	unsigned vcpus;
 	unsigned exec_timeout_s;
@@ -215,6 +217,10 @@ void image_collect_garbage(struct backend *b);
 /* KVM for accel=kvm; for auto where the CPU has vmx/svm and /dev/kvm
  * opens (the choice is logged). */
 bool host_use_kvm(enum accel accel);
+/* Where worldfs runs as root: the user every QEMU becomes once started
+ * (user, else "worldfs", else "nobody"; "root": none) and the empty
+ * directory it is confined to, into b->runas and b->empty_dir. */
+int host_confine(struct backend *b, const char *user, char *err, size_t errlen);
 unsigned long host_tsc_khz(void);
 
 /* --- ram.c ---------------------------------------------------------------- */
@@ -277,6 +283,8 @@ struct qemu_spec {
 	const char *pidfile, *log; /* -pidfile (which also marks the process as ours), -D */
 	bool incoming;             /* wait paused for a state: -incoming defer -S */
 	int console_fd;            /* the serial console goes to this inherited descriptor */
+	const char *runas;         /* -runas UID:GID once started; NULL: none */
+	const char *chroot;        /* -chroot: all of the host it sees then; NULL: none */
 };
 
 /* --- console.c: the guests' consoles, each copied into its sandbox's

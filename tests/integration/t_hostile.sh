@@ -50,10 +50,56 @@ expect_ok "... and was rotated (the flood got through)" test -e "$STATE/vm/$id/c
 expect_eq "the flooding world still runs" alive "$(wfs_run "$W/flood" 'kill $flood; echo alive')"
 expect_ok "rmdir w/flood" rmdir "$W/flood"
 
+# rmdir does not wait out a hung run (mute: exec_timeout 3 s + 10 s of
+# grace): it ends the run at once, and the run's writer gets an error.
+expect_ok "mkdir w/hung" mkdir "$W/hung"
+(wfs_exec "$W/hung" "#!worldfs-hostile mute"; echo $? >"$wfs_tmp/hung.rc") &
+hung=$!
+sleep 2
+t0=$(wfs_now)
+expect_ok "rmdir w/hung while its run hangs" rmdir "$W/hung"
+took=$(($(wfs_now) - t0))
+expect_ok "... within 5 s (took ${took} s), not at the run's deadline" test "$took" -le 5
+wait "$hung"
+expect_ok "... and the run's writer got an error" test "$(cat "$wfs_tmp/hung.rc")" -ne 0
+expect_eq "the bystander still runs" hi "$(wfs_run "$MNT/bystander" 'echo hi')"
+
+# As root, QEMU is confined once started: an unprivileged user (qemu_user:
+# worldfs, else nobody), an empty directory for its root, QEMU's seccomp
+# filter, and no file open but its own world's.
+if [ "$(id -u)" = 0 ]; then
+	pid=$(wfs_json_num "$W/info" pid)
+	by=$(sed -n 's/.*"entity_id": *"\([^"]*\)".*/\1/p' "$MNT/bystander/info")
+	want=$(id -u worldfs 2>/dev/null || id -u nobody)
+	expect_eq "w's QEMU runs as uid $want" "$want $want" \
+		"$(awk '/^Uid:/ { print $2, $4 }' "/proc/$pid/status" 2>&1)"
+	expect_eq "... with no supplementary group of root's" "" \
+		"$(awk '/^Groups:/ { for (i = 2; i <= NF; i++) if ($i == 0) print $i }' "/proc/$pid/status")"
+	expect_eq "... its root is the empty STATE/vm/empty" "$(readlink -f "$STATE/vm/empty") 555 0 0" \
+		"$(readlink "/proc/$pid/root") $(stat -c '%a %u' "$STATE/vm/empty") $(ls -A "$STATE/vm/empty" | wc -l)"
+	expect_eq "... under seccomp" 2 "$(awk '/^Seccomp:/ { print $2 }' "/proc/$pid/status")"
+	expect_eq "... holding neither the registry, the log nor the bystander's files" "" \
+		"$(for f in /proc/"$pid"/fd/*; do readlink "$f"; done | grep -e worldfs.db -e worldfs.log -e "$by")"
+	expect_ok "... and it branches, snapshots and runs so" sh -c \
+		"mkdir '$W/c' && mkdir '$W/snapshot/s' && echo 'echo ok' >'$W/c/exec' && grep -qx ok '$W/c/stdout'"
+	expect_ok "rmdir w/c" rmdir "$W/c"
+	expect_ok "rmdir w/snapshot/s" rmdir "$W/snapshot/s"
+fi
+
 expect_ok "rmdir w" rmdir "$W"
 expect_ok "rmdir bystander" rmdir "$MNT/bystander"
 wfs_umount
 expect_no_qemu "no qemu left after unmount" 20
+
+# qemu_user names a user that exists and is not root.
+if [ "$(id -u)" = 0 ]; then
+	MNT2=$(mktemp -d)
+	bad=$("$WORLDFS" -o "state=$wfs_tmp/badu,qemu_user=no-such-user-wfs" "$MNT2" 2>&1)
+	expect_eq "qemu_user=no-such-user fails the mount" "1 qemu_user=no-such-user-wfs: no such user" \
+		"$? $(printf '%s\n' "$bad" | grep -o 'qemu_user=.*')"
+	mountpoint -q "$MNT2" && fusermount3 -u "$MNT2"
+	rmdir "$MNT2"
+fi
 
 # A small disk: a new world is refused with ENOSPC while the state
 # directory's filesystem would keep less than the guest's memory and a

@@ -32,13 +32,17 @@ struct backend {
 	int live;                       /* sandboxes up */
 	int snapshots;                  /* snapshots made and not deleted */
 	int snapshots_deleted;
+	int blocked;                    /* runs of "block" waiting */
+	int interrupted;                /* runs ended by interrupt */
+	pthread_cond_t changed;         /* blocked or an interrupt */
 };
 struct sandbox {
 	struct backend *b;
 	char id[24];
+	bool interrupt;                 /* under b->lock */
 };
 
-static struct backend fake = { .lock = PTHREAD_MUTEX_INITIALIZER };
+static struct backend fake = { .lock = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER };
 
 /* What a test runs in the middle of a backend call; NULL: nothing.  Kept
  * across tests (setup does not clear them). */
@@ -100,11 +104,52 @@ static int f_create(struct backend *b, const char *id, unsigned mem, unsigned vc
 	*ms = 1;
 	return 0;
 }
+/* A run of "block" waits until it is interrupted (the sandbox dies:
+ * -EIO), or 5 s (it then ends normally, as a slow run would). */
+static int f_block(struct sandbox *s)
+{
+	struct backend *b = s->b;
+	struct timespec until;
+	int r = 0;
+
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
+	pthread_mutex_lock(&b->lock);
+	b->blocked++;
+	pthread_cond_broadcast(&b->changed);
+	while (!s->interrupt && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&b->changed, &b->lock, &until);
+	b->blocked--;
+	r = s->interrupt ? -EIO : 0;
+	b->interrupted += s->interrupt;
+	pthread_mutex_unlock(&b->lock);
+	return r;
+}
+static void f_interrupt(struct sandbox *s)
+{
+	pthread_mutex_lock(&s->b->lock);
+	s->interrupt = true;
+	pthread_cond_broadcast(&s->b->changed);
+	pthread_mutex_unlock(&s->b->lock);
+}
+/* Wait until n runs of "block" wait. */
+static inline void fake_wait_blocked(int n)
+{
+	pthread_mutex_lock(&fake.lock);
+	while (fake.blocked < n)
+		pthread_cond_wait(&fake.changed, &fake.lock);
+	pthread_mutex_unlock(&fake.lock);
+}
 /* The run's stdout is its code; "fail" exits with 3. */
 static int f_exec(struct sandbox *s, const char *code, size_t len, struct run_result *r)
 {
-	(void)s;
 	memset(r, 0, sizeof(*r));
+	if (len == 5 && memcmp(code, "block", 5) == 0) {
+		int err = f_block(s);
+
+		if (err)
+			return err;
+	}
 	r->out = malloc(len + 1);
 	if (!r->out)
 		return -ENOMEM;
@@ -209,7 +254,7 @@ static const struct backend_ops fake_ops = {
 	.name = "fake", .init = f_init, .fini = f_fini, .create = f_create, .exec = f_exec,
 	.snapshot = f_snapshot, .snapshot_delete = f_snapshot_delete, .branch = f_branch,
 	.destroy = f_destroy, .suspend = f_suspend, .resume = f_resume, .probe = f_probe,
-	.discard = f_discard, .collect_garbage = f_gc, .describe = f_describe,
+	.discard = f_discard, .collect_garbage = f_gc, .describe = f_describe, .interrupt = f_interrupt,
 };
 
 /* ---- helpers ---- */

@@ -719,11 +719,77 @@ static void resolve_during_recovery(void **state)
 	runtime_close(&rt);
 }
 
+struct blocked_run {
+	struct runtime *rt;
+	struct entity *e;
+	struct run_result res;
+	int rc;
+};
+
+static void *run_block(void *arg)
+{
+	struct blocked_run *b = arg;
+
+	b->rc = runtime_exec(b->rt, b->e, "block", 5, &b->res);
+	return NULL;
+}
+
+/* rmdir and resolve do not wait for a run to reach its deadline (a guest
+ * that never answers holds it up to exec_timeout + 10 s): they interrupt
+ * it.  The run then ends at once, its verse removed or collapsed, and a
+ * collapsed verse's status and stderr say what happened to the run. */
+static void runs_are_interrupted(void **state)
+{
+	struct blocked_run v = { 0 }, b = { 0 };
+	pthread_t tv, tb;
+	struct runtime rt;
+	struct entity *w;
+	char *text;
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "w", 0, 0), 0);
+	w = verse(&rt, NULL, "w");
+	assert_int_equal(runtime_branch(&rt, w, "a", 0, 0), 0);
+	assert_int_equal(runtime_branch(&rt, w, "b", 0, 0), 0);
+	assert_int_equal(runtime_branch(&rt, w, "v", 0, 0), 0);
+	v = (struct blocked_run){ .rt = &rt, .e = verse(&rt, w, "v") };
+	b = (struct blocked_run){ .rt = &rt, .e = verse(&rt, w, "b") };
+	runtime_get(v.e);
+	assert_int_equal(pthread_create(&tv, NULL, run_block, &v), 0);
+	assert_int_equal(pthread_create(&tb, NULL, run_block, &b), 0);
+	fake_wait_blocked(2);
+
+	assert_int_equal(runtime_remove(&rt, v.e), 0);
+	pthread_join(tv, NULL);
+	assert_int_equal(v.rc, -ENOENT);
+	runtime_put(&rt, v.e);
+	run_result_release(&v.res);
+
+	assert_int_equal(runtime_resolve(&rt, w, "a", 0), 0);
+	pthread_join(tb, NULL);
+	assert_int_equal(b.rc, -EROFS);
+	run_result_release(&b.res);
+	assert_int_equal(fake_count(&fake.interrupted), 2);
+	text = cat_text(&rt, "/w/b/status");
+	assert_string_equal(text, "255\n");
+	free(text);
+	text = cat_text(&rt, "/w/b/stderr");
+	assert_non_null(strstr(text, "run cut short: this verse was collapsed"));
+	free(text);
+	text = cat_text(&rt, "/w/b/state");
+	assert_string_equal(text, "collapsed\n");
+	free(text);
+	assert_int_equal(fake_count(&fake.live), 2);  /* w and a */
+	runtime_close(&rt);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(everything_at_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(resolve_during_recovery, setup, teardown),
+		cmocka_unit_test_setup_teardown(runs_are_interrupted, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

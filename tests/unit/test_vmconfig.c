@@ -196,6 +196,9 @@ static void argv_cow_kvm_boot(void **state)
 	assert_string_equal(opt(&c, "-pidfile"), "/st/vm/w1/qemu.pid");
 	assert_string_equal(opt(&c, "-D"), "/st/vm/w1/qemu.log");
 	assert_true(has(&c, "-daemonize"));
+	/* not confined unless asked (worldfs not root, or qemu_user=root) */
+	assert_null(opt(&c, "-runas"));
+	assert_null(opt(&c, "-chroot"));
 	/* a boot runs at once */
 	assert_null(opt(&c, "-incoming"));
 	assert_false(has(&c, "-S"));
@@ -232,6 +235,24 @@ static void argv_copy_tcg_resume(void **state)
 	assert_string_equal(opt(&c, "-incoming"), "defer");
 	argc = argc_of(&c);
 	assert_string_equal(c.argv[argc - 1], "-S");
+}
+
+/* As root, QEMU drops to an unprivileged uid:gid once started, with only
+ * an empty directory for its root: both together or neither. */
+static void argv_confined(void **state)
+{
+	struct qemu_spec q = spec_cow();
+	struct qemu_cmdline c;
+	(void)state;
+
+	q.runas = "998:997";
+	q.chroot = "/st/vm/empty";
+	assert_int_equal(qemu_argv(&q, &c), 0);
+	assert_string_equal(opt(&c, "-runas"), "998:997");
+	assert_string_equal(opt(&c, "-chroot"), "/st/vm/empty");
+	/* the files it needs are still opened by path before the drop */
+	assert_string_equal(opt(&c, "-kernel"), "/img/vmlinux");
+	assert_string_equal(opt(&c, "-pidfile"), "/st/vm/w1/qemu.pid");
 }
 
 /* A cow world on the machine of 0.1 (a snapshot it froze) keeps the PIT. */
@@ -288,6 +309,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(log_lines, setup, teardown),
 		cmocka_unit_test(argv_cow_kvm_boot),
 		cmocka_unit_test(argv_copy_tcg_resume),
+		cmocka_unit_test(argv_confined),
 		cmocka_unit_test(argv_cow_pit),
 		cmocka_unit_test(argv_commas),
 		cmocka_unit_test(argv_too_long),
