@@ -13,7 +13,8 @@
 #          build-tsan/ (ThreadSanitizer); ends with "N passed, N failed"
 #          (morph: the mount tests with backend=morph against a local stand-in
 #          for the Morph Cloud API, tests/morph/standin.py); then the libFuzzer
-#          targets (tests/fuzz) in build-fuzz/ (clang), 60 s each
+#          targets (tests/fuzz) in build-fuzz/ (clang), 60 s each, and
+#          the 10-minute soak (contrib/soak) in build/
 set -eu
 
 PACKAGES="qemu-system-x86 qemu-utils busybox-static kmod libfuse3-dev fuse3 meson
@@ -260,6 +261,11 @@ run_tests() {
 		failed=$((failed + 1))
 		failures="$failures build-fuzz/fuzz"
 	fi
+
+	# Last, 10 minutes of create/branch/exec/snapshot/resolve/rmdir on
+	# busybox (contrib/soak): every result checked, and worldfs's RSS and
+	# fds, the QEMUs and the disk use back where they started.
+	suite build soak
 
 	[ -z "$failures" ] || say "failed:$failures"
 	echo "$passed passed, $failed failed"
