@@ -69,7 +69,7 @@ struct branch_info {
 	void *parent_done_arg;
 	/* Out. */
 	double snapshot_time_ms;  /* how long the parent was paused (0 from a named snapshot) */
-	double total_ms;          /* until the child's session answered */
+	double total_ms;          /* until every child's session answered */
 };
 
 /* Every function returns 0 or -errno.  Sandboxes are identified by the
@@ -100,11 +100,13 @@ struct backend_ops {
 	int (*snapshot)(struct sandbox *s, const char *snap_id, struct snapshot_info *info);
 	int (*snapshot_delete)(struct backend *b, const char *snap_id);
 
-	/* New sandbox child_id as a copy of s's live state (parent != NULL), or
-	 * of snapshot snap_id (parent == NULL). */
+	/* New sandboxes ids[0..n) (n >= 1), each a copy of one instant: of
+	 * parent's live state (parent != NULL: it is paused once for all of
+	 * them), or of snapshot snap_id (parent == NULL).  All or none: on
+	 * failure no child is left.  out[i] and handles[i] are ids[i]'s. */
 	int (*branch)(struct backend *b, struct sandbox *parent, const char *snap_id,
-		      const char *child_id, struct sandbox **out,
-		      char handle[BACKEND_HANDLE_MAX], struct branch_info *info);
+		      const char *const ids[], size_t n, struct sandbox *out[],
+		      char handles[][BACKEND_HANDLE_MAX], struct branch_info *info);
 
 	/* Stop the sandbox and delete everything it owns. s is freed. */
 	int (*destroy)(struct sandbox *s);

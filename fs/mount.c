@@ -46,10 +46,12 @@ static int load_one(void *ctx, struct entity *row, const char *parent_id)
 		struct ledger l = row->ledger;
 		pthread_mutex_t m = e->oplock;
 		char *failure = row->failure ? strdup(row->failure) : NULL;
+		char *push_down = row->push_down ? strdup(row->push_down) : NULL;
 		*e = *row;
 		e->oplock = m;
 		e->ledger = (struct ledger){ 0 };
 		e->failure = failure;
+		e->push_down = push_down;
 		e->refs = 1;
 		e->parent = parent;
 		e->verses = e->snapshots = NULL;

@@ -23,6 +23,7 @@ const struct file_desc entity_files[] = {
 	{ "prob",     F_PROB,     S_IFREG | 0600, 0 },
 	{ "gf3",      F_GF3,      S_IFREG | 0400, S_IFREG | 0400 },
 	{ "balance",  F_BALANCE,  S_IFDIR | 0700, S_IFDIR | 0500 },
+	{ "push_down", F_PUSH_DOWN, S_IFREG | 0600, S_IFREG | 0600 },
 	{ "resolve",  F_RESOLVE,  S_IFREG | 0600, S_IFREG | 0600 },
 	{ "wev",      F_WEV,      S_IFREG | 0400, S_IFREG | 0400 },
 	{ "snapshot", F_SNAPSHOT, S_IFDIR | 0700, 0 },
@@ -354,6 +355,8 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 		return text(buf, len, "%d\n", runtime_gf3(e));
 	case F_RESOLVE:
 		return e->winner[0] ? text(buf, len, "%s\n", e->winner) : 0;
+	case F_PUSH_DOWN:
+		return e->push_down ? text(buf, len, "%s\n", e->push_down) : 0;
 	case F_WEV:
 		return text(buf, len, "%lld\n", (long long)e->wev);
 	case F_BALANCE:

@@ -383,6 +383,8 @@ static int apply_value(struct runtime *rt, struct handle *h, const char *v, size
 			return -ENOENT;  /* no child can have that name */
 		return runtime_resolve(rt, e, name, fuse_get_context()->uid);
 	}
+	case F_PUSH_DOWN:
+		return runtime_push_down(rt, e, v, len, fuse_get_context()->uid, fuse_get_context()->gid);
 	default:
 		return -EACCES;
 	}

@@ -27,7 +27,8 @@ static const char schema[] =
 	/* worldfs's own columns */
 	" name TEXT NOT NULL, prob_billionths INTEGER NOT NULL DEFAULT 0,"
 	" owner_uid INTEGER, owner_gid INTEGER, branch_count INTEGER NOT NULL DEFAULT 0,"
-	" wev INTEGER NOT NULL DEFAULT 0, last_winner TEXT, failure TEXT, sandbox_handle TEXT);"
+	" wev INTEGER NOT NULL DEFAULT 0, last_winner TEXT, failure TEXT, sandbox_handle TEXT,"
+	" last_push_down TEXT);"
 	"CREATE TABLE IF NOT EXISTS world_branches ("
 	" branch_id TEXT PRIMARY KEY, parent_entity_id TEXT NOT NULL, child_entity_ids TEXT NOT NULL,"
 	" branch_type TEXT NOT NULL, snapshot_time_ms REAL, gf3_sum INTEGER, branched_at TEXT NOT NULL);"
@@ -92,6 +93,41 @@ void registry_new_id(const char *prefix, char out[24])
 		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]);
 }
 
+/* A registry made by an earlier worldfs (PRAGMA user_version below
+ * REGISTRY_VERSION) is brought up to this one's, in one transaction:
+ *   2: entities gain last_push_down; branch_type 'live' becomes 'fork'. */
+#define REGISTRY_VERSION 2
+
+static int migrate(struct registry *r, char **msg)
+{
+	sqlite3_stmt *st = NULL;
+	int version = 0, rc;
+
+	rc = sqlite3_prepare_v2(r->db, "PRAGMA user_version", -1, &st, NULL);
+	if (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_OK || version >= REGISTRY_VERSION)
+		return rc;
+	rc = sqlite3_exec(r->db, "BEGIN IMMEDIATE", NULL, NULL, msg);
+	if (rc != SQLITE_OK)
+		return rc;
+	/* A table the schema above just made has the column already. */
+	if (sqlite3_prepare_v2(r->db, "SELECT last_push_down FROM world_runtime_entities LIMIT 0", -1, &st,
+			       NULL) != SQLITE_OK)
+		rc = sqlite3_exec(r->db, "ALTER TABLE world_runtime_entities ADD COLUMN last_push_down TEXT",
+				  NULL, NULL, msg);
+	sqlite3_finalize(st);
+	if (rc == SQLITE_OK)
+		rc = sqlite3_exec(r->db, "UPDATE world_branches SET branch_type='fork' WHERE branch_type='live';"
+				  " PRAGMA user_version=2; COMMIT", NULL, NULL, msg);
+	if (rc != SQLITE_OK)
+		sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
+	else if (version > 0 || sqlite3_total_changes(r->db) > 0)
+		worldfs_log("registry: migrated from version %d to %d", version, REGISTRY_VERSION);
+	return rc;
+}
+
 int registry_open(struct registry **out, const char *path, char *err, size_t errlen)
 {
 	struct registry *r = calloc(1, sizeof(*r));
@@ -110,6 +146,9 @@ int registry_open(struct registry **out, const char *path, char *err, size_t err
 	if (rc != SQLITE_OK)
 		goto fail;
 	rc = sqlite3_exec(r->db, schema, NULL, NULL, &msg);
+	if (rc != SQLITE_OK)
+		goto fail;
+	rc = migrate(r, &msg);
 	if (rc != SQLITE_OK)
 		goto fail;
 	*out = r;
@@ -258,16 +297,18 @@ int registry_entity_put(struct registry *r, const struct entity *e)
 		  "INSERT INTO world_runtime_entities (entity_id, entity_type, parent_id, snapshot_id,"
 		  " trit, state, memory_mib, vcpu_count, boot_time_ms, created_at, resolved_at, name,"
 		  " prob_billionths, owner_uid, owner_gid, branch_count, wev, last_winner, failure,"
-		  " sandbox_handle) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)"
+		  " sandbox_handle, last_push_down) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,"
+		  "?16,?17,?18,?19,?20,?21)"
 		  " ON CONFLICT(entity_id) DO UPDATE SET trit=?5, state=?6, boot_time_ms=?9,"
 		  " resolved_at=?11, prob_billionths=?13, branch_count=?16, wev=?17, last_winner=?18,"
-		  " failure=?19, sandbox_handle=?20",
-		  "ttttitiidtttiiiiittt",
+		  " failure=?19, sandbox_handle=?20, last_push_down=?21",
+		  "ttttitiidtttiiiiitttt",
 		  e->id, entity_kind_name(e->kind), e->parent ? e->parent->id : NULL, snapshot_id,
 		  (int64_t)e->trit, entity_state_name(e->state), (int64_t)e->mem_mib,
 		  (int64_t)e->vcpus, e->boot_ms, created, e->resolved_at[0] ? e->resolved_at : NULL,
 		  e->name, e->prob, (int64_t)e->uid, (int64_t)e->gid, (int64_t)e->branch_count,
-		  e->wev, e->winner[0] ? e->winner : NULL, e->failure, e->handle[0] ? e->handle : NULL);
+		  e->wev, e->winner[0] ? e->winner : NULL, e->failure, e->handle[0] ? e->handle : NULL,
+		  e->push_down);
 	if (err || e->kind != ENTITY_SNAPSHOT)
 		return err;
 	return run(r, "INSERT INTO snapshots (snapshot_id, entity_id, name, size_bytes, snapshot_time_ms,"
@@ -353,13 +394,18 @@ int registry_output_get(struct registry *r, const char *id, int which, char **bu
 	return rc == SQLITE_DONE ? 0 : fail(r, rc, "output");
 }
 
-int registry_branch_add(struct registry *r, const char *parent_id, const char *child_id,
+int registry_branch_add(struct registry *r, const char *parent_id, const char *const child_ids[], size_t n,
 			const char *branch_type, double snapshot_time_ms, int gf3)
 {
-	char id[24], now[32], *kids;
-	json_t *a = json_pack("[s]", child_id);
+	char id[24], now[32], *kids = NULL;
+	json_t *a = json_array();
 	int err;
 
+	for (size_t i = 0; a && i < n; i++)
+		if (json_array_append_new(a, json_string(child_ids[i])) < 0) {
+			json_decref(a);
+			a = NULL;
+		}
 	kids = a ? json_dumps(a, JSON_COMPACT) : NULL;
 	json_decref(a);
 	if (!kids)
@@ -417,7 +463,7 @@ int registry_load(struct registry *r, int (*cb)(void *ctx, struct entity *e, con
 		" e.vcpu_count, e.boot_time_ms, e.created_at, e.resolved_at, e.name, e.prob_billionths,"
 		" e.owner_uid, e.owner_gid, e.branch_count, e.wev, e.last_winner, e.failure,"
 		" e.sandbox_handle, s.size_bytes, s.snapshot_time_ms, o.status, length(o.stdout),"
-		" length(o.stderr)"
+		" length(o.stderr), e.last_push_down"
 		" FROM world_runtime_entities e LEFT JOIN snapshots s ON s.snapshot_id = e.entity_id"
 		" LEFT JOIN last_outputs o ON o.entity_id = e.entity_id ORDER BY e.rowid", -1, &st, NULL);
 	if (rc != SQLITE_OK)
@@ -462,6 +508,7 @@ int registry_load(struct registry *r, int (*cb)(void *ctx, struct entity *e, con
 		e.status = sqlite3_column_int(st, 21);
 		e.out_len = (size_t)sqlite3_column_int64(st, 22);
 		e.err_len = (size_t)sqlite3_column_int64(st, 23);
+		e.push_down = (char *)sqlite3_column_text(st, 24);  /* the callback copies it */
 
 		sqlite3_reset(bal);
 		sqlite3_bind_text(bal, 1, e.id, -1, SQLITE_TRANSIENT);
@@ -582,7 +629,8 @@ static json_t *timing(struct registry *r, const char *op)
 
 json_t *registry_metrics(struct registry *r)
 {
-	static const char *const ops[] = { "boot", "branch", "snapshot", "exec", "resolve" };
+	static const char *const ops[] = { "boot", "branch", "push_down", "snapshot", "exec", "resolve",
+					   "suspend", "resume" };
 	json_t *t = json_object();
 
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)

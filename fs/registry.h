@@ -56,7 +56,7 @@ int registry_output_put(struct registry *r, const char *id, int status,
 /* which: 1 stdout, 2 stderr.  *buf malloc'd (NULL with *len 0 when none). */
 int registry_output_get(struct registry *r, const char *id, int which, char **buf, size_t *len);
 
-int registry_branch_add(struct registry *r, const char *parent_id, const char *child_id,
+int registry_branch_add(struct registry *r, const char *parent_id, const char *const child_ids[], size_t n,
 			const char *branch_type, double snapshot_time_ms, int gf3);
 int registry_resolution_add(struct registry *r, const char *parent_id, const char *verses_json,
 			    const char *winner, const char *oracle, int64_t wev, double pull_up_ms);

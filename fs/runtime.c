@@ -11,6 +11,7 @@
 
 #include "fs/tree.h"
 #include "backend/util/clock.h"
+#include "backend/util/strbuf.h"
 #include "backend/util/fault.h"
 
 /* ---- sandboxes ---- */
@@ -69,7 +70,9 @@ int sandbox_ensure(struct runtime *rt, struct entity *e)
 		struct branch_info info;
 
 		if (snap) {
-			err = rt->be_ops->branch(rt->be, NULL, snap->id, e->id, &sb, handle, &info);
+			const char *id = e->id;
+
+			err = rt->be_ops->branch(rt->be, NULL, snap->id, &id, 1, &sb, &handle, &info);
 			if (!err)
 				worldfs_log("%s: sandbox lost; restored from snapshot %s (%s)", e->id,
 					    snap->name, snap->created_at);
@@ -245,26 +248,88 @@ static void parent_release(void *arg)
 	}
 }
 
-int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, uid_t uid, gid_t gid)
+/* Probabilities given with a push_down (items with has_prob) must keep
+ * the live children of parent within 1 in sum (rt->lock held). */
+static int probs_fit(const struct entity *parent, const struct push_down_item *want, size_t n)
+{
+	int64_t sum = 0;
+	bool any = false;
+
+	for (size_t i = 0; i < n; i++)
+		if (want[i].has_prob) {
+			sum += want[i].prob;
+			any = true;
+		}
+	if (!any)
+		return 0;
+	for (size_t i = 0; i < parent->nverses; i++)
+		if (parent->verses[i]->state == STATE_RUNNING)
+			sum += parent->verses[i]->prob;
+	if (sum > PROB_ONE) {
+		worldfs_log("%s: push_down: live children's probabilities would sum above 1", parent->id);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/* "a b c": the names of a push_down, malloc'd. */
+static char *names_joined(const struct push_down_item *want, size_t n)
+{
+	struct strbuf sb = STRBUF_INIT;
+
+	for (size_t i = 0; i < n; i++)
+		if (strbuf_addf(&sb, "%s%s", i ? " " : "", want[i].name) < 0) {
+			strbuf_release(&sb);
+			return NULL;
+		}
+	return strbuf_detach(&sb, NULL);
+}
+
+/* Verses want[0..n) from one instant of parent (a live world or verse, or
+ * a snapshot), all or none: mkdir (one verse) and push_down.  One
+ * branching event in the registry, of type fork (from the live state),
+ * snapshot (from a snapshot) or push_down. */
+static int branch_set(struct runtime *rt, struct entity *parent, const struct push_down_item *want, size_t n,
+		      bool push_down, uid_t uid, gid_t gid)
 {
 	bool from_snapshot = parent->kind == ENTITY_SNAPSHOT;
 	struct entity *src = from_snapshot ? parent->parent : parent; /* whose memory size */
-	struct entity *e;
-	struct sandbox *sb = NULL;
+	struct entity **e = calloc(n, sizeof(*e));
+	struct sandbox **sb = calloc(n, sizeof(*sb));
+	char (*handles)[BACKEND_HANDLE_MAX] = calloc(n, sizeof(*handles));
+	const char **ids = calloc(n, sizeof(*ids));
+	char **desc = calloc(n, sizeof(*desc));
+	char *names = push_down ? names_joined(want, n) : NULL;   /* becomes parent's */
+	char *logged = push_down ? names_joined(want, n) : NULL;
 	struct branch_info info = { 0 };
-	char handle[BACKEND_HANDLE_MAX] = "", *desc;
-	int err;
+	size_t reserved = 0;
+	int err = 0;
 
+	if (!e || !sb || !handles || !ids || !desc || (push_down && (!names || !logged))) {
+		err = -ENOMEM;
+		goto out;
+	}
 	pthread_mutex_lock(&rt->lock);
 	err = from_snapshot ? 0 : entity_state_errno(parent);
 	if (!err)
-		err = reserve(rt, parent, ENTITY_VERSE, name, uid, gid, src, &e);
+		err = probs_fit(parent, want, n);
+	for (; !err && reserved < n; reserved++) {
+		err = reserve(rt, parent, ENTITY_VERSE, want[reserved].name, uid, gid, src, &e[reserved]);
+		if (err)
+			break;
+		if (want[reserved].has_prob)
+			e[reserved]->prob = want[reserved].prob;
+		ids[reserved] = e[reserved]->id;
+	}
+	if (err)
+		for (size_t i = 0; i < reserved; i++)
+			unreserve_locked(rt, e[i]);
 	pthread_mutex_unlock(&rt->lock);
 	if (err)
-		return err;
+		goto out;
 
 	if (from_snapshot) {
-		err = rt->be_ops->branch(rt->be, NULL, parent->id, e->id, &sb, handle, &info);
+		err = rt->be_ops->branch(rt->be, NULL, parent->id, ids, n, sb, handles, &info);
 	} else {
 		struct held_parent h = { .oplock = &parent->oplock, .held = true };
 
@@ -273,57 +338,116 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
 		info.parent_done_arg = &h;
 		err = sandbox_ensure(rt, parent);
 		if (!err)
-			err = rt->be_ops->branch(rt->be, parent->sb, NULL, e->id, &sb, handle, &info);
+			err = rt->be_ops->branch(rt->be, parent->sb, NULL, ids, n, sb, handles, &info);
 		parent_release(&h);
 	}
 	fault_point("branch-commit");
-	desc = describe(rt, sb);
+	for (size_t i = 0; !err && i < n; i++)
+		desc[i] = describe(rt, sb[i]);
 
 	pthread_mutex_lock(&rt->lock);
 	/* A live parent may have been collapsed (a resolve above it) or
-	 * failed meanwhile: then the verse is not made at all. */
+	 * failed meanwhile: then no verse is made at all. */
 	if (!err)
 		err = parent->removed ? -ENOENT : from_snapshot ? 0 : entity_state_errno(parent);
 	if (!err) {
 		unsigned old_count = parent->branch_count;
-		sandbox_set_locked(rt, e, sb, desc, false);
-		desc = NULL;
-		snprintf(e->handle, sizeof(e->handle), "%s", handle);
-		e->trit = trit_for_child(parent->branch_count++);
-		e->boot_ms = info.total_ms;
-		registry_now(e->created_at);
-		e->busy_creating = false;  /* gf3 below counts it */
+		char *old_names = parent->push_down;
+
+		for (size_t i = 0; i < n; i++) {
+			sandbox_set_locked(rt, e[i], sb[i], desc[i], false);
+			desc[i] = NULL;
+			snprintf(e[i]->handle, sizeof(e[i]->handle), "%s", handles[i]);
+			e[i]->trit = trit_for_child(parent->branch_count++);
+			e[i]->boot_ms = info.total_ms;
+			registry_now(e[i]->created_at);
+			e[i]->busy_creating = false;  /* gf3 below counts it */
+		}
+		if (push_down)
+			parent->push_down = names;
 		err = registry_begin(rt->reg);
-		if (!err)
-			err = registry_entity_put(rt->reg, e);
+		for (size_t i = 0; !err && i < n; i++) {
+			err = registry_entity_put(rt->reg, e[i]);
+			if (!err)
+				err = registry_ledger_put(rt->reg, e[i]->id, &e[i]->ledger);
+		}
 		if (!err)
 			err = registry_entity_put(rt->reg, parent);
 		if (!err)
-			err = registry_ledger_put(rt->reg, e->id, &e->ledger);
-		if (!err)
-			err = registry_branch_add(rt->reg, parent->id, e->id,
-						  from_snapshot ? "snapshot" : "live",
+			err = registry_branch_add(rt->reg, parent->id, ids, n,
+						  push_down ? "push_down" : from_snapshot ? "snapshot" : "fork",
 						  info.snapshot_time_ms, runtime_gf3(parent));
 		if (!err)
-			err = registry_metric_add(rt->reg, e->id, "branch", info.total_ms);
+			err = registry_metric_add(rt->reg, push_down ? parent->id : e[0]->id,
+						  push_down ? "push_down" : "branch", info.total_ms);
 		err = registry_finish(rt->reg, err);
 		if (err) {
 			parent->branch_count = old_count;
-			e->busy_creating = true;
+			if (push_down)
+				parent->push_down = old_names;
+			for (size_t i = 0; i < n; i++)
+				e[i]->busy_creating = true;
+		} else if (push_down) {
+			free(old_names);
+			names = NULL;
 		}
 	}
-	if (err) {
-		sandbox_set_locked(rt, e, NULL, NULL, false);
-		unreserve_locked(rt, e);
-	}
+	if (err)
+		for (size_t i = 0; i < n; i++) {
+			sandbox_set_locked(rt, e[i], NULL, NULL, false);
+			unreserve_locked(rt, e[i]);
+		}
 	pthread_mutex_unlock(&rt->lock);
-	free(desc);
-	if (err && sb)
-		rt->be_ops->destroy(sb);
-	if (!err)
-		worldfs_log("branched %s (%s) from %s in %.0f ms (parent paused %.1f ms)", name, e->id,
+	for (size_t i = 0; i < n; i++)
+		if (err && sb[i])
+			rt->be_ops->destroy(sb[i]);
+	if (!err && !push_down)
+		worldfs_log("branched %s (%s) from %s in %.0f ms (parent paused %.1f ms)", want[0].name, e[0]->id,
 			    parent->id, info.total_ms, info.snapshot_time_ms);
-	runtime_put(rt, e);
+	else if (!err)
+		worldfs_log("pushed down %zu verses from %s in %.0f ms (parent paused %.1f ms): %s", n, parent->id,
+			    info.total_ms, info.snapshot_time_ms, logged);
+out:
+	for (size_t i = 0; e && i < reserved; i++)
+		runtime_put(rt, e[i]);
+	for (size_t i = 0; desc && i < n; i++)
+		free(desc[i]);
+	free(e);
+	free(sb);
+	free(handles);
+	free(ids);
+	free(desc);
+	free(names);
+	free(logged);
+	return err;
+}
+
+int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, uid_t uid, gid_t gid)
+{
+	struct push_down_item one = { .has_prob = false };
+
+	if (strlen(name) > NAME_MAX_LEN)
+		return -EINVAL;
+	strcpy(one.name, name);
+	return branch_set(rt, parent, &one, 1, false, uid, gid);
+}
+
+int runtime_push_down(struct runtime *rt, struct entity *parent, const char *text, size_t len, uid_t uid,
+		      gid_t gid)
+{
+	struct push_down_item *want = calloc(PUSH_DOWN_MAX, sizeof(*want));
+	size_t n = 0;
+	int err;
+
+	if (!want)
+		return -ENOMEM;
+	err = push_down_parse(text, len, want, &n);
+	if (err)
+		worldfs_log("%s: push_down: %s", parent->id,
+			    err == -E2BIG ? "more than 64 names" : "expected names (NAME or NAME:PROB) apart");
+	else
+		err = branch_set(rt, parent, want, n, true, uid, gid);
+	free(want);
 	return err;
 }
 

@@ -69,6 +69,10 @@ struct entity *runtime_find_snapshot(struct entity *w, const char *name, bool wi
 int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t gid);
 /* parent is a world/verse (branch from its live state) or a snapshot. */
 int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, uid_t uid, gid_t gid);
+/* What was written to W/push_down (or S/push_down): "a b:0.5 c", every
+ * verse branched from one instant of parent, all or none. */
+int runtime_push_down(struct runtime *rt, struct entity *parent, const char *text, size_t len, uid_t uid,
+		      gid_t gid);
 int runtime_snapshot(struct runtime *rt, struct entity *w, const char *name, uid_t uid, gid_t gid);
 int runtime_remove(struct runtime *rt, struct entity *e);
 /* Runs code; -ETIMEDOUT when killed by exec_timeout, -EIO when the world

@@ -29,6 +29,7 @@ void entity_free(struct entity *e)
 	free(e->verses);
 	free(e->snapshots);
 	free(e->failure);
+	free(e->push_down);
 	free(e->sb_desc);
 	ledger_release(&e->ledger);
 	pthread_mutex_destroy(&e->oplock);

@@ -120,6 +120,45 @@ int name_parse(const char *buf, size_t len, char out[NAME_MAX_LEN + 1])
 	return 0;
 }
 
+int push_down_parse(const char *buf, size_t len, struct push_down_item items[PUSH_DOWN_MAX], size_t *n)
+{
+	size_t k = 0, i = 0;
+
+	while (i < len) {
+		size_t start, end, colon;
+
+		while (i < len && (buf[i] == ' ' || buf[i] == '\t' || buf[i] == '\n'))
+			i++;
+		if (i == len)
+			break;
+		start = i;
+		while (i < len && buf[i] != ' ' && buf[i] != '\t' && buf[i] != '\n')
+			i++;
+		end = i;
+		if (k == PUSH_DOWN_MAX)
+			return -E2BIG;
+		for (colon = start; colon < end && buf[colon] != ':'; colon++)
+			;
+		if (colon - start > NAME_MAX_LEN)
+			return -EINVAL;
+		memcpy(items[k].name, buf + start, colon - start);
+		items[k].name[colon - start] = '\0';
+		if (name_check(items[k].name) < 0)
+			return -EINVAL;
+		items[k].has_prob = colon < end;
+		if (items[k].has_prob && prob_parse(buf + colon + 1, end - colon - 1, &items[k].prob) < 0)
+			return -EINVAL;
+		for (size_t j = 0; j < k; j++)
+			if (strcmp(items[j].name, items[k].name) == 0)
+				return -EINVAL;
+		k++;
+	}
+	if (k == 0)
+		return -EINVAL;
+	*n = k;
+	return 0;
+}
+
 void prob_format(int64_t prob, char *out, size_t outlen)
 {
 	int64_t whole = prob / PROB_ONE, frac = prob % PROB_ONE;

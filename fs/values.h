@@ -29,6 +29,22 @@ int amount_parse(const char *buf, size_t len, int64_t *out);
 /* A name written to resolve: a valid name, one trailing newline allowed. */
 int name_parse(const char *buf, size_t len, char out[NAME_MAX_LEN + 1]);
 
+/* The most verses one push_down makes. */
+#define PUSH_DOWN_MAX 64
+
+/* One name written to push_down, with its probability if given (NAME:PROB). */
+struct push_down_item {
+	char name[NAME_MAX_LEN + 1];
+	bool has_prob;
+	int64_t prob;
+};
+
+/* What is written to push_down: names separated by spaces, tabs or
+ * newlines, each a valid name, optionally followed by :PROB.  Into
+ * items[0..*n); -EINVAL for no name, a bad name or probability, or the
+ * same name twice; -E2BIG beyond PUSH_DOWN_MAX names. */
+int push_down_parse(const char *buf, size_t len, struct push_down_item items[PUSH_DOWN_MAX], size_t *n);
+
 /* Print prob (billionths) shortest: "0.45", "1", "0". out >= 16 bytes. */
 void prob_format(int64_t prob, char *out, size_t outlen);
 

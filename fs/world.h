@@ -51,6 +51,7 @@ struct entity {
 	struct ledger ledger;
 	int64_t wev;
 	char winner[NAME_MAX_LEN + 1]; /* of the last resolution here */
+	char *push_down;          /* names of the last push_down here ("a b c"), or NULL */
 
 	bool has_run;             /* last run outputs exist */
 	int status;

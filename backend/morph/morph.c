@@ -447,9 +447,9 @@ static int morph_snapshot_delete_op(struct backend *b, const char *snap_id)
 	return err;
 }
 
-static int morph_branch(struct backend *b, struct sandbox *parent, const char *snap_id,
-			const char *child_id, struct sandbox **out,
-			char handle[BACKEND_HANDLE_MAX], struct branch_info *info)
+static int morph_branch_one(struct backend *b, struct sandbox *parent, const char *snap_id,
+			    const char *child_id, struct sandbox **out,
+			    char handle[BACKEND_HANDLE_MAX], struct branch_info *info)
 {
 	double t0 = now_ms();
 	struct sandbox *s = sandbox_new(b, child_id);
@@ -493,6 +493,33 @@ static int morph_destroy(struct sandbox *s)
 
 	free(s);
 	return err;
+}
+
+/* Several children are branched one after another (each live branch is a
+ * Morph snapshot of the parent's instance, so the parent pauses for each);
+ * if one fails, those made are deleted. */
+static int morph_branch(struct backend *b, struct sandbox *parent, const char *snap_id,
+			const char *const ids[], size_t n, struct sandbox *out[],
+			char handles[][BACKEND_HANDLE_MAX], struct branch_info *info)
+{
+	double t0 = now_ms(), paused = 0;
+	int err = 0;
+	size_t i;
+
+	for (i = 0; i < n && !err; i++) {
+		err = morph_branch_one(b, parent, snap_id, ids[i], &out[i], handles[i], info);
+		paused += info->snapshot_time_ms;
+	}
+	if (info->parent_done)
+		info->parent_done(info->parent_done_arg);
+	if (err) {
+		for (i--; i-- > 0;)
+			morph_destroy(out[i]);
+		return err;
+	}
+	info->snapshot_time_ms = paused;
+	info->total_ms = now_ms() - t0;
+	return 0;
 }
 
 /* Clean unmount: pause the instance (Morph keeps its memory and disk). */

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -426,91 +427,197 @@ static int branch_state_of_snapshot(struct backend *b, const char *snap_id, stru
 	return fd;
 }
 
-static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap_id,
-		     const char *child_id, struct sandbox **out,
-		     char handle[BACKEND_HANDLE_MAX], struct branch_info *info)
+/* One child of a branch: its sandbox, the state it loads, and how its
+ * start went (children start side by side, a thread each). */
+struct child {
+	struct sandbox *s;
+	bool pooled;
+	int state_fd;
+	int ram_to;
+	double deadline;
+	enum reseed reseed;
+	int r;
+};
+
+static void *child_start(void *arg)
 {
-	double t0 = now_ms(), t, frozen = 0;
+	struct child *k = arg;
+
+	k->r = sandbox_start(k->s, k->state_fd, k->pooled, k->reseed, k->deadline);
+	return NULL;
+}
+
+/* A second open file of fd's file (its own offset): each child's QEMU
+ * reads the one state from the start. */
+static int reopen(int fd)
+{
+	char path[64];
+	int r;
+
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	r = open(path, O_RDONLY | O_CLOEXEC);
+	return r < 0 ? -errno : r;
+}
+
+/* Start every child; the first failure, or 0. */
+static int children_start(struct child *k, size_t n)
+{
+	pthread_t *t = n > 1 ? calloc(n, sizeof(*t)) : NULL;
+	bool *started = n > 1 ? calloc(n, sizeof(*started)) : NULL;
+	int r = 0;
+
+	for (size_t i = 1; t && started && i < n; i++)
+		started[i] = pthread_create(&t[i], NULL, child_start, &k[i]) == 0;
+	child_start(&k[0]);
+	for (size_t i = 1; i < n; i++) {
+		if (started && started[i])
+			pthread_join(t[i], NULL);
+		else
+			child_start(&k[i]);  /* no thread: in turn */
+	}
+	for (size_t i = 0; i < n && !r; i++)
+		r = k[i].r;
+	free(t);
+	free(started);
+	return r;
+}
+
+/* The children's state and RAM from one instant.  From a live parent: one
+ * freeze, with the RAM cloned for the first child while the parent is
+ * stopped and from that clone for the others once it runs again.  From a
+ * snapshot: its state file, its RAM cloned for each. */
+static int children_fill(struct backend *b, struct sandbox *parent, int snap_fd, const char *snap_ram,
+			 struct child *k, size_t n, struct branch_info *info, double *frozen)
+{
+	char ram[PATH_MAX];
+	double t = now_ms();
+	int src = -1, r = 0;
+	size_t i = 0;
+
+	if (parent) {
+		r = branch_state_of_parent(parent, k[0].s, k[0].ram_to, frozen);
+		k[0].s->steps.freeze_ms = *frozen;
+		k[0].s->steps.clone_ms = k[0].s->cow ? parent->clone_in_freeze_ms : 0;
+		if (info->parent_done)
+			info->parent_done(info->parent_done_arg);
+		if (r < 0)
+			return r;
+		k[0].state_fd = r;
+		i = 1;
+		if (n > 1 && k[0].s->cow) {
+			if ((r = ram_path(b, k[0].s->id, ram)) < 0)
+				return r;
+			src = open(ram, O_RDONLY | O_CLOEXEC);
+		}
+		snap_fd = k[0].state_fd;
+	} else if (k[0].s->cow) {
+		src = open(snap_ram, O_RDONLY | O_CLOEXEC);
+	}
+	if (k[0].s->cow && i < n && src < 0) {
+		r = -errno;
+		vm_log(k[0].s->id, "%s: %s", parent ? ram : snap_ram, strerror(-r));
+		return r;
+	}
+	for (; i < n && r == 0; i++) {
+		t = now_ms();
+		if ((r = k[i].state_fd = reopen(snap_fd)) < 0)
+			break;
+		r = 0;
+		if (k[i].s->cow && (r = ram_clone_fd(src, k[i].ram_to)) < 0)
+			vm_log(k[i].s->id, "cloning its RAM: %s", strerror(-r));
+		k[i].s->steps.freeze_ms = *frozen;
+		k[i].s->steps.clone_ms = now_ms() - t;
+	}
+	if (src >= 0)
+		close(src);
+	return r;
+}
+
+static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap_id, const char *const ids[],
+		     size_t n, struct sandbox *out[], char handles[][BACKEND_HANDLE_MAX], struct branch_info *info)
+{
+	double t0 = now_ms(), frozen = 0, deadline;
 	char src_ram[PATH_MAX] = "", ram[PATH_MAX];
 	const struct vm_image *img;
-	struct sandbox *s = NULL;
 	struct vm_config c;
-	bool pooled = false;
-	int fd = -1, ram_to = -1, r;
+	struct child *k;
+	size_t made = 0;
+	int snap_fd = -1, r = 0;
 
+	if (n == 0)
+		return -EINVAL;
+	k = calloc(n, sizeof(*k));
+	if (!k)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		k[i].state_fd = k[i].ram_to = -1;
 	if (parent) {
-		if (parent->broken)
-			return -EIO;
+		if (parent->broken) {
+			r = -EIO;
+			goto out;
+		}
 		vm_config_of(parent, &c);
 		img = parent->img;
-	} else {
-		if (!snap_id)
-			return -EINVAL;
-		fd = branch_state_of_snapshot(b, snap_id, &c, &img, src_ram);
-		if (fd < 0)
-			return fd;
-	}
-	t = now_ms();
-	if ((r = vm_room(b, child_id, c.mem_mib)) < 0)
+	} else if (!snap_id) {
+		r = -EINVAL;
 		goto out;
-	if ((r = take_or_make(b, child_id, img, c.mem_mib, c.vcpus, c.cow, c.machine, &s, &pooled)) < 0) {
-		s = NULL;
+	} else if ((r = snap_fd = branch_state_of_snapshot(b, snap_id, &c, &img, src_ram)) < 0) {
 		goto out;
 	}
-	s->steps.prepare_ms = now_ms() - t;
-	s->steps.from = parent ? "parent" : "snapshot";
-	if (c.cow) {
-		if ((r = ram_path(b, child_id, ram)) < 0 || (ram_to = r = ram_open_dest(ram)) < 0) {
-			vm_log(child_id, "%s: %s", ram, strerror(-r));
-			goto fail;
-		}
-	}
-	t = now_ms();
-	if (parent) {
-		r = branch_state_of_parent(parent, s, ram_to, &frozen);
-		s->steps.freeze_ms = frozen;
-		s->steps.clone_ms = c.cow ? parent->clone_in_freeze_ms : 0;
-		/* The child starts from its own files: siblings can start at once. */
-		if (info && info->parent_done)
-			info->parent_done(info->parent_done_arg);
-		parent = NULL;
-		if ((fd = r) < 0)
-			goto fail;
-	} else if (c.cow) {
-		int src = open(src_ram, O_RDONLY | O_CLOEXEC);
+	if ((r = vm_room(b, ids[0], (unsigned)(c.mem_mib * (n < 4096 ? n : 4096)))) < 0)
+		goto out;
+	for (; made < n; made++) {
+		double t = now_ms();
 
-		r = src < 0 ? -errno : ram_clone_fd(src, ram_to);
-		if (src >= 0)
-			close(src);
-		if (r < 0) {
-			vm_log(child_id, "%s -> %s: %s", src_ram, ram, strerror(-r));
+		if ((r = take_or_make(b, ids[made], img, c.mem_mib, c.vcpus, c.cow, c.machine, &k[made].s,
+				      &k[made].pooled)) < 0)
+			goto fail;
+		k[made].s->steps.prepare_ms = now_ms() - t;
+		k[made].s->steps.from = parent ? "parent" : "snapshot";
+		if (c.cow && ((r = ram_path(b, ids[made], ram)) < 0 || (r = k[made].ram_to = ram_open_dest(ram)) < 0)) {
+			vm_log(ids[made], "%s: %s", ram, strerror(-r));
+			made++;
 			goto fail;
 		}
-		s->steps.clone_ms = now_ms() - t;
 	}
-	if (ram_to >= 0)
-		close(ram_to);
-	ram_to = -1;
-	if ((r = sandbox_start(s, fd, pooled, b->reseed_sessions ? RESEED_ALL : RESEED_KERNEL,
-				 now_ms() + RESTORE_TIMEOUT_MS)) < 0)
+	r = children_fill(b, parent, snap_fd, src_ram, k, n, info, &frozen);
+	parent = NULL;  /* the parent runs on: not to be touched from here */
+	if (r < 0)
 		goto fail;
-	s->steps.total_ms = now_ms() - t0;
-	handle_set(s, handle);
-	if (info) {
-		info->snapshot_time_ms = frozen;
-		info->total_ms = s->steps.total_ms;
+	deadline = now_ms() + RESTORE_TIMEOUT_MS;
+	for (size_t i = 0; i < n; i++) {
+		close(k[i].ram_to);
+		k[i].ram_to = -1;
+		k[i].deadline = deadline;
+		k[i].reseed = b->reseed_sessions ? RESEED_ALL : RESEED_KERNEL;
 	}
-	pool_hold(b);
-	*out = s;
+	if ((r = children_start(k, n)) < 0)
+		goto fail;
+	for (size_t i = 0; i < n; i++) {
+		k[i].s->steps.total_ms = now_ms() - t0;
+		handle_set(k[i].s, handles[i]);
+		pool_hold(b);
+		out[i] = k[i].s;
+	}
+	info->snapshot_time_ms = frozen;
+	info->total_ms = now_ms() - t0;
 	r = 0;
 	goto out;
 fail:
-	sandbox_discard(s);
+	if (parent && info->parent_done)
+		info->parent_done(info->parent_done_arg);
+	for (size_t i = 0; i < made; i++)
+		sandbox_discard(k[i].s);
 out:
-	if (ram_to >= 0)
-		close(ram_to);
-	if (fd >= 0)
-		close(fd);
+	for (size_t i = 0; i < n; i++) {
+		if (k[i].ram_to >= 0)
+			close(k[i].ram_to);
+		if (k[i].state_fd >= 0)
+			close(k[i].state_fd);
+	}
+	if (snap_fd >= 0)
+		close(snap_fd);
+	free(k);
 	return r;
 }
 

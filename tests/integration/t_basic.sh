@@ -69,6 +69,7 @@ exec regular 600
 gf3 regular 400
 info regular 400
 prob regular 600
+push_down regular 600
 resolve regular 600
 snapshot directory 700
 state regular 400

@@ -24,7 +24,7 @@ expect_eq "verse state" "running running running" \
 	"$(wfs_vals "$W/a/state" "$W/b/state" "$W/c/state")"
 expect_match "a/info is a verse with w as parent" '"entity_type": *"verse"' "$(wfs_val "$W/a/info")"
 expect_eq "ls w shows the verses beside the table" "a b c" \
-	"$(ls "$W" | grep -Ev '^(exec|stdout|stderr|status|state|info|trit|prob|gf3|balance|resolve|wev|snapshot)$' | tr '\n' ' ' | sed 's/ $//')"
+	"$(ls "$W" | grep -Ev '^(exec|stdout|stderr|status|state|info|trit|prob|gf3|balance|push_down|resolve|wev|snapshot)$' | tr '\n' ' ' | sed 's/ $//')"
 
 # Probabilities: exact decimal sums.
 expect_ok "a/prob 0.45" wfs_put "$W/a/prob" 0.45
@@ -73,7 +73,7 @@ expect_ok "exec: state at snapshot time" wfs_exec "$W" 'V=snap; echo snap >/tmp/
 expect_ok "mkdir w/snapshot/s1" mkdir "$W/snapshot/s1"
 S=$W/snapshot/s1
 expect_eq "snapshot dir mode" 700 "$(stat -c %a "$S")"
-expect_eq "ls snapshot/s1" "balance gf3 info resolve wev" "$(ls "$S" | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "ls snapshot/s1" "balance gf3 info push_down resolve wev" "$(ls "$S" | tr '\n' ' ' | sed 's/ $//')"
 expect_match "snapshot info has size_bytes" '"size_bytes": *[0-9]' "$(wfs_val "$S/info")"
 expect_match "snapshot info has snapshot_time_ms" '"snapshot_time_ms": *[0-9]' "$(wfs_val "$S/info")"
 expect_eq "snapshot keeps the balances" 10 "$(wfs_val "$S/balance/alice")"
@@ -102,7 +102,7 @@ expect_ok "rmdir a snapshot without verses" rmdir "$W/snapshot/s2"
 # The logs.
 branches=$(cat "$MNT/.worldfs/branches")
 expect_eq ".worldfs/branches has one row per branch" 4 "$(printf '%s\n' "$branches" | grep -c '^{')"
-expect_eq "live branches" 3 "$(printf '%s\n' "$branches" | grep -c '"branch_type": *"live"')"
+expect_eq "fork branches" 3 "$(printf '%s\n' "$branches" | grep -c '"branch_type": *"fork"')"
 expect_eq "snapshot branches" 1 "$(printf '%s\n' "$branches" | grep -c '"branch_type": *"snapshot"')"
 expect_eq "rows carry snapshot_time_ms and gf3_sum" 4 \
 	"$(printf '%s\n' "$branches" | grep '"snapshot_time_ms": *[0-9]' | grep -c '"gf3_sum": *-\{0,1\}[0-9]')"
@@ -117,5 +117,50 @@ for v in "$S/v" "$W/a" "$W/b" "$W/c"; do
 done
 expect_ok "rmdir w/snapshot/s1" rmdir "$S"
 expect_ok "rmdir w" rmdir "$W"
+
+# push_down: a set of verses from one instant of P, in one step, all or none.
+P=$MNT/p
+expect_ok "mkdir p" mkdir "$P"
+expect_ok "p writes a file" wfs_exec "$P" 'echo before > /tmp/f; n=0'
+expect_ok "push_down nash optimal chaos" wfs_put "$P/push_down" 'nash optimal:0.5 chaos:0.25'
+expect_eq "the three verses are there" "chaos nash optimal" \
+	"$(ls -d "$P"/*/ | xargs -n 1 basename | grep -v -e balance -e snapshot | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "their trits" "-1 0 1" "$(cat "$P/nash/trit" "$P/optimal/trit" "$P/chaos/trit" | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "their probabilities" "0 0.5 0.25" "$(cat "$P/nash/prob" "$P/optimal/prob" "$P/chaos/prob" | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "the set is balanced" 0 "$(wfs_val "$P/gf3")"
+expect_eq "push_down reads the names" "nash optimal chaos" "$(wfs_val "$P/push_down")"
+expect_eq "one registry row with all three children and gf3_sum 0" 'push_down|3|0' \
+	"$(sqlite3 "$STATE/worldfs.db" "select branch_type, json_array_length(child_entity_ids), gf3_sum from world_branches where branch_type='push_down'")"
+for v in nash optimal chaos; do
+	expect_eq "$v starts from p's instant" "before 0" "$(wfs_run "$P/$v" 'echo $(cat /tmp/f) $n')"
+	wfs_exec "$P/$v" "echo $v > /tmp/f"
+done
+expect_eq "verses are isolated" "nash optimal chaos" \
+	"$(for v in nash optimal chaos; do wfs_run "$P/$v" 'cat /tmp/f'; done | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "p is untouched" before "$(wfs_run "$P" 'cat /tmp/f')"
+# All or none: nothing of a refused set is made or recorded.
+expect_errno EEXIST wfs_put "$P/push_down" 'x nash'
+expect_errno EINVAL wfs_put "$P/push_down" 'x y:0.9'
+expect_errno EINVAL wfs_put "$P/push_down" 'x x'
+expect_errno ENOENT ls -d "$P/x"
+expect_eq "still one push_down row" 1 \
+	"$(sqlite3 "$STATE/worldfs.db" "select count(*) from world_branches where branch_type='push_down'")"
+expect_eq "push_down still reads the last set" "nash optimal chaos" "$(wfs_val "$P/push_down")"
+# From a snapshot.
+expect_ok "mkdir p/snapshot/s" mkdir "$P/snapshot/s"
+expect_ok "push_down from the snapshot" wfs_put "$P/snapshot/s/push_down" 'u v w'
+expect_eq "its verses start from the snapshot" "before before before" \
+	"$(for v in u v w; do wfs_run "$P/snapshot/s/$v" 'cat /tmp/f'; done | tr '\n' ' ' | sed 's/ $//')"
+expect_eq "its set is balanced" 0 "$(wfs_val "$P/snapshot/s/gf3")"
+expect_ok "a push_down set resolves as usual" wfs_put "$P/resolve" optimal
+expect_eq "the losers collapsed" "collapsed won collapsed" \
+	"$(cat "$P/nash/state" "$P/optimal/state" "$P/chaos/state" | tr '\n' ' ' | sed 's/ $//')"
+for v in u v w; do
+	expect_ok "rmdir p/snapshot/s/$v" rmdir "$P/snapshot/s/$v"
+done
+for v in nash optimal chaos snapshot/s; do
+	expect_ok "rmdir p/$v" rmdir "$P/$v"
+done
+expect_ok "rmdir p" rmdir "$P"
 wfs_umount
 expect_no_qemu "no qemu left after unmount" 20

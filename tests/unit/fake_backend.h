@@ -179,13 +179,14 @@ static int f_snapshot_delete(struct backend *b, const char *snap)
 	pthread_mutex_unlock(&b->lock);
 	return 0;
 }
-static int f_branch(struct backend *b, struct sandbox *parent, const char *snap, const char *child,
-		    struct sandbox **out, char handle[BACKEND_HANDLE_MAX], struct branch_info *i)
+static int f_branch(struct backend *b, struct sandbox *parent, const char *snap, const char *const ids[],
+		    size_t n, struct sandbox *out[], char handles[][BACKEND_HANDLE_MAX], struct branch_info *i)
 {
 	(void)snap;
 	if (fake_hooks.branch)
 		fake_hooks.branch(parent, i);
-	*out = up(b, child, handle);
+	for (size_t k = 0; k < n; k++)
+		out[k] = up(b, ids[k], handles[k]);
 	i->snapshot_time_ms = 1;
 	i->total_ms = 2;
 	return 0;

@@ -344,9 +344,9 @@ static void the_file_table(void **state)
 	assert_int_equal(list_and_walk(&rt, "/w", &l), 3);
 	assert_int_equal(l.n, (int)n_entity_files + 1);
 	assert_true(listed(&l, "exec") && listed(&l, "v"));
-	/* a snapshot: info, gf3, balance/, resolve, wev; no exec, no snapshot/ */
+	/* a snapshot: info, gf3, balance/, push_down, resolve, wev; no exec, no snapshot/ */
 	assert_int_equal(list_and_walk(&rt, "/w/snapshot/s", &l), 1);
-	assert_int_equal(l.n, 5);
+	assert_int_equal(l.n, 6);
 	assert_false(listed(&l, "exec"));
 	assert_false(listed(&l, "snapshot"));
 	list_and_walk(&rt, "/w/balance", &l);
@@ -568,10 +568,109 @@ static void parent_runs_while_child_starts(void **state)
 	runtime_close(&rt);
 }
 
+/* The registry's branching events as one string: "TYPE:NCHILDREN:GF3 ...". */
+static void branch_rows(struct runtime *rt, char *out, size_t n)
+{
+	char *buf = NULL, *line, *save = NULL;
+	size_t len, used = 0;
+
+	out[0] = '\0';
+	assert_int_equal(registry_dump(rt->reg, "world_branches", -1, &buf, &len), 0);
+	for (line = buf ? strtok_r(buf, "\n", &save) : NULL; line; line = strtok_r(NULL, "\n", &save)) {
+		json_t *o = json_loads(line, 0, NULL);
+
+		assert_non_null(o);
+		used += (size_t)snprintf(out + used, n - used, "%s%s:%zu:%lld", used ? " " : "",
+					 json_string_value(json_object_get(o, "branch_type")),
+					 json_array_size(json_object_get(o, "child_entity_ids")),
+					 (long long)json_integer_value(json_object_get(o, "gf3_sum")));
+		json_decref(o);
+	}
+	free(buf);
+}
+
+/* push_down: every verse from one instant, one branching event with all
+ * of them and a balanced set, all or none, from a world or a snapshot,
+ * and its names read back, also after a restart. */
+static void push_down(void **state)
+{
+	struct runtime rt;
+	struct entity *u, *s;
+	char rows[256];
+	const char *set = "nash optimal:0.5 chaos:0.25\n";
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "universe", 0, 0), 0);
+	u = verse(&rt, NULL, "universe");
+	assert_int_equal(runtime_set_balance(&rt, u, "alice", 100), 0);
+	assert_int_equal(runtime_push_down(&rt, u, set, strlen(set), 0, 0), 0);
+	assert_int_equal(verse(&rt, u, "nash")->trit, -1);
+	assert_int_equal(verse(&rt, u, "optimal")->trit, 0);
+	assert_int_equal(verse(&rt, u, "chaos")->trit, 1);
+	assert_int_equal(verse(&rt, u, "optimal")->prob, PROB_ONE / 2);
+	assert_int_equal(verse(&rt, u, "chaos")->prob, PROB_ONE / 4);
+	assert_int_equal(verse(&rt, u, "nash")->prob, 0);
+	assert_int_equal(ledger_get(&verse(&rt, u, "chaos")->ledger, "alice")->amount, 100);
+	assert_int_equal(runtime_gf3(u), 0);
+	assert_string_equal(u->push_down, "nash optimal chaos");
+	branch_rows(&rt, rows, sizeof(rows));
+	assert_string_equal(rows, "push_down:3:0");
+	assert_int_equal(fake_count(&fake.live), 4);
+
+	/* all or none: a taken name, a repeated one, probabilities above 1,
+	 * no names, too many names; nothing is made, nothing recorded */
+	assert_int_equal(runtime_push_down(&rt, u, "x nash", 6, 0, 0), -EEXIST);
+	assert_int_equal(runtime_push_down(&rt, u, "x y x", 5, 0, 0), -EINVAL);
+	assert_int_equal(runtime_push_down(&rt, u, "x:0.2 y:0.1", 11, 0, 0), -EINVAL);
+	assert_int_equal(runtime_push_down(&rt, u, " \n", 2, 0, 0), -EINVAL);
+	assert_int_equal(runtime_push_down(&rt, u, "x exec", 6, 0, 0), -EINVAL);
+	{
+		char many[PUSH_DOWN_MAX * 8];
+		size_t len = 0;
+
+		for (int i = 0; i <= PUSH_DOWN_MAX; i++)
+			len += (size_t)snprintf(many + len, sizeof(many) - len, "v%d ", i);
+		assert_int_equal(runtime_push_down(&rt, u, many, len, 0, 0), -E2BIG);
+	}
+	assert_null(verse(&rt, u, "x"));
+	assert_int_equal(u->nverses, 3);
+	assert_int_equal(fake_count(&fake.live), 4);
+	branch_rows(&rt, rows, sizeof(rows));
+	assert_string_equal(rows, "push_down:3:0");
+
+	/* max_worlds counts the whole set: a uid with room for 2 gets none of 3 */
+	rt.max_worlds = 3;
+	assert_int_equal(runtime_create_world(&rt, "mine", 1000, 1000), 0);
+	assert_int_equal(runtime_push_down(&rt, verse(&rt, NULL, "mine"), "p q r", 5, 1000, 1000), -EDQUOT);
+	assert_int_equal(verse(&rt, NULL, "mine")->nverses, 0);
+	rt.max_worlds = 0;
+
+	/* from a snapshot: trits continue the snapshot's own cycle */
+	assert_int_equal(runtime_snapshot(&rt, u, "s", 0, 0), 0);
+	s = runtime_find_snapshot(u, "s", false);
+	assert_non_null(s);
+	assert_int_equal(runtime_push_down(&rt, s, "p q r", 5, 0, 0), 0);
+	assert_int_equal(verse(&rt, s, "p")->trit, -1);
+	assert_int_equal(runtime_gf3(s), 0);
+	assert_string_equal(s->push_down, "p q r");
+	branch_rows(&rt, rows, sizeof(rows));
+	assert_string_equal(rows, "push_down:3:0 push_down:3:0");
+	runtime_close(&rt);
+
+	open_rt(&rt);
+	u = verse(&rt, NULL, "universe");
+	assert_string_equal(u->push_down, "nash optimal chaos");
+	assert_string_equal(runtime_find_snapshot(u, "s", false)->push_down, "p q r");
+	assert_int_equal(u->branch_count, 3);
+	runtime_close(&rt);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(scenario, setup, teardown),
+		cmocka_unit_test_setup_teardown(push_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(snapshots_and_removal, setup, teardown),
 		cmocka_unit_test_setup_teardown(parent_runs_while_child_starts, setup, teardown),
 		cmocka_unit_test_setup_teardown(the_file_table, setup, teardown),
