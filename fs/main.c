@@ -20,7 +20,7 @@
 
 struct options {
 	char *backend, *accel, *state, *image, *morph_url, *morph_snapshot, *morph_image, *branch, *reseed, *qemu_user;
-	unsigned mem, vcpus, exec_timeout, pool, max_worlds;
+	unsigned mem, vcpus, exec_timeout, pool, max_worlds, idle_suspend;
 	unsigned long output_max;
 	int help, version;
 };
@@ -43,6 +43,7 @@ static const struct fuse_opt option_spec[] = {
 	OPT("qemu_user=%s", qemu_user),
 	OPT("reseed=%s", reseed),
 	OPT("max_worlds=%u", max_worlds),
+	OPT("idle_suspend=%u", idle_suspend),
 	OPT("-h", help),
 	OPT("--help", help),
 	OPT("-V", version),
@@ -73,6 +74,9 @@ static void usage(const char *prog)
 	       "    -o max_worlds=N         live worlds + verses one uid other than the mounting user\n"
 	       "                            may hold at once; beyond it mkdir fails with EDQUOT\n"
 	       "                            (default: 32; 0: no limit)\n"
+	       "    -o idle_suspend=SEC     suspend a world to disk after SEC seconds with no run and\n"
+	       "                            no open file; it resumes on next use (default: 300;\n"
+	       "                            0: never)\n"
 	       "    -o reseed=all|kernel    after a branch or restore, reseed the guest kernel's RNG\n"
 	       "                            and the sessions' generators (Python random, numpy.random),\n"
 	       "                            or the kernel's only, keeping common random numbers\n"
@@ -320,7 +324,7 @@ int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
 	struct options o = { .mem = 0, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 2,
-			     .max_worlds = 32 };
+			     .max_worlds = 32, .idle_suspend = 300 };
 	struct fuse_cmdline_opts copts = { 0 };
 	struct backend_config cfg;
 	const struct backend_ops *ops;
@@ -382,6 +386,8 @@ int main(int argc, char *argv[])
 	rt.mount_gid = getgid();
 	rt.max_worlds = o.max_worlds;
 	rt.mount_time = time(NULL);
+	if (runtime_idle_start(&rt, o.idle_suspend) < 0)
+		worldfs_log("idle_suspend: cannot start its thread: worlds stay up while idle");
 
 	/* Permissions are the kernel's, from the modes and owners we report. */
 	fuse_opt_add_arg(&args, "-odefault_permissions");

@@ -287,19 +287,10 @@ struct suspend_job {
 static void *suspend_one(void *arg)
 {
 	struct suspend_job *j = arg;
-	int err;
-
-	struct sandbox *sb;
 
 	pthread_mutex_lock(&j->e->oplock);
-	sb = j->e->sb;
-	pthread_mutex_lock(&j->rt->lock);
-	sandbox_set_locked(j->rt, j->e, NULL, NULL, true);
-	pthread_mutex_unlock(&j->rt->lock);
-	err = j->rt->be_ops->suspend(sb);
+	sandbox_suspend(j->rt, j->e);
 	pthread_mutex_unlock(&j->e->oplock);
-	if (err)
-		worldfs_log("%s: suspend failed: %s", j->e->id, strerror(-err));
 	return NULL;
 }
 
@@ -327,6 +318,7 @@ void runtime_close(struct runtime *rt)
 
 	/* The recovery finishes its pass first: what it reattaches is suspended below. */
 	runtime_settle(rt);
+	runtime_idle_stop(rt);
 	for (size_t i = 0; i < rt->nworlds; i++)
 		collect_up(rt->worlds[i], &jobs, &n);
 	/* Suspend in parallel: each is a migration to disk and a quit. */

@@ -264,10 +264,11 @@ static char *info_json(struct runtime *rt, struct entity *e)
 			if (!json_object_get(sb, "status"))
 				json_object_set_new(sb, "status", json_string("up"));
 		} else {
-			const char *status = "down";
-			if ((e->state == STATE_RUNNING || e->state == STATE_WON) && e->sb_saved)
-				status = "suspended";
-			sb = json_pack("{s:s,s:s}", "backend", rt->be_ops->name, "status", status);
+			bool saved = (e->state == STATE_RUNNING || e->state == STATE_WON) && e->sb_saved;
+
+			sb = json_pack("{s:s,s:s}", "backend", rt->be_ops->name, "status", saved ? "suspended" : "down");
+			if (sb && saved && e->suspended_at[0])
+				json_object_set_new(sb, "suspended_at", json_string(e->suspended_at));
 		}
 		json_object_set_new(o, "sandbox", sb);
 	}

@@ -247,6 +247,8 @@ static int handle_open(struct runtime *rt, const char *path, struct node *n, str
 	}
 	h->n = *n;
 	n->e = NULL;
+	if (h->n.e)
+		runtime_file_use(rt, h->n.e, 1);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	/* Contents change under the kernel's feet: no page cache. */
 	fi->direct_io = 1;
@@ -492,6 +494,8 @@ static int wfs_release(const char *path, struct fuse_file_info *fi)
 	(void)path;
 	if (h->code.len)  /* not run: a flush that failed before the run */
 		runtime_charge(rt_of(), h->n.uid, 0, -(long long)h->code.len);
+	if (h->n.e)
+		runtime_file_use(rt_of(), h->n.e, -1);
 	node_release(rt_of(), &h->n);
 	pthread_mutex_destroy(&h->lock);
 	free(h->data);

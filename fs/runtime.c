@@ -26,6 +26,10 @@ static char *describe(struct runtime *rt, struct sandbox *sb)
 void sandbox_set_locked(struct runtime *rt, struct entity *e, struct sandbox *sb, char *desc, bool saved)
 {
 	e->sb = sb;
+	if (sb) {
+		e->used_at = now_ms();
+		e->suspended_at[0] = '\0';
+	}
 	free(e->sb_desc);
 	e->sb_desc = sb ? desc : NULL;
 	if (!sb)
@@ -55,8 +59,11 @@ int sandbox_ensure(struct runtime *rt, struct entity *e)
 	char *desc;
 	int err;
 
+	double t0 = now_ms();
+
 	pthread_mutex_lock(&rt->lock);
 	err = e->removed ? -ENOENT : entity_state_errno(e);
+	e->used_at = t0;
 	pthread_mutex_unlock(&rt->lock);
 	if (err)
 		return err;
@@ -92,10 +99,17 @@ int sandbox_ensure(struct runtime *rt, struct entity *e)
 	 * back at the next mount) or collapsed while it came back. */
 	err = e->removed ? -ENOENT : entity_state_errno(e);
 	if (!err) {
+		int rerr;
+
 		sandbox_set_locked(rt, e, sb, desc, false);
 		desc = NULL;
 		snprintf(e->handle, sizeof(e->handle), "%s", handle);
-		registry_entity_put(rt->reg, e);
+		rerr = registry_begin_lazy(rt->reg);
+		if (!rerr)
+			rerr = registry_entity_put(rt->reg, e);
+		if (!rerr)
+			rerr = registry_metric_add(rt->reg, e->id, "resume", now_ms() - t0);
+		registry_finish(rt->reg, rerr);
 	}
 	pthread_mutex_unlock(&rt->lock);
 	if (err) {
@@ -554,6 +568,15 @@ out_locked:
 	return err;
 }
 
+void runtime_file_use(struct runtime *rt, struct entity *e, int delta)
+{
+	/* Reading info or state answers from the registry: it is no use of
+	 * the sandbox, and a `watch cat w/info` must not keep w awake. */
+	pthread_mutex_lock(&rt->lock);
+	e->open_files += (unsigned)delta;
+	pthread_mutex_unlock(&rt->lock);
+}
+
 /* ---- exec ---- */
 
 /* A run that was accepted but did not run to its end in the world still
@@ -610,6 +633,7 @@ int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t 
 		err = rt->be_ops->exec(e->sb, code, len, res);
 		pthread_mutex_lock(&rt->lock);
 		e->running = false;
+		e->used_at = now_ms();
 		/* Removed or collapsed meanwhile: an error is the interruption. */
 		cut = e->removed ? -ENOENT : e->state == STATE_COLLAPSED ? -EROFS : 0;
 		pthread_mutex_unlock(&rt->lock);

@@ -39,6 +39,13 @@ struct runtime {
 	size_t nuses;
 	unsigned long sb_changes;      /* a sandbox was set or unset (sandbox_set_locked) */
 	struct recovery *recovery;     /* runtime_open's background pass, until settled */
+	/* idle_suspend (idle.c) */
+	unsigned idle_suspend_s;       /* 0: never */
+	pthread_t idle_thread;
+	bool idle_running;
+	bool idle_stop;                /* atomic: the thread is to end */
+	pthread_mutex_t idle_mutex;
+	pthread_cond_t idle_wake;
 	/* Rendered .worldfs files (node.c), reused while nothing changed. */
 	struct rendered {
 		char *buf;
@@ -56,6 +63,13 @@ int runtime_open(struct runtime *rt, const struct backend_ops *ops, const struct
 void runtime_settle(struct runtime *rt);
 /* Suspend every live sandbox to disk and close everything. */
 void runtime_close(struct runtime *rt);
+/* Suspend worlds idle for idle_suspend_s seconds from now on (0: never);
+ * runtime_close stops it. */
+int runtime_idle_start(struct runtime *rt, unsigned idle_suspend_s);
+void runtime_idle_stop(struct runtime *rt);
+/* A file of e was opened (+1) or closed (-1): while one is open, e is not
+ * suspended for idleness. */
+void runtime_file_use(struct runtime *rt, struct entity *e, int delta);
 
 /* References: lookups hold one (runtime_get under rt->lock) until runtime_put. */
 void runtime_get(struct entity *e);

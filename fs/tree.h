@@ -33,6 +33,8 @@ void mark_failed_locked(struct runtime *rt, struct entity *e, const char *why);
 /* Under the tree lock, once e is removed or collapsed: end its run now
  * (the backend's interrupt), rather than wait for the oplock it holds. */
 void interrupt_run_locked(struct runtime *rt, struct entity *e);
+/* With e->oplock held: suspend e's sandbox to disk (unmount, idle.c). */
+void sandbox_suspend(struct runtime *rt, struct entity *e);
 /* The same, taking rt->lock; nothing if e was removed meanwhile. */
 void mark_failed(struct runtime *rt, struct entity *e, const char *why);
 /* e's newest snapshot, referenced, or NULL (takes rt->lock). */

@@ -73,6 +73,9 @@ struct entity {
 	int refs;                 /* lookups in flight; guarded by the tree lock */
 	bool busy_creating;       /* name reserved, not yet in the registry */
 	bool removed;             /* detached from the tree; freed at refs == 0 */
+	double used_at;           /* now_ms() of its last use (tree lock): idle.c */
+	unsigned open_files;      /* descriptors open on its files (tree lock) */
+	char suspended_at[32];    /* when its sandbox was last suspended, "" if up */
 	bool running;             /* an exec is in the backend (guarded by the tree lock):
 	                           * rmdir and resolve interrupt it (interrupt_run_locked) */
 };

@@ -666,11 +666,77 @@ static void push_down(void **state)
 	runtime_close(&rt);
 }
 
+/* Is e's sandbox down, within about 10 s?  (idle_suspend=1 looks every
+ * 250 ms.) */
+static bool sandbox_goes_down(struct runtime *rt, struct entity *e, double seconds)
+{
+	for (int i = 0; i < seconds * 20; i++) {
+		bool down;
+
+		pthread_mutex_lock(&rt->lock);
+		down = e->sb == NULL;
+		pthread_mutex_unlock(&rt->lock);
+		if (down)
+			return true;
+		usleep(50000);
+	}
+	return false;
+}
+
+/* idle_suspend: a world nobody uses is suspended (info says when), one
+ * with an open file is not, and the next use resumes it; both are timed
+ * into the metrics. */
+static void idle_worlds_sleep(void **state)
+{
+	struct runtime rt;
+	struct entity *w, *busy;
+	struct run_result r;
+	char *info;
+	size_t len;
+	json_t *m;
+	struct node n;
+	(void)state;
+
+	open_rt(&rt);
+	assert_int_equal(runtime_create_world(&rt, "w", 0, 0), 0);
+	assert_int_equal(runtime_create_world(&rt, "busy", 0, 0), 0);
+	w = verse(&rt, NULL, "w");
+	busy = verse(&rt, NULL, "busy");
+	runtime_file_use(&rt, busy, 1);  /* say, cat > busy/exec still writing */
+	assert_int_equal(runtime_idle_start(&rt, 1), 0);
+	assert_true(sandbox_goes_down(&rt, w, 10));
+	assert_non_null(w->suspended_at[0] ? w : NULL);
+	assert_int_equal(node_lookup(&rt, "/w/info", 0, &n), 0);
+	assert_int_equal(node_render(&rt, &n, &info, &len), 0);
+	node_release(&rt, &n);
+	assert_non_null(strstr(info, "\"status\":\"suspended\""));
+	assert_non_null(strstr(info, "\"suspended_at\":\"20"));
+	free(info);
+	/* the open file keeps busy up */
+	assert_false(sandbox_goes_down(&rt, busy, 2));
+	runtime_file_use(&rt, busy, -1);
+	assert_true(sandbox_goes_down(&rt, busy, 10));
+
+	/* the next use resumes it, transparently */
+	assert_int_equal(runtime_exec(&rt, w, "back", 4, &r), 0);
+	assert_memory_equal(r.out, "back", 4);
+	run_result_release(&r);
+	assert_null(w->suspended_at[0] ? w : NULL);
+	m = registry_metrics(rt.reg);
+	assert_true(json_integer_value(json_object_get(json_object_get(json_object_get(m, "timings_ms"), "suspend"),
+						       "n")) >= 2);
+	assert_true(json_integer_value(json_object_get(json_object_get(json_object_get(m, "timings_ms"), "resume"),
+						       "n")) >= 1);
+	json_decref(m);
+	runtime_close(&rt);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(scenario, setup, teardown),
 		cmocka_unit_test_setup_teardown(push_down, setup, teardown),
+		cmocka_unit_test_setup_teardown(idle_worlds_sleep, setup, teardown),
 		cmocka_unit_test_setup_teardown(snapshots_and_removal, setup, teardown),
 		cmocka_unit_test_setup_teardown(parent_runs_while_child_starts, setup, teardown),
 		cmocka_unit_test_setup_teardown(the_file_table, setup, teardown),
