@@ -39,6 +39,22 @@ int vm_id_check(const char *id)
 	return 0;
 }
 
+/* path and its missing parents, like mkdir -p. */
+int vm_mkdir_p(char *path)
+{
+	for (char *p = path + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+			*p = '/';
+			return -errno;
+		}
+		*p = '/';
+	}
+	return mkdir(path, 0700) < 0 && errno != EEXIST ? -errno : 0;
+}
+
 bool vm_exists(const char *path)
 {
 	return access(path, F_OK) == 0;

@@ -7,9 +7,11 @@
  *   golden/<key>/{config,devstate}   (below STATE/vm)
  *   ram/golden/<key>.ram
  * <key> is "<identity>-<image>-<mem>m-<vcpus>c".  They are a cache: at
- * mount, those of another identity (an upgraded QEMU) or of another image
- * than the mount's (a rebuilt one) are deleted, so that they neither fill
- * the disk nor keep old images pinned. */
+ * mount, those of another identity (an upgraded QEMU or worldfs) or of
+ * another image than the mount's (a rebuilt one) are deleted, so that they
+ * neither fill the disk nor keep old images pinned.  Each is also kept
+ * outside the state directory (cache.c), from where a fresh mount takes
+ * the one of its image and size at once. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -59,11 +61,13 @@ int golden_init(struct backend *b, const char *kernel_args)
 		return r;
 	/* What else the frozen guest was made with (the image is in the key);
 	 * format 2. */
-	snprintf(extra, sizeof(extra), "golden-2;%s;%s;tb=%u;machine=%u;", kernel_args, b->kvm ? "kvm" : "tcg",
-		 TCG_TB_MIB, MACHINE_CURRENT);
+	snprintf(extra, sizeof(extra), "golden-2;%s;%s;tb=%u;machine=%u;worldfs=%s;", kernel_args,
+		 b->kvm ? "kvm" : "tcg", TCG_TB_MIB, MACHINE_CURRENT, WORLDFS_VERSION);
 	h = vm_fnv1a(h, extra);
 	snprintf(b->golden_id, sizeof(b->golden_id), "%016llx", (unsigned long long)h);
 	golden_sweep(b);
+	cache_init(b);
+	golden_take_cached(b, b->img, b->mem_mib, b->vcpus);
 	return 0;
 }
 
@@ -83,6 +87,21 @@ static int golden_paths(const struct backend *b, const struct vm_image *img, uns
 	if ((r = vm_pathf(dir, "%s/%s", b->golden_dir, key)) < 0)
 		return r;
 	return vm_pathf(ram, "%s/golden/%s.ram", b->ram_dir, key);
+}
+
+void golden_take_cached(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus)
+{
+	char key[GOLDEN_KEY_MAX], dir[PATH_MAX], ram[PATH_MAX], tmp[PATH_MAX], ram_tmp[PATH_MAX];
+
+	if (!b->cow || !b->ram_ready || golden_paths(b, img, mem_mib, vcpus, dir, ram) < 0 || vm_exists(ram))
+		return;
+	golden_key(b, img, mem_mib, vcpus, key, sizeof(key));
+	if (vm_pathf(tmp, "%s/.%s.tmp", b->golden_dir, key) < 0 ||
+	    vm_pathf(ram_tmp, "%s/golden/.%s.ram.tmp", b->ram_dir, key) < 0)
+		return;
+	vm_rm_tree(dir);
+	if (cache_get(b, key, dir, tmp, ram, ram_tmp) == 0)
+		vm_fsync_path(b->golden_dir);
 }
 
 int golden_open(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,
@@ -163,5 +182,6 @@ int golden_bake(struct sandbox *s)
 	}
 	vm_log(NULL, "golden state %s frozen in %.1f ms (%.0f ms in all): creates branch from it",
 	       key, frozen, now_ms() - t0);
+	cache_put(b, key, dir, ram);
 	return 0;
 }

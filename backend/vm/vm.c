@@ -50,22 +50,6 @@ static const char kernel_append[] =
 	"console=ttyS0 quiet panic=-1 cryptomgr.notests tsc=reliable no_timer_check pci=off mitigations=off "
 	"nowatchdog transparent_hugepage=never sysctl.vm.compaction_proactiveness=0";
 
-/* path and its missing parents, like mkdir -p. */
-static int mkdir_p(char *path)
-{
-	for (char *p = path + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(path, 0700) < 0 && errno != EEXIST) {
-			*p = '/';
-			return -errno;
-		}
-		*p = '/';
-	}
-	return mkdir(path, 0700) < 0 && errno != EEXIST ? -errno : 0;
-}
-
 /* The handle the registry keeps for a running world: its QEMU's pid, by
  * which resume() and probe() know the process again. */
 static void handle_set(const struct sandbox *s, char handle[BACKEND_HANDLE_MAX])
@@ -121,7 +105,7 @@ static int vm_init(struct backend **out, struct backend_config *cfg, char *err, 
 	b->reseed_sessions = cfg->reseed_sessions;
 
 	/* Absolute paths throughout: QEMU runs from / once daemonized. */
-	if ((r = vm_pathf(path, "%s/vm/snapshots", cfg->state_dir)) < 0 || (r = mkdir_p(path)) < 0) {
+	if ((r = vm_pathf(path, "%s/vm/snapshots", cfg->state_dir)) < 0 || (r = vm_mkdir_p(path)) < 0) {
 		snprintf(err, errlen, "%s/vm/snapshots: %s", cfg->state_dir, strerror(-r));
 		goto fail;
 	}

@@ -15,6 +15,7 @@
  *   agent.c    the guest agent: connect, ping, reseed, exec
  *   sandbox.c  a sandbox's life: made, started, frozen into a state
  *              directory, freed or discarded
+ *   cache.c    golden states kept outside any state directory
  *   golden.c   the frozen just-booted world every create branches from
  *   pool.c     QEMU processes started ahead, waiting for a state
  *   vm.c       the backend ops (vm_backend_ops, declared in backend.h)
@@ -79,6 +80,7 @@ struct backend {
 	char dir[PATH_MAX];        /* STATE/vm, absolute: QEMU runs with cwd / */
 	char snap_dir[PATH_MAX];   /* STATE/vm/snapshots */
 	char golden_dir[PATH_MAX]; /* STATE/vm/golden */
+	char cache_dir[PATH_MAX];  /* golden states outside the state dir (cache.c); "": none */
 	char images_dir[PATH_MAX]; /* STATE/vm/images */
 	char qemu[PATH_MAX];
 	char append[256];          /* kernel command line, every image */
@@ -157,6 +159,8 @@ int vm_pathf(char out[PATH_MAX], const char *fmt, ...) __attribute__((format(pri
 /* 0 if id (a registry or snapshot id) is a plain file name, else -EINVAL. */
 int vm_id_check(const char *id);
 bool vm_exists(const char *path);
+/* path and its missing parents (0700), like mkdir -p. */
+int vm_mkdir_p(char *path);
 int vm_fsync_path(const char *path);
 /* Replace dir/name with text atomically, and durably if durable. */
 /* A new temp file for writing (0600): a leftover of a crash is removed
@@ -391,11 +395,25 @@ int sandbox_resume_file(struct sandbox *s, const char *path);
 int state_freeze(struct sandbox *s, const char *dir, const char *tmp, const char *ram,
 		 const char *ram_tmp, bool replace, double *frozen, uint64_t *state_bytes);
 
-/* --- golden.c ------------------------------------------------------------- */
+/* --- cache.c: golden states outside the state dir ---------------------- */
+/* Find (make) the cache directory and delete its stale entries; after
+ * b->golden_id is set.  Without one, b->cache_dir is "". */
+int cache_init(struct backend *b);
+/* Keep a copy of golden state key (dir/{config,devstate} and ram). */
+void cache_put(struct backend *b, const char *key, const char *dir, const char *ram);
+/* Put the cached golden state key in place at dir and ram (through tmp
+ * and ram_tmp), verified; -ENOENT when none is cached. */
+int cache_get(struct backend *b, const char *key, const char *dir, const char *tmp, const char *ram,
+	      const char *ram_tmp);
 
+
+/* --- golden.c ------------------------------------------------------------- */
 /* Compute b->golden_id from what every booted world depends on, and
  * delete the golden states of other identities or images than b->img. */
 int golden_init(struct backend *b, const char *kernel_args);
+/* No golden state for (img, mem_mib, vcpus) in the state dir: take the
+ * cached one, if any (cache.c). */
+void golden_take_cached(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus);
 /* The golden state of img for mem_mib/vcpus: its devstate (an fd) and its
  * RAM file path; -ENOENT if none is baked yet. */
 int golden_open(struct backend *b, const struct vm_image *img, unsigned mem_mib, unsigned vcpus,

@@ -128,3 +128,45 @@ expect_ok "a failed verse can be removed" rmdir "$W/snapshot/s/e"
 
 wfs_umount
 expect_no_qemu "no qemu left after the final unmount" 30
+
+# The golden state outlives its state directory: kept in WORLDFS_CACHE
+# (here a private one), a fresh mount's first create clones it instead of
+# booting; a cached copy whose contents were damaged is dropped, that
+# create boots cold, and it is cached again.  (vm with branch=cow only.)
+case "$WFS_BACKEND ${WORLDFS_OPTS:-}" in
+vm*branch=copy*) ;;
+vm*)
+	WORLDFS_CACHE=$wfs_tmp/cache
+	export WORLDFS_CACHE
+	from() { sed -n 's/.*"start": *{"from": *"\([a-z]*\)".*/\1/p' "$1/info"; }
+	wfs_new_state
+	wfs_mount
+	expect_ok "mkdir g1 on an empty cache" mkdir "$MNT/g1"
+	expect_eq "g1 was booted" boot "$(from "$MNT/g1")"
+	expect_eq "and its golden state cached" 1 "$(ls "$WORLDFS_CACHE/golden" | wc -l)"
+	wfs_umount
+	wfs_new_state
+	wfs_mount
+	expect_ok "mkdir g2 on a fresh state dir" mkdir "$MNT/g2"
+	expect_eq "g2 is a clone of the cached golden state" golden "$(from "$MNT/g2")"
+	expect_eq "g2 runs" 42 "$(wfs_run "$MNT/g2" 'echo $((6 * 7))')"
+	wfs_umount
+	python3 - "$WORLDFS_CACHE"/golden/*/ram <<'PY'
+import sys
+with open(sys.argv[1], "r+b") as f:
+    data = f.read()
+    i = next(i for i in range(0, len(data), 4096) if any(data[i:i + 4096]))
+    f.seek(i + 100)
+    f.write(bytes([data[i + 100] ^ 0xff]))
+PY
+	wfs_new_state
+	wfs_mount
+	expect_ok "mkdir g3 with a damaged cache" mkdir "$MNT/g3"
+	expect_eq "g3 was booted, not cloned from the damaged copy" boot "$(from "$MNT/g3")"
+	expect_match "the log says why" 'do not match its manifest: dropped' "$(cat "$STATE/worldfs.log")"
+	expect_eq "and the golden state is cached again" 1 "$(ls "$WORLDFS_CACHE"/golden/*/manifest | wc -l)"
+	wfs_umount
+	expect_no_qemu "no qemu left" 30
+	unset WORLDFS_CACHE
+	;;
+esac
