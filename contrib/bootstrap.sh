@@ -20,7 +20,7 @@ set -eu
 PACKAGES="qemu-system-x86 qemu-utils busybox-static kmod libfuse3-dev fuse3 meson
 ninja-build pkg-config libcmocka-dev libsqlite3-dev libjansson-dev
 libcurl4-openssl-dev sqlite3 cpio xz-utils gcc libc6-dev xfsprogs python3
-mmdebstrap squashfs-tools-ng libtsan2 clang libclang-rt-14-dev"
+mmdebstrap squashfs-tools-ng libtsan2 clang libclang-rt-14-dev curl ca-certificates"
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: %s\n' "$*" >&2; exit 1; }
@@ -51,6 +51,29 @@ if [ -n "$missing" ]; then
 	apt-get install -y -q --no-install-recommends $missing
 else
 	say "packages: all present"
+fi
+
+# ---- just --------------------------------------------------------------------
+# The World Runtime's commands are `just world-runtime-*` (contrib/justfile),
+# and Debian 12 has no just.  The npm registry's rust-just ships the
+# binary (package rust-just-linux-x64): fetched from there, checked
+# against the SHA-512 pinned here, installed as /usr/local/bin/just.
+JUST_VERSION=1.57.0
+JUST_SHA512=1d605d5b347174312087fecb6461891c5d27b441933862b7dc03473983ea5e2597f365b3b6f55c79ab02b3ea07391d1b6675a54c3a2e1fad4427e003d3731fc4
+if command -v just >/dev/null 2>&1; then
+	say "just: $(command -v just)"
+elif [ "$(dpkg --print-architecture)" = amd64 ]; then
+	say "installing just $JUST_VERSION from the npm registry (rust-just)"
+	jtmp=$(mktemp -d)
+	curl -fsSL --retry 3 -o "$jtmp/just.tgz" \
+		"https://registry.npmjs.org/rust-just-linux-x64/-/rust-just-linux-x64-$JUST_VERSION.tgz" ||
+		die "cannot download rust-just-linux-x64 $JUST_VERSION"
+	echo "$JUST_SHA512  $jtmp/just.tgz" | sha512sum -c --quiet - || die "rust-just: checksum mismatch"
+	tar -xzf "$jtmp/just.tgz" -C "$jtmp" package/bin/just
+	install -m 0755 "$jtmp/package/bin/just" /usr/local/bin/just
+	rm -rf "$jtmp"
+else
+	say "no just for $(dpkg --print-architecture) here: install it to use contrib/justfile"
 fi
 
 # ---- the user QEMU runs as ---------------------------------------------------
