@@ -218,7 +218,7 @@ left=
 for d in "$STATE"/vm/* "$STATE"/vm/snapshots/*; do
 	[ -d "$d" ] || continue
 	n=${d##*/}
-	case " images golden ram snapshots $known " in
+	case " empty images golden ram snapshots $known " in
 	*" $n "*) ;;
 	*) left="$left $n" ;;
 	esac
