@@ -487,6 +487,7 @@ static int children_fill(struct backend *b, struct sandbox *parent, int snap_fd,
 		if (r < 0)
 			return r;
 		k[0].state_fd = r;
+		r = 0;
 		i = 1;
 		if (n > 1 && k[0].s->cow) {
 			if ((r = ram_path(b, k[0].s->id, ram)) < 0)
@@ -514,6 +515,10 @@ static int children_fill(struct backend *b, struct sandbox *parent, int snap_fd,
 	}
 	if (src >= 0)
 		close(src);
+	/* Every child loads a state: one without would boot a fresh world. */
+	for (i = 0; i < n && r == 0; i++)
+		if (k[i].state_fd < 0)
+			r = -EIO;
 	return r;
 }
 
