@@ -153,6 +153,34 @@ static int copy_file_hash(const char *from, const char *to, bool durable, uint64
 	return r;
 }
 
+/* What a manifest says of an entry, or what a copy of one found. */
+struct sums {
+	uint64_t dev_hash, ram_hash;
+	off_t dev_size, ram_size;
+};
+
+/* A golden state's files, from_dir/{devstate,config} into to_dir (made
+ * afresh) and from_ram to to_ram, durably, with the sums of what was
+ * copied. */
+static int copy_state(const char *from_dir, const char *from_ram, const char *to_dir, const char *to_ram,
+		      struct sums *out)
+{
+	char from[PATH_MAX], to[PATH_MAX];
+	uint64_t h;
+	off_t n;
+	int r;
+
+	vm_rm_tree(to_dir);
+	if (mkdir(to_dir, 0700) < 0)
+		return -errno;
+	if ((r = vm_pathf(from, "%s/devstate", from_dir)) < 0 || (r = vm_pathf(to, "%s/devstate", to_dir)) < 0 ||
+	    (r = copy_file_hash(from, to, true, &out->dev_hash, &out->dev_size)) < 0 ||
+	    (r = vm_pathf(from, "%s/config", from_dir)) < 0 || (r = vm_pathf(to, "%s/config", to_dir)) < 0 ||
+	    (r = copy_file_hash(from, to, true, &h, &n)) < 0)
+		return r;
+	return copy_file_hash(from_ram, to_ram, true, &out->ram_hash, &out->ram_size);
+}
+
 int cache_init(struct backend *b)
 {
 	const char *env = getenv("WORLDFS_CACHE"), *home = getenv("HOME"), *xdg = getenv("XDG_CACHE_HOME");
@@ -195,30 +223,20 @@ int cache_init(struct backend *b)
 
 void cache_put(struct backend *b, const char *key, const char *dir, const char *ram)
 {
-	char tmp[PATH_MAX], final[PATH_MAX], from[PATH_MAX], to[PATH_MAX], manifest[MANIFEST_MAX];
-	uint64_t dev_hash, ram_hash;
-	off_t dev_size, ram_size;
+	char tmp[PATH_MAX], final[PATH_MAX], to_ram[PATH_MAX], manifest[MANIFEST_MAX];
+	struct sums sum;
 	double t0 = now_ms();
 	int r;
 
 	if (!b->cache_dir[0])
 		return;
 	if ((r = vm_pathf(tmp, "%s/.%s.%d.tmp", b->cache_dir, key, (int)getpid())) < 0 ||
-	    (r = vm_pathf(final, "%s/%s", b->cache_dir, key)) < 0)
+	    (r = vm_pathf(final, "%s/%s", b->cache_dir, key)) < 0 || (r = vm_pathf(to_ram, "%s/ram", tmp)) < 0)
 		goto fail;
-	vm_rm_tree(tmp);
-	if (mkdir(tmp, 0700) < 0) {
-		r = -errno;
-		goto fail;
-	}
-	if ((r = vm_pathf(from, "%s/devstate", dir)) < 0 || (r = vm_pathf(to, "%s/devstate", tmp)) < 0 ||
-	    (r = copy_file_hash(from, to, true, &dev_hash, &dev_size)) < 0 ||
-	    (r = vm_pathf(from, "%s/config", dir)) < 0 || (r = vm_pathf(to, "%s/config", tmp)) < 0 ||
-	    (r = copy_file_hash(from, to, true, &(uint64_t){ 0 }, &(off_t){ 0 })) < 0 ||
-	    (r = vm_pathf(to, "%s/ram", tmp)) < 0 || (r = copy_file_hash(ram, to, true, &ram_hash, &ram_size)) < 0)
+	if ((r = copy_state(dir, ram, tmp, to_ram, &sum)) < 0)
 		goto fail_tmp;
 	snprintf(manifest, sizeof(manifest), "worldfs-golden 1\nkey=%s\ndevstate=%jd %016" PRIx64 "\nram=%jd %016" PRIx64 "\n",
-		 key, (intmax_t)dev_size, dev_hash, (intmax_t)ram_size, ram_hash);
+		 key, (intmax_t)sum.dev_size, sum.dev_hash, (intmax_t)sum.ram_size, sum.ram_hash);
 	if ((r = vm_write_file(tmp, "manifest", manifest, true)) < 0)
 		goto fail_tmp;
 	vm_rm_tree(final);  /* a stale one of the same key */
@@ -253,37 +271,30 @@ static int manifest_entry(const char *manifest, const char *name, off_t *size, u
 int cache_get(struct backend *b, const char *key, const char *dir, const char *tmp, const char *ram,
 	      const char *ram_tmp)
 {
-	char entry[PATH_MAX], from[PATH_MAX], to[PATH_MAX], manifest[MANIFEST_MAX], want_key[128];
-	uint64_t want_dev, want_ram, dev_hash, ram_hash;
-	off_t want_dev_size, want_ram_size, dev_size, ram_size;
+	char entry[PATH_MAX], path[PATH_MAX], manifest[MANIFEST_MAX], want_key[128];
+	struct sums want, got;
 	double t0 = now_ms();
 	ssize_t n;
 	int r;
 
 	if (!b->cache_dir[0])
 		return -ENOENT;
-	if ((r = vm_pathf(entry, "%s/%s", b->cache_dir, key)) < 0 || (r = vm_pathf(from, "%s/manifest", entry)) < 0)
+	if ((r = vm_pathf(entry, "%s/%s", b->cache_dir, key)) < 0 || (r = vm_pathf(path, "%s/manifest", entry)) < 0)
 		return r;
-	n = vm_read_small(from, manifest, sizeof(manifest));
+	n = vm_read_small(path, manifest, sizeof(manifest));
 	if (n < 0)
-		return n == -ENOENT ? -ENOENT : (int)n;
+		return (int)n;
 	snprintf(want_key, sizeof(want_key), "\nkey=%s\n", key);
 	if (strncmp(manifest, "worldfs-golden 1\n", 17) != 0 || !strstr(manifest, want_key) ||
-	    manifest_entry(manifest, "devstate", &want_dev_size, &want_dev) < 0 ||
-	    manifest_entry(manifest, "ram", &want_ram_size, &want_ram) < 0) {
+	    manifest_entry(manifest, "devstate", &want.dev_size, &want.dev_hash) < 0 ||
+	    manifest_entry(manifest, "ram", &want.ram_size, &want.ram_hash) < 0) {
 		r = -EINVAL;
 		goto bad;
 	}
-	vm_rm_tree(tmp);
-	if (mkdir(tmp, 0700) < 0)
-		return -errno;
-	if ((r = vm_pathf(from, "%s/devstate", entry)) < 0 || (r = vm_pathf(to, "%s/devstate", tmp)) < 0 ||
-	    (r = copy_file_hash(from, to, true, &dev_hash, &dev_size)) < 0 ||
-	    (r = vm_pathf(from, "%s/config", entry)) < 0 || (r = vm_pathf(to, "%s/config", tmp)) < 0 ||
-	    (r = copy_file_hash(from, to, true, &(uint64_t){ 0 }, &(off_t){ 0 })) < 0 ||
-	    (r = vm_pathf(from, "%s/ram", entry)) < 0 || (r = copy_file_hash(from, ram_tmp, true, &ram_hash, &ram_size)) < 0)
+	if ((r = vm_pathf(path, "%s/ram", entry)) < 0 || (r = copy_state(entry, path, tmp, ram_tmp, &got)) < 0)
 		goto out;
-	if (dev_hash != want_dev || dev_size != want_dev_size || ram_hash != want_ram || ram_size != want_ram_size) {
+	if (got.dev_hash != want.dev_hash || got.dev_size != want.dev_size || got.ram_hash != want.ram_hash ||
+	    got.ram_size != want.ram_size) {
 		r = -EBADMSG;
 		goto bad;
 	}
