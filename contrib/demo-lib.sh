@@ -122,14 +122,17 @@ records() {
 	done
 }
 
-# branch_verses DIR: mkdir DIR/VERSE for each of $VERSES, timed, and check
+# branch_verses DIR: one push_down of $VERSES in DIR, timed, and check
 # the trit cycle -1 0 1.
 branch_verses() {
+	t=$(now_ns)
+	# shellcheck disable=SC2086 # the names, one word each
+	echo $VERSES | cat > "$1/push_down" || die "push_down of $VERSES in $1 failed"
+	say "echo \"$VERSES\" > push_down returned after $(ms_since "$t") ms: one instant, one pause of the parent"
 	for v in $VERSES; do
-		t=$(now_ns)
-		mkdir "$1/$v" || die "mkdir $1/$v failed"
-		say "mkdir $v returned after $(ms_since "$t") ms"
+		[ -d "$1/$v" ] || die "push_down made no $v"
 	done
+	show "$1/push_down"
 	show "$1/nash/trit" "$1/optimal/trit" "$1/chaos/trit"
 	expect "trit of nash" "$(get "$1/nash/trit")" -1
 	expect "trit of optimal" "$(get "$1/optimal/trit")" 0

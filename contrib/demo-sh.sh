@@ -67,7 +67,7 @@ mkdir "$U/snapshot/genesis" || die "mkdir $U/snapshot/genesis failed"
 say "mkdir returned after $(ms_since "$t") ms"
 show "$U/snapshot/genesis/info" "$U/snapshot/genesis/balance/alice" "$U/snapshot/genesis/balance/bob"
 
-step "push down into the verses nash, optimal, chaos (mkdir)"
+step "push down into the verses nash, optimal, chaos (echo ... > push_down)"
 branch_verses "$U"
 say "each verse starts with the parent's ledger:"
 for v in $VERSES; do

@@ -120,7 +120,7 @@ say "mkdir returned after $(ms_since "$t") ms"
 show "$S/info"
 expect "ledger of pre-event" "$(ledger "$S")" "$start_ledger"
 
-step "branch the verses nash, optimal, chaos from the snapshot (mkdir)"
+step "push down the verses nash, optimal, chaos from the snapshot (echo ... > push_down)"
 branch_verses "$S"
 show "$S/gf3"
 expect "gf3" "$(get "$S/gf3")" 0
