@@ -157,9 +157,6 @@ int agent_ping(struct sandbox *s, double deadline)
 		}
 	}
 	s->agent_version = pong_version(&f);
-	/* The one field of an image learned at run time (images are const
-	 * to sandboxes otherwise). */
-	__atomic_store_n((unsigned *)&s->img->agent_version, s->agent_version, __ATOMIC_RELAXED);
 	free(buf);
 	return 0;
 }
@@ -176,31 +173,15 @@ int agent_reseed(struct sandbox *s, double deadline, bool sessions)
 	size_t hdr = v2 ? 12 : 8;
 	int r;
 
+	clock_gettime(CLOCK_REALTIME, &ts);
+	proto_put_u64(seed, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
 	proto_put_u32(seed + 8, sessions ? PROTO_RESEED_SESSIONS : 0);
 	if (getrandom(seed + hdr, RESEED_BYTES, 0) != RESEED_BYTES)
 		return -EIO;
-	for (;;) {
-		double retry = now_ms() + PING_RETRY_MS;
-
-		clock_gettime(CLOCK_REALTIME, &ts);
-		proto_put_u64(seed, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-		r = proto_write(s->agent, v2 ? PROTO_RESEED2 : PROTO_RESEED, seed, hdr + RESEED_BYTES,
-				now_ms() + AGENT_WRITE_TIMEOUT_MS);
-		if (r < 0)
-			break;
-		/* As for PING: resent until answered (it is the first frame a
-		 * loaded state gets); a second reseed with the same entropy
-		 * changes nothing, and its extra answer is dropped as stale. */
-		r = agent_wait(s, PROTO_RESEEDED, 0, &f, &buf, retry, deadline);
-		if (r != -ETIMEDOUT)
-			break;
-		if (!qemu_pid_is_ours(s->pid, s->qdir))
-			return agent_lost(s, -ESRCH, "reseed");
-		if (now_ms() > deadline) {
-			qemu_log_died(s, "the agent did not answer in time");
-			return -ETIMEDOUT;
-		}
-	}
+	r = proto_write(s->agent, v2 ? PROTO_RESEED2 : PROTO_RESEED, seed, hdr + RESEED_BYTES,
+			now_ms() + AGENT_WRITE_TIMEOUT_MS);
+	if (r == 0)
+		r = agent_wait(s, PROTO_RESEEDED, 0, &f, &buf, deadline, deadline);
 	if (r == 0)
 		sessions_set(s, f.len >= 4 ? proto_get_u32(f.payload) : 0);
 	free(buf);

@@ -152,7 +152,6 @@ int sandbox_make(struct backend *b, const char *id, const struct vm_image *img, 
 int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline)
 {
 	double t = now_ms();
-	unsigned version;
 	int r;
 
 	if (!launched && (r = qemu_launch(s, state_fd >= 0)) < 0)
@@ -169,15 +168,8 @@ int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed re
 		goto fail;
 	s->steps.load_ms = now_ms() - t;
 	t = now_ms();
-	/* A loaded state's agent is running with its port open, and it is
-	 * the image's, whose version an earlier PING told: its answer to the
-	 * RESEED is the sign of life, a round trip less than PING + RESEED. */
-	version = state_fd >= 0 && reseed != RESEED_NONE ? __atomic_load_n(&s->img->agent_version, __ATOMIC_RELAXED) : 0;
-	if (version >= 2)
-		s->agent_version = version;
-	else if ((r = agent_ping(s, deadline)) < 0)
-		goto fail;
-	if (reseed != RESEED_NONE && (r = agent_reseed(s, deadline, reseed == RESEED_ALL)) < 0)
+	if ((r = agent_ping(s, deadline)) < 0 ||
+	    (reseed != RESEED_NONE && (r = agent_reseed(s, deadline, reseed == RESEED_ALL)) < 0))
 		goto fail;
 	s->steps.ready_ms = now_ms() - t;
 	s->broken = false;

@@ -74,7 +74,6 @@ struct vm_image {
 	unsigned mem_mib;          /* default memory of a new world */
 	char preload[256];         /* Python modules the golden state imports */
 	char append[384];          /* the kernel command line for it */
-	unsigned agent_version;    /* of its agent, once one answered a PING (atomic); 0: not yet */
 };
 
 struct backend {
