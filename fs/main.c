@@ -83,7 +83,7 @@ static void usage(const char *prog)
 	       "                            across sibling verses (default: all)\n"
 	       "    -o branch=cow|copy      vm: branch copy-on-write (default where the state\n"
 	       "                            directory can clone files, or as root) or by copying memory\n"
-	       "    -o pool=N               vm: QEMU processes kept started for branches (default: 2)\n"
+	       "    -o pool=N               vm: QEMU processes kept started for branches (default: 3)\n"
 	       "    -o qemu_user=USER       vm, when worldfs runs as root: the user QEMU becomes once\n"
 	       "                            started, in an empty chroot (default: worldfs, else\n"
 	       "                            nobody; root: QEMU keeps root's privileges)\n"
@@ -323,7 +323,7 @@ static void raise_fd_limit(void)
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
-	struct options o = { .mem = 0, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 2,
+	struct options o = { .mem = 0, .vcpus = 1, .exec_timeout = 60, .output_max = 1u << 20, .pool = 3,
 			     .max_worlds = 32, .idle_suspend = 300 };
 	struct fuse_cmdline_opts copts = { 0 };
 	struct backend_config cfg;
