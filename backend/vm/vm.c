@@ -423,11 +423,23 @@ struct child {
 	int r;
 };
 
-static void *child_start(void *arg)
-{
-	struct child *k = arg;
+/* The children to start, taken in turn by a few threads. */
+struct children {
+	struct child *k;
+	size_t n;
+	size_t next;  /* atomic: the next child to start */
+};
 
-	k->r = sandbox_start(k->s, k->state_fd, k->pooled, k->reseed, k->deadline);
+static void *children_work(void *arg)
+{
+	struct children *c = arg;
+	size_t i;
+
+	while ((i = __atomic_fetch_add(&c->next, 1, __ATOMIC_RELAXED)) < c->n) {
+		struct child *k = &c->k[i];
+
+		k->r = sandbox_start(k->s, k->state_fd, k->pooled, k->reseed, k->deadline);
+	}
 	return NULL;
 }
 
@@ -443,26 +455,28 @@ static int reopen(int fd)
 	return r < 0 ? -errno : r;
 }
 
-/* Start every child; the first failure, or 0. */
+/* Start every child, a few side by side: as many as the host has CPUs
+ * twice over (QEMU starting and a guest warming up are CPU work; 32 at
+ * once on 2 CPUs only thrash).  The first failure, or 0. */
 static int children_start(struct child *k, size_t n)
 {
-	pthread_t *t = n > 1 ? calloc(n, sizeof(*t)) : NULL;
-	bool *started = n > 1 ? calloc(n, sizeof(*started)) : NULL;
+	struct children c = { .k = k, .n = n, .next = 0 };
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t workers = (size_t)(cpus > 0 ? 2 * cpus : 4), started = 0;
+	pthread_t *t;
 	int r = 0;
 
-	for (size_t i = 1; t && started && i < n; i++)
-		started[i] = pthread_create(&t[i], NULL, child_start, &k[i]) == 0;
-	child_start(&k[0]);
-	for (size_t i = 1; i < n; i++) {
-		if (started && started[i])
-			pthread_join(t[i], NULL);
-		else
-			child_start(&k[i]);  /* no thread: in turn */
-	}
+	if (workers > n)
+		workers = n;
+	t = workers > 1 ? calloc(workers - 1, sizeof(*t)) : NULL;
+	while (t && started < workers - 1 && pthread_create(&t[started], NULL, children_work, &c) == 0)
+		started++;
+	children_work(&c);  /* this thread too (alone if no thread could start) */
+	for (size_t i = 0; i < started; i++)
+		pthread_join(t[i], NULL);
 	for (size_t i = 0; i < n && !r; i++)
 		r = k[i].r;
 	free(t);
-	free(started);
 	return r;
 }
 
