@@ -908,6 +908,14 @@ out:
 	return err;
 }
 
+/* Set owner's amount in e's ledger and the registry (rt->lock held). */
+static int set_balance_locked(struct runtime *rt, struct entity *e, const char *owner, int64_t amount)
+{
+	int err = e->removed ? -ENOENT : registry_balance_set(rt->reg, e->id, owner, amount);
+
+	return err ? err : ledger_set(&e->ledger, owner, amount);
+}
+
 int runtime_set_balance(struct runtime *rt, struct entity *e, const char *owner, int64_t amount)
 {
 	int err;
@@ -915,28 +923,21 @@ int runtime_set_balance(struct runtime *rt, struct entity *e, const char *owner,
 	if (name_check(owner) < 0)
 		return -EINVAL;
 	pthread_mutex_lock(&rt->lock);
-	err = e->removed ? -ENOENT : registry_balance_set(rt->reg, e->id, owner, amount);
-	if (!err)
-		err = ledger_set(&e->ledger, owner, amount);
+	err = set_balance_locked(rt, e, owner, amount);
 	pthread_mutex_unlock(&rt->lock);
 	return err;
 }
 
 int runtime_add_balance(struct runtime *rt, struct entity *e, const char *owner, bool *made)
 {
-	int err;
+	int err = 0;
 
 	*made = false;
 	if (name_check(owner) < 0)
 		return -EINVAL;
 	pthread_mutex_lock(&rt->lock);
-	if (e->removed)
-		err = -ENOENT;
-	else if (ledger_get(&e->ledger, owner))
-		err = 0;
-	else if (!(err = registry_balance_set(rt->reg, e->id, owner, 0)) &&
-		 !(err = ledger_set(&e->ledger, owner, 0)))
-		*made = true;
+	if (e->removed || !ledger_get(&e->ledger, owner))
+		*made = !(err = set_balance_locked(rt, e, owner, 0));
 	pthread_mutex_unlock(&rt->lock);
 	return err;
 }
