@@ -1,0 +1,312 @@
+/* fsserve.c: see fsserve.h.  Every path is split into its directory,
+ * opened with openat2(RESOLVE_IN_ROOT) below the root, and its last
+ * component, on which the *at() call acts without following it. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/openat2.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "backend/agent/fsserve.h"
+#include "backend/agent/proto.h"
+
+static int open_in_root(int rootfd, const char *path, int flags, mode_t mode)
+{
+	struct open_how how = {
+		.flags = (uint64_t)(flags | O_CLOEXEC),
+		.mode = (flags & O_CREAT) ? mode : 0,
+		.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+	};
+	long fd;
+
+	do
+		fd = syscall(SYS_openat2, rootfd, path, &how, sizeof(how));
+	while (fd < 0 && errno == EAGAIN);  /* a rename raced the lookup */
+	return fd < 0 ? -errno : (int)fd;
+}
+
+/* The directory of path (opened) and its last component, copied into
+ * base; "" for the root itself.  The path has no NUL and starts with '/'. */
+static int split_open(int rootfd, const char *path, size_t len, char base[NAME_MAX + 1])
+{
+	char buf[FS_PATH_MAX + 2];
+	char *slash;
+	int fd;
+
+	memcpy(buf, path, len);
+	buf[len] = '\0';
+	while (len > 1 && buf[len - 1] == '/')
+		buf[--len] = '\0';
+	slash = strrchr(buf, '/');
+	if (strlen(slash + 1) > NAME_MAX)
+		return -ENAMETOOLONG;
+	strcpy(base, slash + 1);
+	if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
+		return -EINVAL;
+	slash[1] = '\0';
+	fd = open_in_root(rootfd, buf, O_PATH | O_DIRECTORY, 0);
+	return fd;
+}
+
+static void attr_of(const struct stat *st, struct fs_attr *a)
+{
+	a->mode = st->st_mode;
+	a->nlink = (uint32_t)st->st_nlink;
+	a->uid = st->st_uid;
+	a->gid = st->st_gid;
+	a->size = (uint64_t)st->st_size;
+	a->ino = st->st_ino;
+	a->mtime_ns = (uint64_t)st->st_mtim.tv_sec * 1000000000u + (uint64_t)st->st_mtim.tv_nsec;
+	a->ctime_ns = (uint64_t)st->st_ctim.tv_sec * 1000000000u + (uint64_t)st->st_ctim.tv_nsec;
+}
+
+/* stat of dfd's base ("" : dfd itself) into out's attr. */
+static int stat_put(int dfd, const char *base, uint8_t *p)
+{
+	struct fs_attr a;
+	struct stat st;
+
+	if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW | (base[0] ? 0 : AT_EMPTY_PATH)) < 0)
+		return -errno;
+	attr_of(&st, &a);
+	fs_attr_put(p, &a);
+	return FS_ATTR_LEN;
+}
+
+static void put_u16(uint8_t *p, size_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+/* Entries of the directory at dirfd/base from the cookie-th on, as many as
+ * fit FS_DIR_BUDGET; the body's length or -errno. */
+static int list(int dfd, const char *base, uint64_t cookie, uint8_t *body)
+{
+	int fd = openat(dfd, base[0] ? base : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	uint64_t index = 0, next = 0;
+	size_t at = 8;
+	struct dirent *d;
+	DIR *dir;
+
+	if (fd < 0)
+		return -errno;
+	dir = fdopendir(fd);
+	if (!dir) {
+		close(fd);
+		return -errno;
+	}
+	while ((d = readdir(dir))) {
+		size_t n = strlen(d->d_name);
+
+		if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+			continue;
+		if (index++ < cookie)
+			continue;
+		if (at - 8 + 2 + n + FS_ATTR_LEN > FS_DIR_BUDGET) {
+			next = index - 1;
+			break;
+		}
+		if (stat_put(dirfd(dir), d->d_name, body + at + 2 + n) < 0)
+			continue;  /* gone since readdir saw it */
+		put_u16(body + at, n);
+		memcpy(body + at + 2, d->d_name, n);
+		at += 2 + n + FS_ATTR_LEN;
+	}
+	closedir(dir);
+	proto_put_u64(body, next);
+	return (int)at;
+}
+
+/* The file dfd/base opened with flags, never through a symlink. */
+static int open_base(int dfd, const char *base, int flags, mode_t mode)
+{
+	int fd = openat(dfd, base[0] ? base : ".", flags | O_NOFOLLOW | O_CLOEXEC, mode);
+
+	return fd < 0 ? -errno : fd;
+}
+
+static int do_read(int dfd, const char *base, uint64_t off, uint32_t len, uint8_t *body)
+{
+	int fd = open_base(dfd, base, O_RDONLY | O_NONBLOCK, 0);
+	size_t got = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return fd;
+	while (got < len && (n = pread(fd, body + got, len - got, (off_t)(off + got))) != 0) {
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			n = -errno;
+			close(fd);
+			return (int)n;
+		}
+		got += (size_t)n;
+	}
+	close(fd);
+	return (int)got;
+}
+
+static int do_write(int dfd, const char *base, uint64_t off, const uint8_t *data, size_t len, uint8_t *body)
+{
+	int fd = open_base(dfd, base, O_WRONLY | O_NONBLOCK, 0);
+	size_t put = 0;
+	ssize_t n;
+
+	if (fd < 0)
+		return fd;
+	while (put < len) {
+		n = pwrite(fd, data + put, len - put, (off_t)(off + put));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			n = n < 0 ? -errno : -EIO;
+			close(fd);
+			return (int)n;
+		}
+		put += (size_t)n;
+	}
+	close(fd);
+	proto_put_u32(body, (uint32_t)put);
+	return 4;
+}
+
+static int do_create(int dfd, const char *base, uint32_t mode, uint32_t flags, uint8_t *body)
+{
+	int fd;
+
+	if (!base[0])
+		return -EEXIST;
+	fd = open_base(dfd, base, O_WRONLY | O_CREAT | O_NONBLOCK | ((flags & FS_EXCL) ? O_EXCL : 0),
+		       (mode_t)(mode & 07777));
+	if (fd < 0)
+		return fd;
+	close(fd);
+	return stat_put(dfd, base, body);
+}
+
+static int do_truncate(int dfd, const char *base, uint64_t size)
+{
+	int fd = open_base(dfd, base, O_WRONLY | O_NONBLOCK, 0), r = 0;
+
+	if (fd < 0)
+		return fd;
+	if (size > INT64_MAX || ftruncate(fd, (off_t)size) < 0)
+		r = size > INT64_MAX ? -EFBIG : -errno;
+	close(fd);
+	return r;
+}
+
+/* chmod without following a symlink at the end (Linux has no mode for a
+ * symlink): through an O_PATH descriptor's /proc link. */
+static int do_chmod(int dfd, const char *base, uint32_t mode)
+{
+	char proc[64];
+	struct stat st;
+	int fd = open_base(dfd, base, O_PATH, 0), r = 0;
+
+	if (fd < 0)
+		return fd;
+	if (fstat(fd, &st) < 0)
+		r = -errno;
+	else if (S_ISLNK(st.st_mode))
+		r = -EOPNOTSUPP;
+	else {
+		snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+		if (chmod(proc, (mode_t)(mode & 07777)) < 0)
+			r = -errno;
+	}
+	close(fd);
+	return r;
+}
+
+static void time_of(uint64_t ns, struct timespec *t)
+{
+	if (ns == FS_TIME_NOW)
+		*t = (struct timespec){ .tv_nsec = UTIME_NOW };
+	else if (ns == FS_TIME_OMIT)
+		*t = (struct timespec){ .tv_nsec = UTIME_OMIT };
+	else
+		*t = (struct timespec){ .tv_sec = (time_t)(ns / 1000000000u), .tv_nsec = (long)(ns % 1000000000u) };
+}
+
+/* The op on dfd/base (and, for RENAME, dfd2/base2): the body's length
+ * or -errno. */
+static int serve_op(int rootfd, const struct fs_req *r, int dfd, const char *base, uint8_t *body)
+{
+	char base2[NAME_MAX + 1], target[FS_PATH_MAX + 1];
+	struct timespec ts[2];
+	int dfd2, n;
+
+	switch (r->op) {
+	case FS_STAT:
+		return stat_put(dfd, base, body);
+	case FS_READDIR:
+		return list(dfd, base, r->off, body);
+	case FS_READ:
+		return do_read(dfd, base, r->off, r->len, body);
+	case FS_WRITE:
+		return do_write(dfd, base, r->off, r->data, r->data_len, body);
+	case FS_CREATE:
+		return do_create(dfd, base, r->mode, r->flags, body);
+	case FS_TRUNCATE:
+		return do_truncate(dfd, base, r->off);
+	case FS_MKDIR:
+		if (!base[0])
+			return -EEXIST;
+		return mkdirat(dfd, base, (mode_t)(r->mode & 07777)) < 0 ? -errno : stat_put(dfd, base, body);
+	case FS_UNLINK:
+	case FS_RMDIR:
+		if (!base[0])
+			return r->op == FS_RMDIR ? -EBUSY : -EISDIR;
+		return unlinkat(dfd, base, r->op == FS_RMDIR ? AT_REMOVEDIR : 0) < 0 ? -errno : 0;
+	case FS_RENAME:
+		if (!base[0])
+			return -EBUSY;
+		dfd2 = split_open(rootfd, r->path2, r->path2_len, base2);
+		if (dfd2 < 0)
+			return dfd2;
+		n = base2[0] ? (int)syscall(SYS_renameat2, dfd, base, dfd2, base2, r->flags) : -1;
+		n = !base2[0] ? -EBUSY : n < 0 ? -errno : 0;
+		close(dfd2);
+		return n;
+	case FS_READLINK:
+		n = (int)readlinkat(dfd, base, (char *)body, FS_PATH_MAX);
+		return n < 0 ? -errno : n;
+	case FS_SYMLINK:
+		if (!base[0])
+			return -EEXIST;
+		memcpy(target, r->path2, r->path2_len);
+		target[r->path2_len] = '\0';
+		return symlinkat(target, dfd, base) < 0 ? -errno : stat_put(dfd, base, body);
+	case FS_CHMOD:
+		return do_chmod(dfd, base, r->mode);
+	case FS_UTIMENS:
+		time_of(r->off, &ts[0]);
+		time_of(r->arg, &ts[1]);
+		return utimensat(dfd, base[0] ? base : ".", ts, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	default:
+		return -ENOSYS;
+	}
+}
+
+size_t fs_serve(int rootfd, const struct fs_req *r, uint8_t *out)
+{
+	char base[NAME_MAX + 1];
+	int dfd = split_open(rootfd, r->path, r->path_len, base), n;
+
+	n = dfd < 0 ? dfd : serve_op(rootfd, r, dfd, base, out + FS_REPLY_HDR);
+	if (dfd >= 0)
+		close(dfd);
+	proto_put_u32(out, r->id);
+	proto_put_u32(out + 4, n < 0 ? (uint32_t)-n : 0);
+	return FS_REPLY_HDR + (n < 0 ? 0 : (size_t)n);
+}
