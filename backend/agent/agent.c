@@ -70,6 +70,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/agent/fsserve.h"
 #include "backend/agent/proto.h"
 #include "backend/util/clock.h"
 #include "backend/util/io.h"
@@ -1378,6 +1379,29 @@ clock:
 	return ret;
 }
 
+/* A file request (fsproto.h), done at once on the guest's root: a
+ * request is a few system calls, and a READ or WRITE at most FS_IO_MAX. */
+static int fs_request(struct agent *a, const struct proto_frame *f)
+{
+	static uint8_t reply[FS_REPLY_MAX];
+	static int root = -1;
+	struct fs_req r;
+	struct iovec iov;
+
+	if (fs_req_parse(f->payload, f->len, &r) < 0)
+		return -EPROTO;
+	/* Opened at the first request: after init switched to the root disk. */
+	if (root < 0)
+		root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (root < 0) {
+		say("/: %s", strerror(errno));
+		return 0;
+	}
+	iov = (struct iovec){ .iov_base = reply, .iov_len = fs_serve(root, &r, reply) };
+	port_send(a, PROTO_FS_REPLY, &iov, 1);
+	return 0;
+}
+
 /* Returns 0, or -EPROTO for a frame the host should not have sent. */
 static int handle_frame(struct agent *a, const struct proto_frame *f)
 {
@@ -1398,6 +1422,8 @@ static int handle_frame(struct agent *a, const struct proto_frame *f)
 		if (run_enqueue(a, f->payload, f->len) < 0)
 			say("dropping an EXEC: out of memory");
 		return 0;
+	case PROTO_FS:
+		return fs_request(a, f);
 	case PROTO_RESEED:
 	case PROTO_RESEED2:
 		hdr = f->type == PROTO_RESEED ? 8 : 12;

@@ -14,8 +14,9 @@
 #define PROTO_FRAME_MAX (40u << 20)  /* 16 MiB code or 2 x output_max, with room */
 /* The agent's PONG says "worldfs-agent VERSION".  Version 2 (worldfs 0.2)
  * added RESEED2, the session bits and sessions other than sh; a host
- * sends version-1 agents (in states saved by worldfs 0.1) only RESEED. */
-#define PROTO_VERSION "2"
+ * sends version-1 agents (in states saved by worldfs 0.1) only RESEED.
+ * Version 3 added FS: a host sends no FS to an older agent (ENOTSUP). */
+#define PROTO_VERSION "3"
 
 enum proto_type {
 	/* host -> guest */
@@ -23,10 +24,12 @@ enum proto_type {
 	PROTO_EXEC = 2,    /* u32 run_id, u32 timeout_ms, u32 output_max, code bytes */
 	PROTO_RESEED = 3,  /* u64 host time (ns since epoch), entropy bytes */
 	PROTO_RESEED2 = 4, /* u64 host time, u32 reseed flags, entropy bytes (version 2) */
+	PROTO_FS = 5,      /* a file request (fsproto.h; version 3) */
 	/* guest -> host */
 	PROTO_PONG = 64,   /* agent version text */
 	PROTO_RESULT = 65, /* u32 run_id, i32 status, u32 flags, u32 stdout_len, stdout, stderr */
 	PROTO_RESEEDED = 66, /* version 1: empty; 2: u32 PROTO_F_SESSION_* bits */
+	PROTO_FS_REPLY = 67, /* its reply (fsproto.h) */
 };
 
 /* The notes a run's output may end with, in the same words from every
