@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend/agent/fsproto.h"
+
 struct backend;   /* one per mount; private to the implementation */
 struct sandbox;   /* one running (or suspended) world; private too */
 
@@ -135,6 +137,13 @@ struct backend_ops {
 	/* After a restart: delete everything kept for ids that known() does not
 	 * claim (worlds that were being made when worldfs died). */
 	void (*collect_garbage)(struct backend *b, bool (*known)(void *ctx, const char *id), void *ctx);
+
+	/* A request on the guest's own files (W/fs/: backend/agent/fsproto.h),
+	 * serialized per sandbox by the caller like exec; its reply payload,
+	 * malloc'd, in *reply.  -ENOTSUP where the sandbox has no file
+	 * protocol; -EIO when the sandbox died (the caller fails the world).
+	 * NULL: no backend support (ENOTSUP). */
+	int (*fs)(struct sandbox *s, const struct fs_req *req, uint8_t **reply, size_t *len);
 
 	/* Facts for `info` (pid, accel, ...), as a small JSON object text; malloc'd. */
 	char *(*describe)(struct sandbox *s);

@@ -27,6 +27,7 @@ const struct file_desc entity_files[] = {
 	{ "resolve",  F_RESOLVE,  S_IFREG | 0600, S_IFREG | 0600 },
 	{ "wev",      F_WEV,      S_IFREG | 0400, S_IFREG | 0400 },
 	{ "snapshot", F_SNAPSHOT, S_IFDIR | 0700, 0 },
+	{ "fs",       F_FS,       S_IFDIR | 0700, 0 },
 };
 const size_t n_entity_files = sizeof(entity_files) / sizeof(entity_files[0]);
 
@@ -51,6 +52,9 @@ bool name_is_reserved(const char *name)
 
 static mode_t file_mode(const struct file_desc *f, const struct entity *e)
 {
+	/* A collapsed or failed verse has no sandbox, so no files of its own. */
+	if (f->id == F_FS && e->state != STATE_RUNNING && e->state != STATE_WON)
+		return 0;
 	return e->kind == ENTITY_SNAPSHOT ? f->snapshot_mode : f->world_mode;
 }
 
@@ -73,6 +77,7 @@ mode_t node_mode(const struct node *n)
 	case NODE_BALANCE_DIR:
 	case NODE_FILE: return file_mode(n->file, n->e);
 	case NODE_BALANCE_FILE: return S_IFREG | (n->e->kind == ENTITY_SNAPSHOT ? 0400 : 0600);
+	case NODE_GUEST: return S_IFDIR | 0700;  /* W/fs itself, as W lists it */
 	}
 	return 0;
 }
@@ -150,6 +155,13 @@ int node_lookup(struct runtime *rt, const char *path, uid_t uid, struct node *n)
 			continue;
 		}
 		n->file = f;
+		if (f->id == F_FS) {
+			n->type = NODE_GUEST;
+			while (*p == '/' && p[1] == '/')
+				p++;
+			n->guest = *p ? p : "/";
+			break;
+		}
 		if (f->id == F_BALANCE) {
 			p = next_component(p, c, sizeof(c), &err);
 			n->type = NODE_BALANCE_DIR;
@@ -362,6 +374,7 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 		return text(buf, len, "%lld\n", (long long)e->wev);
 	case F_BALANCE:
 	case F_SNAPSHOT:
+	case F_FS:
 		return -EISDIR;
 	}
 	return -ENOENT;

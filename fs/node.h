@@ -17,11 +17,12 @@ enum node_type {
 	NODE_BALANCE_DIR,  /* W/balance/ */
 	NODE_BALANCE_FILE, /* W/balance/OWNER */
 	NODE_FILE,         /* a fixed file of an entity directory */
+	NODE_GUEST,        /* W/fs and below: the guest's own files (guest.c) */
 };
 
 enum file_id {
 	F_EXEC, F_STDOUT, F_STDERR, F_STATUS, F_STATE, F_INFO, F_TRIT, F_PROB,
-	F_GF3, F_BALANCE, F_PUSH_DOWN, F_RESOLVE, F_WEV, F_SNAPSHOT,
+	F_GF3, F_BALANCE, F_PUSH_DOWN, F_RESOLVE, F_WEV, F_SNAPSHOT, F_FS,
 	F_VERSION, F_ENTITIES, F_BRANCHES, F_RESOLUTIONS, F_METRICS,
 };
 
@@ -39,6 +40,8 @@ struct node {
 	const struct file_desc *file;  /* NODE_FILE, NODE_META_FILE */
 	struct entity *e;              /* referenced; node_release drops it */
 	char owner[NAME_MAX_LEN + 1];  /* NODE_BALANCE_FILE */
+	const char *guest;             /* NODE_GUEST: the path in the guest ("/", "/srv/a"),
+	                                * pointing into the looked-up path */
 };
 
 extern const struct file_desc entity_files[];

@@ -11,12 +11,14 @@
 #include <sys/statvfs.h>
 
 #include "fs/node.h"
+#include "fs/guest.h"
 #include "fs/ops.h"
 #include "backend/util/strbuf.h"
 
 struct handle {
 	struct node n;
 	char *path;          /* as opened, for the log (flush and release get none) */
+	const char *guest;   /* NODE_GUEST: the guest path, in path */
 	pthread_mutex_t lock;
 	char *data;          /* what reads return: content at open, or a run's stdout */
 	size_t len;
@@ -73,12 +75,17 @@ static int wfs_getattr(const char *path, struct stat *st, struct fuse_file_info 
 	struct node n;
 	int err;
 
-	if (!path)  /* fstat(2) of an open file (nullpath_ok: see wfs_init) */
-		return node_stat(rt, &handle_of(fi)->n, st);
+	if (!path) {  /* fstat(2) of an open file (nullpath_ok: see wfs_init) */
+		struct handle *h = handle_of(fi);
+
+		if (h->n.type == NODE_GUEST)
+			return guest_getattr(rt, h->n.e, h->guest, st);
+		return node_stat(rt, &h->n, st);
+	}
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
-	err = node_stat(rt, &n, st);
+	err = n.type == NODE_GUEST ? guest_getattr(rt, n.e, n.guest, st) : node_stat(rt, &n, st);
 	node_release(rt, &n);
 	return err;
 }
@@ -108,15 +115,20 @@ static int wfs_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t 
 	err = lookup(rt, path ? path : (const char *)(uintptr_t)fi->fh, &n);
 	if (err)
 		return err;
-	fill(buf, ".", NULL, 0, 0);
-	fill(buf, "..", NULL, 0, 0);
-	err = node_list(rt, &n, dir_fill, &d);
+	if (n.type == NODE_GUEST) {
+		err = guest_readdir(rt, n.e, n.guest, buf, fill);
+	} else {
+		fill(buf, ".", NULL, 0, 0);
+		fill(buf, "..", NULL, 0, 0);
+		err = node_list(rt, &n, dir_fill, &d);
+	}
 	node_release(rt, &n);
 	return err;
 }
 
 /* With nullpath_ok readdir gets no path: it finds the directory by the
- * path it was opened by (directories are never renamed). */
+ * path it was opened by (the mount's own directories are never renamed;
+ * one in W/fs/ renamed while open lists what is at its old path). */
 static int wfs_opendir(const char *path, struct fuse_file_info *fi)
 {
 	char *copy = strdup(path);
@@ -142,11 +154,11 @@ static int wfs_mkdir(const char *path, mode_t mode)
 	struct node n;
 	int err;
 
-	(void)mode;
 	/* Anything already there, a fixed file included, exists. */
 	if (lookup(rt, path, &n) == 0) {
+		err = n.type == NODE_GUEST ? guest_mkdir(rt, n.e, n.guest, mode) : -EEXIST;
 		node_release(rt, &n);
-		return -EEXIST;
+		return err;
 	}
 	err = split(path, &dir, &name);
 	if (err)
@@ -192,6 +204,9 @@ static int wfs_rmdir(const char *path)
 	if (err)
 		return err;
 	switch (n.type) {
+	case NODE_GUEST:
+		err = guest_remove(rt, n.e, n.guest, true);
+		break;
 	case NODE_ENTITY_DIR:
 		err = runtime_remove(rt, n.e);
 		if (err == -ENOTEMPTY)
@@ -224,10 +239,22 @@ static int handle_open(struct runtime *rt, const char *path, struct node *n, str
 	struct handle *h;
 	int err = 0;
 
-	if (n->type != NODE_FILE && n->type != NODE_META_FILE && n->type != NODE_BALANCE_FILE)
+	if (n->type == NODE_GUEST) {
+		struct stat st;
+
+		/* The kernel checked the mode bits (default_permissions). */
+		if ((err = guest_getattr(rt, n->e, n->guest, &st)) < 0)
+			return err;
+		if (S_ISDIR(st.st_mode))
+			return -EISDIR;
+		/* libfuse asks for atomic O_TRUNC: the open does it. */
+		if ((fi->flags & O_TRUNC) && st.st_size && (err = guest_truncate(rt, n->e, n->guest, 0)) < 0)
+			return err;
+	} else if (n->type != NODE_FILE && n->type != NODE_META_FILE && n->type != NODE_BALANCE_FILE) {
 		return -EISDIR;
-	if (wr && !writable(n))
+	} else if (wr && !writable(n)) {
 		return -EACCES;
+	}
 	if (wr && n->type == NODE_FILE && n->file->id == F_EXEC && (err = runtime_state_errno(rt, n->e)))
 		return err;
 	h = calloc(1, sizeof(*h));
@@ -237,7 +264,9 @@ static int handle_open(struct runtime *rt, const char *path, struct node *n, str
 	h->path = strdup(path);
 	if (!h->path)
 		err = -ENOMEM;
-	if (!err && (fi->flags & O_ACCMODE) != O_WRONLY)
+	if (!err && n->type == NODE_GUEST)
+		h->guest = h->path + (n->guest - path);
+	else if (!err && (fi->flags & O_ACCMODE) != O_WRONLY)
 		err = node_render(rt, n, &h->data, &h->len);
 	if (err) {
 		pthread_mutex_destroy(&h->lock);
@@ -250,8 +279,12 @@ static int handle_open(struct runtime *rt, const char *path, struct node *n, str
 	if (h->n.e)
 		runtime_file_use(rt, h->n.e, 1);
 	fi->fh = (uint64_t)(uintptr_t)h;
-	/* Contents change under the kernel's feet: no page cache. */
-	fi->direct_io = 1;
+	/* The mount's own files change under the kernel's feet: no page
+	 * cache.  A guest file is cached while it is open (reads come in
+	 * readahead's large pieces) and dropped at each open, so that every
+	 * open sees what the last run wrote (close-to-open, as NFS). */
+	fi->direct_io = h->n.type != NODE_GUEST;
+	fi->keep_cache = 0;
 	fi->nonseekable = 0;
 	return 0;
 }
@@ -278,7 +311,15 @@ static int wfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	bool made = false;
 	int err;
 
-	(void)mode;
+	if (lookup(rt, path, &n) == 0) {
+		if (n.type == NODE_GUEST &&
+		    !(err = guest_create(rt, n.e, n.guest, mode, (fi->flags & O_EXCL) != 0)))
+			err = handle_open(rt, path, &n, fi);
+		else if (n.type != NODE_GUEST)
+			err = -EEXIST;
+		node_release(rt, &n);
+		return err;
+	}
 	err = split(path, &dir, &name);
 	if (err)
 		return err;
@@ -341,6 +382,8 @@ static int wfs_read(const char *path, char *buf, size_t size, off_t off, struct 
 	int err = 0;
 
 	(void)path;
+	if (h->n.type == NODE_GUEST)
+		return guest_read(rt_of(), h->n.e, h->guest, buf, size, off);
 	pthread_mutex_lock(&h->lock);
 	if (h->code.len)
 		err = handle_run(rt_of(), h);
@@ -450,7 +493,8 @@ static int wfs_write(const char *path, const char *buf, size_t size, off_t off,
 	int err = 0;
 
 	(void)path;
-
+	if (h->n.type == NODE_GUEST)
+		return guest_write(rt, h->n.e, h->guest, buf, size, off);
 	pthread_mutex_lock(&h->lock);
 	if (h->n.type == NODE_FILE && h->n.file->id == F_EXEC) {
 		/* Code accumulates over any number of writes until the run. */
@@ -515,12 +559,16 @@ static int wfs_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 	if (!path) {  /* ftruncate(2) */
 		struct handle *h = handle_of(fi);
 
+		if (h->n.type == NODE_GUEST)
+			return guest_truncate(rt, h->n.e, h->guest, size);
 		return !writable(&h->n) ? -EACCES : size != 0 ? -EINVAL : 0;
 	}
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
-	if (S_ISDIR(node_mode(&n)))
+	if (n.type == NODE_GUEST)
+		err = guest_truncate(rt, n.e, n.guest, size);
+	else if (S_ISDIR(node_mode(&n)))
 		err = -EISDIR;
 	else if (!writable(&n))
 		err = -EACCES;
@@ -539,7 +587,9 @@ static int wfs_unlink(const char *path)
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
-	if (n.type == NODE_BALANCE_FILE)
+	if (n.type == NODE_GUEST)
+		err = guest_remove(rt, n.e, n.guest, false);
+	else if (n.type == NODE_BALANCE_FILE)
 		err = writable(&n) ? runtime_delete_balance(rt, n.e, n.owner) : -EACCES;
 	else if (S_ISDIR(node_mode(&n)))
 		err = -EISDIR;
@@ -555,12 +605,17 @@ static int wfs_utimens(const char *path, const struct timespec tv[2], struct fus
 	struct node n;
 	int err;
 
-	(void)tv;
-	if (!path)  /* futimens(2) of an open file */
-		return fi ? 0 : -ENOENT;
+	if (!path) {  /* futimens(2) of an open file */
+		struct handle *h = fi ? handle_of(fi) : NULL;
+
+		return !h ? -ENOENT : h->n.type == NODE_GUEST ? guest_utimens(rt, h->n.e, h->guest, tv) : 0;
+	}
 	err = lookup(rt, path, &n);
-	if (!err)
-		node_release(rt, &n);
+	if (err)
+		return err;
+	if (n.type == NODE_GUEST)
+		err = guest_utimens(rt, n.e, n.guest, tv);
+	node_release(rt, &n);
 	return err;
 }
 
@@ -573,12 +628,28 @@ static int wfs_statfs(const char *path, struct statvfs *st)
 	return 0;
 }
 
+/* Inside one world's fs/ only: anything else is not a file to move. */
 static int wfs_rename(const char *from, const char *to, unsigned int flags)
 {
-	(void)from;
-	(void)to;
-	(void)flags;
-	return -EPERM;
+	struct runtime *rt = rt_of();
+	struct node a, b;
+	int err;
+
+	err = lookup(rt, from, &a);
+	if (err)
+		return err;
+	err = lookup(rt, to, &b);
+	if (err) {
+		node_release(rt, &a);
+		return err == -ENOENT && a.type != NODE_GUEST ? -EPERM : err;
+	}
+	if (a.type == NODE_GUEST && b.type == NODE_GUEST)
+		err = a.e == b.e ? guest_rename(rt, a.e, a.guest, b.guest, flags) : -EXDEV;
+	else
+		err = a.type == NODE_GUEST || b.type == NODE_GUEST ? -EXDEV : -EPERM;
+	node_release(rt, &a);
+	node_release(rt, &b);
+	return err;
 }
 
 static int wfs_link(const char *from, const char *to)
@@ -588,36 +659,90 @@ static int wfs_link(const char *from, const char *to)
 	return -EPERM;
 }
 
+/* A symlink in fs/ holds target as written, in the guest's terms. */
 static int wfs_symlink(const char *target, const char *path)
 {
-	(void)target;
-	(void)path;
-	return -EPERM;
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	err = lookup(rt, path, &n);
+	if (err)
+		return err == -ENOENT ? -EPERM : err;
+	err = n.type == NODE_GUEST ? guest_symlink(rt, n.e, target, n.guest) : -EPERM;
+	node_release(rt, &n);
+	return err;
+}
+
+static int wfs_readlink(const char *path, char *buf, size_t size)
+{
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	err = lookup(rt, path, &n);
+	if (err)
+		return err;
+	err = n.type == NODE_GUEST ? guest_readlink(rt, n.e, n.guest, buf, size) : -EINVAL;
+	node_release(rt, &n);
+	return err;
 }
 
 static int wfs_mknod(const char *path, mode_t mode, dev_t dev)
 {
-	(void)path;
-	(void)mode;
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
 	(void)dev;
-	return -EPERM;
+	err = lookup(rt, path, &n);
+	if (err)
+		return err == -ENOENT ? -EPERM : err;
+	/* Regular files only: no devices or FIFOs from the host. */
+	err = n.type == NODE_GUEST && S_ISREG(mode) ? guest_create(rt, n.e, n.guest, mode, true) : -EPERM;
+	node_release(rt, &n);
+	return err;
 }
 
 static int wfs_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
-	(void)path;
-	(void)mode;
-	(void)fi;
-	return -EPERM;
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	if (!path) {
+		struct handle *h = handle_of(fi);
+
+		return h->n.type == NODE_GUEST ? guest_chmod(rt, h->n.e, h->guest, mode) : -EPERM;
+	}
+	err = lookup(rt, path, &n);
+	if (err)
+		return err;
+	err = n.type == NODE_GUEST ? guest_chmod(rt, n.e, n.guest, mode) : -EPERM;
+	node_release(rt, &n);
+	return err;
 }
 
+/* Owners are the world's: a chown to them (cp -a, tar -p) changes
+ * nothing and succeeds; to anyone else it is refused. */
 static int wfs_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
 {
-	(void)path;
-	(void)uid;
-	(void)gid;
-	(void)fi;
-	return -EPERM;
+	struct runtime *rt = rt_of();
+	struct node n;
+	int err;
+
+	if (!path) {
+		n = handle_of(fi)->n;
+	} else if ((err = lookup(rt, path, &n)) < 0) {
+		return err;
+	}
+	if (n.type != NODE_GUEST)
+		err = -EPERM;
+	else
+		err = (uid == (uid_t)-1 || uid == n.e->uid) && (gid == (gid_t)-1 || gid == n.e->gid) ? 0 : -EPERM;
+	if (path)
+		node_release(rt, &n);
+	return err;
 }
 
 static void *wfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
@@ -627,7 +752,7 @@ static void *wfs_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	cfg->entry_timeout = 0;
 	cfg->attr_timeout = 0;
 	cfg->negative_timeout = 0;
-	cfg->direct_io = 1;
+	/* direct_io per file (handle_open), not for all: see there. */
 	/* Operations on an open file get no path, so libfuse takes no path
 	 * lock for them: a run (exec's flush) that takes a minute must not
 	 * hold up rmdir of its world, which interrupts it. */
@@ -656,6 +781,7 @@ const struct fuse_operations worldfs_ops = {
 	.rename = wfs_rename,
 	.link = wfs_link,
 	.symlink = wfs_symlink,
+	.readlink = wfs_readlink,
 	.mknod = wfs_mknod,
 	.chmod = wfs_chmod,
 	.chown = wfs_chown,

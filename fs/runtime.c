@@ -691,6 +691,30 @@ out:
 	return err;
 }
 
+/* ---- guest files ---- */
+
+int runtime_fs(struct runtime *rt, struct entity *e, const struct fs_req *req, uint8_t **reply, size_t *len)
+{
+	int err;
+
+	pthread_mutex_lock(&e->oplock);
+	err = sandbox_ensure(rt, e);
+	if (!err && !rt->be_ops->fs)
+		err = -ENOTSUP;
+	if (!err) {
+		err = rt->be_ops->fs(e->sb, req, reply, len);
+		if (err == -EIO) {
+			sandbox_kill(rt, e);
+			mark_failed(rt, e, "sandbox died during a file operation in fs/");
+		}
+	}
+	pthread_mutex_lock(&rt->lock);
+	e->used_at = now_ms();
+	pthread_mutex_unlock(&rt->lock);
+	pthread_mutex_unlock(&e->oplock);
+	return err;
+}
+
 /* ---- resolve ---- */
 
 struct saved_state {

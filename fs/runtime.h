@@ -83,6 +83,10 @@ struct entity *runtime_find_snapshot(struct entity *w, const char *name, bool wi
 int runtime_create_world(struct runtime *rt, const char *name, uid_t uid, gid_t gid);
 /* parent is a world/verse (branch from its live state) or a snapshot. */
 int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, uid_t uid, gid_t gid);
+/* A request on e's guest files (W/fs/), serialized with its runs; the
+ * reply payload, malloc'd, in *reply.  -EROFS (collapsed), -EIO (failed,
+ * or died now: then marked failed), -ENOTSUP (no file protocol). */
+int runtime_fs(struct runtime *rt, struct entity *e, const struct fs_req *req, uint8_t **reply, size_t *len);
 /* What was written to W/push_down (or S/push_down): "a b:0.5 c", every
  * verse branched from one instant of parent, all or none. */
 int runtime_push_down(struct runtime *rt, struct entity *parent, const char *text, size_t len, uid_t uid,

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/agent/fsproto.h"
 #include "backend/agent/proto.h"
 #include "backend/vm/vm.h"
 
@@ -75,12 +76,15 @@ static uint32_t frame_max(uint8_t type, const void *arg)
 		return 64;
 	case PROTO_RESULT:
 		return result_max(arg);
+	case PROTO_FS_REPLY:
+		return FS_REPLY_MAX;
 	default:
 		return 0;
 	}
 }
 
-/* Read frames until one of type `type` arrives (for RESULT: with run_id);
+/* Read frames until one of type `type` arrives (for RESULT and FS_REPLY:
+ * with run_id, the request's id);
  * anything else is stale (extra PONGs of a boot, results of runs
  * given up on) and dropped.  *buf holds the frame's bytes on success.
  * -ETIMEDOUT when no frame starts before idle or none ends before
@@ -97,8 +101,8 @@ static int agent_wait(struct sandbox *s, uint8_t type, uint32_t run_id,
 		r = proto_read(s->agent, f, buf, deadline, frame_max, s);
 		if (r < 0)
 			return r;
-		if (f->type == type &&
-		    (type != PROTO_RESULT || (f->len >= 4 && proto_get_u32(f->payload) == run_id)))
+		if (f->type == type && ((type != PROTO_RESULT && type != PROTO_FS_REPLY) ||
+					(f->len >= 4 && proto_get_u32(f->payload) == run_id)))
 			return 0;
 		free(*buf);
 		*buf = NULL;
@@ -267,4 +271,40 @@ int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout
 	if (r == -EPROTO)
 		return agent_lost(s, r, "result");
 	return r;
+}
+
+int agent_fs(struct sandbox *s, const struct fs_req *req, uint8_t **reply, size_t *len)
+{
+	static const char too_old[] = "its agent predates the file protocol (a state of worldfs 0.2)";
+	uint8_t head[FS_REQ_HDR + 4 + 2 * FS_PATH_MAX];
+	struct fs_req r = *req;
+	struct iovec iov[2];
+	struct proto_frame f;
+	uint8_t *buf = NULL;
+	size_t n;
+	int err;
+
+	if (s->broken || s->agent < 0)
+		return -EIO;
+	if (s->agent_version < 3) {
+		vm_log(s->id, "fs: %s", too_old);
+		return -ENOTSUP;
+	}
+	r.id = s->next_run++;
+	n = fs_req_head(&r, head, sizeof(head));
+	if (!n)
+		return -ENAMETOOLONG;
+	iov[0] = (struct iovec){ .iov_base = head, .iov_len = n };
+	iov[1] = (struct iovec){ .iov_base = (void *)r.data, .iov_len = r.data_len };
+	err = proto_writev(s->agent, PROTO_FS, iov, 2, now_ms() + AGENT_WRITE_TIMEOUT_MS);
+	if (err < 0)
+		return agent_lost(s, err, "fs");
+	err = agent_wait(s, PROTO_FS_REPLY, r.id, &f, &buf, now_ms() + FS_TIMEOUT_MS, now_ms() + FS_TIMEOUT_MS);
+	if (err < 0)
+		return agent_lost(s, err, "fs");
+	/* The reply is the frame's payload: give the caller the buffer. */
+	memmove(buf, f.payload, f.len);
+	*reply = buf;
+	*len = f.len;
+	return 0;
 }

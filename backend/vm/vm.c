@@ -294,6 +294,11 @@ done:
 	return 0;
 }
 
+static int vm_fs(struct sandbox *s, const struct fs_req *req, uint8_t **reply, size_t *len)
+{
+	return agent_fs(s, req, reply, len);
+}
+
 static int vm_exec(struct sandbox *s, const char *code, size_t len, struct run_result *res)
 {
 	return agent_exec(s, code, len, 0, res);
@@ -874,6 +879,7 @@ const struct backend_ops vm_backend_ops = {
 	.branch = vm_branch,
 	.destroy = vm_destroy,
 	.interrupt = vm_interrupt,
+	.fs = vm_fs,
 	.suspend = vm_suspend,
 	.resume = vm_resume,
 	.probe = vm_probe,

@@ -51,6 +51,7 @@
 #define MIGRATE_TIMEOUT_MS 300000
 #define EXEC_GRACE_MS 10000        /* the agent kills a run at its time-out; allow for that */
 #define PING_RETRY_MS 250
+#define FS_TIMEOUT_MS 30000          /* the agent answers a file request (one syscall or 1 MiB) */
 #define AGENT_WRITE_TIMEOUT_MS 30000 /* one frame to the agent, 16 MiB of code included */
 #define AGENT_NOTES_MAX 4096       /* the agent's notes after a stream cut at output_max */
 #define QUIT_TIMEOUT_MS 5000
@@ -347,6 +348,11 @@ int agent_ping(struct sandbox *s, double deadline);
 int agent_reseed(struct sandbox *s, double deadline, bool sessions);
 /* A run with the backend's exec_timeout, or timeout_ms if not 0. */
 int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res);
+/* One file request (fsproto.h); its reply payload, malloc'd, in *reply.
+ * -ENOTSUP for an agent older than the file protocol; a guest that does
+ * not answer in FS_TIMEOUT_MS is lost (-EIO), as for exec. */
+struct fs_req;
+int agent_fs(struct sandbox *s, const struct fs_req *req, uint8_t **reply, size_t *len);
 /* A RESULT frame's payload into res (and its PROTO_F_* flags): 0, -ENOMEM,
  * or -EPROTO for a short frame, a status outside 0..255 or a stream longer
  * than stream_max.  Used by agent_exec; not static so that

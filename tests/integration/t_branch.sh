@@ -24,7 +24,7 @@ expect_eq "verse state" "running running running" \
 	"$(wfs_vals "$W/a/state" "$W/b/state" "$W/c/state")"
 expect_match "a/info is a verse with w as parent" '"entity_type": *"verse"' "$(wfs_val "$W/a/info")"
 expect_eq "ls w shows the verses beside the table" "a b c" \
-	"$(ls "$W" | grep -Ev '^(exec|stdout|stderr|status|state|info|trit|prob|gf3|balance|push_down|resolve|wev|snapshot)$' | tr '\n' ' ' | sed 's/ $//')"
+	"$(ls "$W" | grep -Ev '^(exec|stdout|stderr|status|state|info|trit|prob|gf3|balance|push_down|resolve|wev|snapshot|fs)$' | tr '\n' ' ' | sed 's/ $//')"
 
 # Probabilities: exact decimal sums.
 expect_ok "a/prob 0.45" wfs_put "$W/a/prob" 0.45
@@ -124,7 +124,7 @@ expect_ok "mkdir p" mkdir "$P"
 expect_ok "p writes a file" wfs_exec "$P" 'echo before > /tmp/f; n=0'
 expect_ok "push_down nash optimal chaos" wfs_put "$P/push_down" 'nash optimal:0.5 chaos:0.25'
 expect_eq "the three verses are there" "chaos nash optimal" \
-	"$(ls -d "$P"/*/ | xargs -n 1 basename | grep -v -e balance -e snapshot | tr '\n' ' ' | sed 's/ $//')"
+	"$(ls -d "$P"/*/ | xargs -n 1 basename | grep -v -x -e balance -e snapshot -e fs | tr '\n' ' ' | sed 's/ $//')"
 expect_eq "their trits" "-1 0 1" "$(cat "$P/nash/trit" "$P/optimal/trit" "$P/chaos/trit" | tr '\n' ' ' | sed 's/ $//')"
 expect_eq "their probabilities" "0 0.5 0.25" "$(cat "$P/nash/prob" "$P/optimal/prob" "$P/chaos/prob" | tr '\n' ' ' | sed 's/ $//')"
 expect_eq "the set is balanced" 0 "$(wfs_val "$P/gf3")"

@@ -340,8 +340,8 @@ static void the_file_table(void **state)
 	assert_false(made);
 	assert_int_equal(runtime_snapshot(&rt, w, "s", 0, 0), 0);
 
-	/* exec..snapshot, then the verse v: balance/, snapshot/ and v are dirs */
-	assert_int_equal(list_and_walk(&rt, "/w", &l), 3);
+	/* exec..fs, then the verse v: balance/, snapshot/, fs/ and v are dirs */
+	assert_int_equal(list_and_walk(&rt, "/w", &l), 4);
 	assert_int_equal(l.n, (int)n_entity_files + 1);
 	assert_true(listed(&l, "exec") && listed(&l, "v"));
 	/* a snapshot: info, gf3, balance/, push_down, resolve, wev; no exec, no snapshot/ */

@@ -1,0 +1,359 @@
+/* guest.c: W/fs/, the guest's own file tree, through the mount.  Each
+ * FUSE operation is one request of the file protocol (fsproto.h) to the
+ * world's agent, under the world's oplock (runtime_fs): a file operation
+ * waits for a run in progress, and sees everything a finished run wrote.
+ * Nothing is cached here (the mount's timeouts are 0 and its I/O direct),
+ * and nothing is trusted from the guest: an errno outside 1..4095 or a
+ * malformed listing is EIO.
+ *
+ * Entries appear owned by the world's owner with the guest's mode bits,
+ * so default_permissions keeps other users out.  A symlink whose target
+ * is absolute, or climbs above the guest's root, reads back relative to
+ * W/fs/ (sshfs's transform_symlinks), so that the host kernel, which
+ * follows it, stays in the world. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fs/guest.h"
+#include "backend/agent/proto.h"
+
+/* One request; its body (pointing into *reply, freed by the caller) or
+ * -errno, the guest's own included. */
+static int call(struct runtime *rt, struct entity *e, struct fs_req *r, uint8_t **reply, const uint8_t **body,
+		size_t *body_len)
+{
+	uint32_t id, err;
+	size_t len = 0;
+	int rc;
+
+	*reply = NULL;
+	rc = runtime_fs(rt, e, r, reply, &len);
+	if (rc < 0)
+		return rc;
+	if (fs_reply_parse(*reply, len, &id, &err, body, body_len) < 0)
+		return -EIO;
+	if (err == 0)
+		return 0;
+	return err < 4096 ? -(int)err : -EIO;
+}
+
+/* A request that answers with nothing to keep. */
+static int call_simple(struct runtime *rt, struct entity *e, struct fs_req *r)
+{
+	uint8_t *reply;
+	const uint8_t *body;
+	size_t n;
+	int rc = call(rt, e, r, &reply, &body, &n);
+
+	free(reply);
+	return rc;
+}
+
+static struct fs_req on(uint8_t op, const char *path)
+{
+	return (struct fs_req){ .op = op, .path = path, .path_len = strlen(path) };
+}
+
+static void stat_of(const struct entity *e, const struct fs_attr *a, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_mode = a->mode;
+	st->st_nlink = a->nlink ? a->nlink : 1;
+	st->st_uid = e->uid;
+	st->st_gid = e->gid;
+	st->st_size = (off_t)a->size;
+	st->st_blocks = (blkcnt_t)((a->size + 511) / 512);
+	st->st_blksize = 4096;
+	st->st_mtim.tv_sec = (time_t)(a->mtime_ns / 1000000000u);
+	st->st_mtim.tv_nsec = (long)(a->mtime_ns % 1000000000u);
+	st->st_atim = st->st_mtim;
+	st->st_ctim.tv_sec = (time_t)(a->ctime_ns / 1000000000u);
+	st->st_ctim.tv_nsec = (long)(a->ctime_ns % 1000000000u);
+}
+
+int guest_getattr(struct runtime *rt, struct entity *e, const char *path, struct stat *st)
+{
+	struct fs_req r = on(FS_STAT, path);
+	uint8_t *reply;
+	const uint8_t *body;
+	size_t n;
+	struct fs_attr a;
+	int rc = call(rt, e, &r, &reply, &body, &n);
+
+	if (!rc && n != FS_ATTR_LEN)
+		rc = -EIO;
+	if (!rc) {
+		fs_attr_get(body, &a);
+		stat_of(e, &a, st);
+	}
+	free(reply);
+	return rc;
+}
+
+int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *buf, fuse_fill_dir_t fill)
+{
+	uint64_t cookie = 0;
+	int rc = 0;
+
+	fill(buf, ".", NULL, 0, 0);
+	fill(buf, "..", NULL, 0, 0);
+	do {
+		struct fs_req r = on(FS_READDIR, path);
+		char name[FS_PATH_MAX + 1];
+		const uint8_t *body;
+		const char *nm;
+		uint8_t *reply;
+		size_t n, pos = 8, nl;
+		struct fs_attr a;
+		int k;
+
+		r.off = cookie;
+		rc = call(rt, e, &r, &reply, &body, &n);
+		if (!rc && n < 8)
+			rc = -EIO;
+		if (!rc) {
+			uint64_t next = proto_get_u64(body);
+
+			/* A guest whose cookies do not advance would loop us. */
+			rc = next && next <= cookie ? -EIO : 0;
+			cookie = next;
+			while (!rc && (k = fs_dirent_next(body, n, &pos, &nm, &nl, &a)) == 1) {
+				struct stat st;
+
+				memcpy(name, nm, nl);
+				name[nl] = '\0';
+				stat_of(e, &a, &st);
+				fill(buf, name, &st, 0, 0);
+			}
+			if (!rc && k < 0)
+				rc = -EIO;
+		}
+		free(reply);
+	} while (!rc && cookie);
+	return rc;
+}
+
+int guest_create(struct runtime *rt, struct entity *e, const char *path, mode_t mode, bool excl)
+{
+	struct fs_req r = on(FS_CREATE, path);
+
+	r.mode = mode & 07777;
+	r.flags = excl ? FS_EXCL : 0;
+	return call_simple(rt, e, &r);
+}
+
+int guest_read(struct runtime *rt, struct entity *e, const char *path, char *buf, size_t size, off_t off)
+{
+	struct fs_req r = on(FS_READ, path);
+	uint8_t *reply;
+	const uint8_t *body;
+	size_t n;
+	int rc;
+
+	r.off = (uint64_t)off;
+	r.len = (uint32_t)(size < FS_IO_MAX ? size : FS_IO_MAX);
+	rc = call(rt, e, &r, &reply, &body, &n);
+	if (!rc && n > r.len)
+		rc = -EIO;  /* more than asked for */
+	if (!rc) {
+		memcpy(buf, body, n);
+		rc = (int)n;
+	}
+	free(reply);
+	return rc;
+}
+
+int guest_write(struct runtime *rt, struct entity *e, const char *path, const char *buf, size_t size, off_t off)
+{
+	struct fs_req r = on(FS_WRITE, path);
+	uint8_t *reply;
+	const uint8_t *body;
+	size_t n;
+	int rc;
+
+	r.off = (uint64_t)off;
+	r.data = (const uint8_t *)buf;
+	r.data_len = size < FS_IO_MAX ? size : FS_IO_MAX;
+	rc = call(rt, e, &r, &reply, &body, &n);
+	if (!rc)
+		rc = n == 4 && proto_get_u32(body) <= r.data_len ? (int)proto_get_u32(body) : -EIO;
+	free(reply);
+	return rc;
+}
+
+int guest_truncate(struct runtime *rt, struct entity *e, const char *path, off_t size)
+{
+	struct fs_req r = on(FS_TRUNCATE, path);
+
+	r.off = (uint64_t)size;
+	return call_simple(rt, e, &r);
+}
+
+int guest_mkdir(struct runtime *rt, struct entity *e, const char *path, mode_t mode)
+{
+	struct fs_req r = on(FS_MKDIR, path);
+
+	r.mode = mode & 07777;
+	return call_simple(rt, e, &r);
+}
+
+int guest_remove(struct runtime *rt, struct entity *e, const char *path, bool dir)
+{
+	struct fs_req r = on(dir ? FS_RMDIR : FS_UNLINK, path);
+
+	return call_simple(rt, e, &r);
+}
+
+int guest_rename(struct runtime *rt, struct entity *e, const char *from, const char *to, unsigned flags)
+{
+	struct fs_req r = on(FS_RENAME, from);
+
+	r.path2 = to;
+	r.path2_len = strlen(to);
+	r.flags = flags;
+	return call_simple(rt, e, &r);
+}
+
+int guest_symlink(struct runtime *rt, struct entity *e, const char *target, const char *path)
+{
+	struct fs_req r = on(FS_SYMLINK, path);
+
+	r.path2 = target;
+	r.path2_len = strlen(target);
+	if (r.path2_len == 0 || r.path2_len > FS_PATH_MAX)
+		return r.path2_len ? -ENAMETOOLONG : -ENOENT;
+	return call_simple(rt, e, &r);
+}
+
+int guest_chmod(struct runtime *rt, struct entity *e, const char *path, mode_t mode)
+{
+	struct fs_req r = on(FS_CHMOD, path);
+
+	r.mode = mode & 07777;
+	return call_simple(rt, e, &r);
+}
+
+static uint64_t ns_of(const struct timespec *t)
+{
+	if (t->tv_nsec == UTIME_NOW)
+		return FS_TIME_NOW;
+	if (t->tv_nsec == UTIME_OMIT)
+		return FS_TIME_OMIT;
+	return (uint64_t)t->tv_sec * 1000000000u + (uint64_t)t->tv_nsec;
+}
+
+int guest_utimens(struct runtime *rt, struct entity *e, const char *path, const struct timespec tv[2])
+{
+	struct fs_req r = on(FS_UTIMENS, path);
+	struct timespec now[2] = { { .tv_nsec = UTIME_NOW }, { .tv_nsec = UTIME_NOW } };
+
+	if (!tv)
+		tv = now;
+	r.off = ns_of(&tv[0]);
+	r.arg = ns_of(&tv[1]);
+	return call_simple(rt, e, &r);
+}
+
+/* Append component c (n bytes) to the normalized absolute path out,
+ * applying "." and ".." (which stops at the root: *clamped then). */
+static void push(char *out, const char *c, size_t n, bool *clamped)
+{
+	size_t len = strlen(out);
+
+	if (n == 0 || (n == 1 && c[0] == '.'))
+		return;
+	if (n == 2 && c[0] == '.' && c[1] == '.') {
+		char *slash = strrchr(out, '/');
+
+		if (len <= 1)
+			*clamped = true;
+		else
+			*(slash == out ? slash + 1 : slash) = '\0';
+		return;
+	}
+	if (len + 1 + n >= FS_PATH_MAX + 1)
+		return;
+	if (len > 1)
+		out[len++] = '/';
+	memcpy(out + len, c, n);
+	out[len + n] = '\0';
+}
+
+static void walk(char *out, const char *p, bool *clamped)
+{
+	while (*p) {
+		size_t n = strcspn(p, "/");
+
+		push(out, p, n, clamped);
+		p += n;
+		while (*p == '/')
+			p++;
+	}
+}
+
+void guest_link_target(const char *link, const char *target, char *out, size_t size)
+{
+	char dir[FS_PATH_MAX + 1] = "/", abs[FS_PATH_MAX + 1] = "/";
+	bool clamped = false, ignored = false;
+	size_t depth = 0, at = 0;
+	const char *slash;
+
+	/* The link's directory, normalized. */
+	slash = strrchr(link, '/');
+	if (slash && slash > link) {
+		char tmp[FS_PATH_MAX + 1];
+		size_t n = (size_t)(slash - link) < FS_PATH_MAX ? (size_t)(slash - link) : FS_PATH_MAX;
+
+		memcpy(tmp, link, n);
+		tmp[n] = '\0';
+		walk(dir, tmp, &ignored);
+	}
+	if (target[0] != '/') {
+		strcpy(abs, dir);
+		walk(abs, target, &clamped);
+		if (!clamped) {  /* stays inside: shown as written */
+			snprintf(out, size, "%s", target);
+			return;
+		}
+	} else {
+		walk(abs, target, &clamped);
+	}
+	for (const char *p = dir + 1; *p; depth++) {
+		p += strcspn(p, "/");
+		while (*p == '/')
+			p++;
+	}
+	out[0] = '\0';
+	for (size_t i = 0; i < depth && at + 3 < size; i++)
+		at += (size_t)snprintf(out + at, size - at, "../");
+	if (strcmp(abs, "/") == 0) {
+		if (at)
+			out[at - 1] = '\0';  /* "../.." */
+		else
+			snprintf(out, size, ".");
+		return;
+	}
+	snprintf(out + at, size - at, "%s", abs + 1);
+}
+
+int guest_readlink(struct runtime *rt, struct entity *e, const char *path, char *buf, size_t size)
+{
+	struct fs_req r = on(FS_READLINK, path);
+	char target[FS_PATH_MAX + 1];
+	uint8_t *reply;
+	const uint8_t *body;
+	size_t n;
+	int rc = call(rt, e, &r, &reply, &body, &n);
+
+	if (!rc && (n == 0 || n > FS_PATH_MAX || memchr(body, '\0', n)))
+		rc = -EIO;
+	if (!rc) {
+		memcpy(target, body, n);
+		target[n] = '\0';
+		guest_link_target(path, target, buf, size);
+	}
+	free(reply);
+	return rc;
+}
