@@ -50,19 +50,20 @@ bool name_is_reserved(const char *name)
 	return false;
 }
 
-static mode_t file_mode(const struct file_desc *f, const struct entity *e)
+static mode_t file_mode(const struct runtime *rt, const struct file_desc *f, const struct entity *e)
 {
-	/* A collapsed or failed verse has no sandbox, so no files of its own. */
-	if (f->id == F_FS && e->state != STATE_RUNNING && e->state != STATE_WON)
+	/* A collapsed or failed verse has no sandbox, so no files of its own;
+	 * nor has any world of a backend without the file protocol. */
+	if (f->id == F_FS && ((e->state != STATE_RUNNING && e->state != STATE_WON) || !rt || !rt->be_ops->fs))
 		return 0;
 	return e->kind == ENTITY_SNAPSHOT ? f->snapshot_mode : f->world_mode;
 }
 
-static const struct file_desc *entity_file(const struct entity *e, const char *name)
+static const struct file_desc *entity_file(const struct runtime *rt, const struct entity *e, const char *name)
 {
 	for (size_t i = 0; i < n_entity_files; i++)
 		if (strcmp(entity_files[i].name, name) == 0)
-			return file_mode(&entity_files[i], e) ? &entity_files[i] : NULL;
+			return file_mode(rt, &entity_files[i], e) ? &entity_files[i] : NULL;
 	return NULL;
 }
 
@@ -75,7 +76,7 @@ mode_t node_mode(const struct node *n)
 	case NODE_ENTITY_DIR: return S_IFDIR | 0700;
 	case NODE_SNAPSHOT_DIR:
 	case NODE_BALANCE_DIR:
-	case NODE_FILE: return file_mode(n->file, n->e);
+	case NODE_FILE: return file_mode(NULL, n->file, n->e);  /* never F_FS */
 	case NODE_BALANCE_FILE: return S_IFREG | (n->e->kind == ENTITY_SNAPSHOT ? 0400 : 0600);
 	case NODE_GUEST: return S_IFDIR | 0700;  /* W/fs itself, as W lists it */
 	}
@@ -145,7 +146,7 @@ int node_lookup(struct runtime *rt, const char *path, uid_t uid, struct node *n)
 			n->type = NODE_ENTITY_DIR;
 			break;
 		}
-		f = entity_file(e, c);
+		f = entity_file(rt, e, c);
 		if (!f) {
 			e = runtime_find_verse(rt, e, c, false);
 			if (!e) {
@@ -464,7 +465,7 @@ static int list_locked(struct runtime *rt, const struct node *n, node_fill_fn fi
 		return 0;
 	case NODE_ENTITY_DIR:
 		for (size_t i = 0; i < n_entity_files; i++)
-			if (file_mode(&entity_files[i], e))
+			if (file_mode(rt, &entity_files[i], e))
 				fill(ctx, entity_files[i].name);
 		for (size_t i = 0; i < e->nverses; i++)
 			if (!e->verses[i]->busy_creating)

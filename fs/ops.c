@@ -85,7 +85,12 @@ static int wfs_getattr(const char *path, struct stat *st, struct fuse_file_info 
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
-	err = n.type == NODE_GUEST ? guest_getattr(rt, n.e, n.guest, st) : node_stat(rt, &n, st);
+	/* W/fs itself is the world's (0700, its owner's), whatever the guest
+	 * root's mode or the backend: below it, everything is the guest's. */
+	if (n.type == NODE_GUEST && strcmp(n.guest, "/") != 0)
+		err = guest_getattr(rt, n.e, n.guest, st);
+	else
+		err = node_stat(rt, &n, st);
 	node_release(rt, &n);
 	return err;
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -32,9 +33,62 @@ static int open_in_root(int rootfd, const char *path, int flags, mode_t mode)
 	return fd < 0 ? -errno : (int)fd;
 }
 
+/* The kernel's pseudo-filesystems (/proc, /sys, /dev, ...) are not the
+ * guest's files: a tar or find over W/fs must not read /proc/kcore or
+ * /dev/zero.  They are left out of listings, and a path into one is
+ * ENOENT. */
+static bool pseudo(int fd)
+{
+	struct statfs sf;
+
+	if (fstatfs(fd, &sf) < 0)
+		return false;
+	switch ((unsigned long)sf.f_type) {
+	case 0x9fa0:      /* proc */
+	case 0x62656572:  /* sysfs */
+	case 0x1cd1:      /* devpts */
+	case 0x64626720:  /* debugfs */
+	case 0x74726163:  /* tracefs */
+	case 0x73636673:  /* securityfs */
+	case 0x27e0eb:    /* cgroup */
+	case 0x63677270:  /* cgroup2 */
+	case 0xcafe4a11:  /* bpf */
+	case 0x19800202:  /* mqueue */
+	case 0x958458f6:  /* hugetlbfs */
+	case 0x42494e4d:  /* binfmt_misc */
+		return true;
+	default:
+		return false;
+	}
+}
+
+/* /dev is devtmpfs, which says it is a tmpfs: it is known by its place.
+ * Its device nodes are the guest kernel's, not files of the world. */
+static bool below_dev(const char *dir)
+{
+	return strncmp(dir, "/dev/", 5) == 0;
+}
+
+/* Is dfd/base (dfd the root: at_root) one of those left out? */
+static bool hidden(int dfd, const char *base, bool at_root)
+{
+	struct stat st;
+	bool yes = false;
+	int fd;
+
+	if (at_root && strcmp(base, "dev") == 0)
+		return true;
+	fd = openat(dfd, base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	yes = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && pseudo(fd);
+	close(fd);
+	return yes;
+}
+
 /* The directory of path (opened) and its last component, copied into
  * base; "" for the root itself.  The path has no NUL and starts with '/'. */
-static int split_open(int rootfd, const char *path, size_t len, char base[NAME_MAX + 1])
+static int split_open(int rootfd, const char *path, size_t len, char base[NAME_MAX + 1], bool *at_root)
 {
 	char buf[FS_PATH_MAX + 2];
 	char *slash;
@@ -51,7 +105,12 @@ static int split_open(int rootfd, const char *path, size_t len, char base[NAME_M
 	if (strcmp(base, ".") == 0 || strcmp(base, "..") == 0)
 		return -EINVAL;
 	slash[1] = '\0';
+	*at_root = strcmp(buf, "/") == 0;
 	fd = open_in_root(rootfd, buf, O_PATH | O_DIRECTORY, 0);
+	if (fd >= 0 && (pseudo(fd) || below_dev(buf))) {
+		close(fd);
+		return -ENOENT;
+	}
 	return fd;
 }
 
@@ -88,7 +147,7 @@ static void put_u16(uint8_t *p, size_t v)
 
 /* Entries of the directory at dirfd/base from the cookie-th on, as many as
  * fit FS_DIR_BUDGET; the body's length or -errno. */
-static int list(int dfd, const char *base, uint64_t cookie, uint8_t *body)
+static int list(int dfd, const char *base, bool at_root, uint64_t cookie, uint8_t *body)
 {
 	int fd = openat(dfd, base[0] ? base : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	uint64_t index = 0, next = 0;
@@ -107,6 +166,9 @@ static int list(int dfd, const char *base, uint64_t cookie, uint8_t *body)
 		size_t n = strlen(d->d_name);
 
 		if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
+			continue;
+		/* Listing the root itself: its entries are at the root. */
+		if (hidden(dirfd(dir), d->d_name, at_root && !base[0]))
 			continue;
 		if (index++ < cookie)
 			continue;
@@ -240,17 +302,18 @@ static void time_of(uint64_t ns, struct timespec *t)
 
 /* The op on dfd/base (and, for RENAME, dfd2/base2): the body's length
  * or -errno. */
-static int serve_op(int rootfd, const struct fs_req *r, int dfd, const char *base, uint8_t *body)
+static int serve_op(int rootfd, const struct fs_req *r, int dfd, const char *base, bool at_root, uint8_t *body)
 {
 	char base2[NAME_MAX + 1], target[FS_PATH_MAX + 1];
 	struct timespec ts[2];
+	bool root2;
 	int dfd2, n;
 
 	switch (r->op) {
 	case FS_STAT:
 		return stat_put(dfd, base, body);
 	case FS_READDIR:
-		return list(dfd, base, r->off, body);
+		return list(dfd, base, at_root, r->off, body);
 	case FS_READ:
 		return do_read(dfd, base, r->off, r->len, body);
 	case FS_WRITE:
@@ -271,9 +334,13 @@ static int serve_op(int rootfd, const struct fs_req *r, int dfd, const char *bas
 	case FS_RENAME:
 		if (!base[0])
 			return -EBUSY;
-		dfd2 = split_open(rootfd, r->path2, r->path2_len, base2);
+		dfd2 = split_open(rootfd, r->path2, r->path2_len, base2, &root2);
 		if (dfd2 < 0)
 			return dfd2;
+		if (base2[0] && hidden(dfd2, base2, root2)) {
+			close(dfd2);
+			return -EXDEV;
+		}
 		n = base2[0] ? (int)syscall(SYS_renameat2, dfd, base, dfd2, base2, r->flags) : -1;
 		n = !base2[0] ? -EBUSY : n < 0 ? -errno : 0;
 		close(dfd2);
@@ -301,9 +368,13 @@ static int serve_op(int rootfd, const struct fs_req *r, int dfd, const char *bas
 size_t fs_serve(int rootfd, const struct fs_req *r, uint8_t *out)
 {
 	char base[NAME_MAX + 1];
-	int dfd = split_open(rootfd, r->path, r->path_len, base), n;
+	bool at_root = false;
+	int dfd = split_open(rootfd, r->path, r->path_len, base, &at_root), n;
 
-	n = dfd < 0 ? dfd : serve_op(rootfd, r, dfd, base, out + FS_REPLY_HDR);
+	if (dfd >= 0 && base[0] && hidden(dfd, base, at_root))
+		n = -ENOENT;
+	else
+		n = dfd < 0 ? dfd : serve_op(rootfd, r, dfd, base, at_root, out + FS_REPLY_HDR);
 	if (dfd >= 0)
 		close(dfd);
 	proto_put_u32(out, r->id);

@@ -63,11 +63,10 @@ expect_eq "w/state" running "$(wfs_val "$W/state")"
 expect_match "w/info has boot_time_ms" '"boot_time_ms": *[0-9]' "$(wfs_val "$W/info")"
 expect_match "w/info is one JSON object" '^\{.*"entity_type": *"world".*\}$' "$(wfs_val "$W/info")"
 
-# The files of a world directory: exactly the table, with its modes (fs/
-# is the guest's root: its mode).
+# The files of a world directory: exactly the table, with its modes.
 expected_table='balance directory 700
 exec regular 600
-fs directory 755
+fs directory 700
 gf3 regular 400
 info regular 400
 prob regular 600

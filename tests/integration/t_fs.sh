@@ -16,6 +16,11 @@ W=$MNT/w
 expect_ok "mkdir w" mkdir "$W"
 expect_eq "w/fs is a directory of w's owner" "directory $(id -u)" "$(stat -c '%F %u' "$W/fs")"
 expect_match "ls w/fs shows the guest's root" '(^| )etc( |$)' "$(ls "$W/fs" | tr '\n' ' ')"
+# Its kernel's pseudo-filesystems are no files of the world: a tar or
+# find over fs/ must not read /proc/kcore or /dev/zero.
+expect_eq "no proc, sys or dev in fs/" "" "$(ls "$W/fs" | grep -x -e proc -e sys -e dev)"
+expect_errno ENOENT cat "$W/fs/proc/version"
+expect_errno ENOENT ls "$W/fs/dev/"
 
 # In and out.
 printf 'alpha\nbeta\n' >"$wfs_tmp/in.txt"
@@ -81,7 +86,7 @@ fi
 
 # A large file round trip, streamed: worldfs's memory stays flat.
 mib=16
-[ "${WORLDFS_OPTS#*image=busybox}" = "${WORLDFS_OPTS:-}" ] && mib=200
+case ${WORLDFS_OPTS:-} in *image=busybox*) ;; *) mib=200 ;; esac
 head -c $((mib << 20)) /dev/urandom >"$wfs_tmp/big"
 want=$(sha256sum <"$wfs_tmp/big" | cut -d' ' -f1)
 rss0=$(rss_kb)

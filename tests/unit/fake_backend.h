@@ -251,11 +251,18 @@ static char *f_describe(struct sandbox *s)
 	return asprintf(&text, "{\"backend\":\"fake\",\"id\":\"%s\"}", s->id) < 0 ? NULL : text;
 }
 
+/* Files in the guest: the fake has none to give. */
+static int f_fs(struct sandbox *s, const struct fs_req *req, uint8_t **reply, size_t *len)
+{
+	(void)s; (void)req; (void)reply; (void)len;
+	return -ENOTSUP;
+}
+
 static const struct backend_ops fake_ops = {
 	.name = "fake", .init = f_init, .fini = f_fini, .create = f_create, .exec = f_exec,
 	.snapshot = f_snapshot, .snapshot_delete = f_snapshot_delete, .branch = f_branch,
 	.destroy = f_destroy, .suspend = f_suspend, .resume = f_resume, .probe = f_probe,
-	.discard = f_discard, .collect_garbage = f_gc, .describe = f_describe, .interrupt = f_interrupt,
+	.discard = f_discard, .collect_garbage = f_gc, .describe = f_describe, .interrupt = f_interrupt, .fs = f_fs,
 };
 
 /* ---- helpers ---- */
