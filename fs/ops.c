@@ -269,8 +269,10 @@ static int handle_open(struct runtime *rt, const char *path, struct node *n, str
 	h->path = strdup(path);
 	if (!h->path)
 		err = -ENOMEM;
-	if (!err && n->type == NODE_GUEST)  /* n->guest points into path, or is "/" */
-		h->guest = n->guest >= path && n->guest <= path + strlen(path) ? h->path + (n->guest - path) : "/";
+	/* n->guest points into path (only W/fs itself gets the literal "/",
+	 * and it is a directory, refused above). */
+	if (!err && n->type == NODE_GUEST)
+		h->guest = h->path + (n->guest - path);
 	else if (!err && (fi->flags & O_ACCMODE) != O_WRONLY)
 		err = node_render(rt, n, &h->data, &h->len);
 	if (err) {
