@@ -32,10 +32,13 @@ size_t fs_req_head(const struct fs_req *r, uint8_t *hdr, size_t cap)
 	proto_put_u64(hdr + 25, r->arg);
 	/* 33..36: reserved, zero */
 	memset(hdr + 33, 0, 4);
+	/* path2 is NULL for most ops: memcpy takes no NULL, even for 0 bytes. */
 	put_u16(hdr + FS_REQ_HDR, (uint16_t)r->path_len);
-	memcpy(hdr + FS_REQ_HDR + 2, r->path, r->path_len);
+	if (r->path_len)
+		memcpy(hdr + FS_REQ_HDR + 2, r->path, r->path_len);
 	put_u16(hdr + FS_REQ_HDR + 2 + r->path_len, (uint16_t)r->path2_len);
-	memcpy(hdr + FS_REQ_HDR + 4 + r->path_len, r->path2, r->path2_len);
+	if (r->path2_len)
+		memcpy(hdr + FS_REQ_HDR + 4 + r->path_len, r->path2, r->path2_len);
 	return n;
 }
 

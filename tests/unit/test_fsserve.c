@@ -65,7 +65,8 @@ static uint32_t call(struct fs_req r, const uint8_t **body, size_t *body_len)
 	r.id = next_id++;
 	n = fs_req_head(&r, wire, FS_REQ_MAX);
 	assert_true(n > 0);
-	memcpy(wire + n, r.data, r.data_len);
+	if (r.data_len)
+		memcpy(wire + n, r.data, r.data_len);
 	assert_int_equal(fs_req_parse(wire, n + r.data_len, &parsed), 0);
 	n = fs_serve(rootfd, &parsed, out);
 	free(wire);
