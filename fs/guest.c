@@ -12,6 +12,7 @@
  * W/fs/ (sshfs's transform_symlinks), so that the host kernel, which
  * follows it, stays in the world. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -135,12 +136,12 @@ int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *
 	return rc;
 }
 
-int guest_create(struct runtime *rt, struct entity *e, const char *path, mode_t mode, bool excl)
+int guest_create(struct runtime *rt, struct entity *e, const char *path, mode_t mode, int flags)
 {
 	struct fs_req r = on(FS_CREATE, path);
 
 	r.mode = mode & 07777;
-	r.flags = excl ? FS_EXCL : 0;
+	r.flags = ((flags & O_EXCL) ? FS_EXCL : 0) | ((flags & O_TRUNC) ? FS_TRUNC : 0);
 	return call_simple(rt, e, &r);
 }
 

@@ -12,7 +12,9 @@
 
 int guest_getattr(struct runtime *rt, struct entity *e, const char *path, struct stat *st);
 int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *buf, fuse_fill_dir_t fill);
-int guest_create(struct runtime *rt, struct entity *e, const char *path, mode_t mode, bool excl);
+/* O_CREAT with open's O_EXCL and O_TRUNC (flags): the file is then there,
+ * a regular file, as open(2) leaves it. */
+int guest_create(struct runtime *rt, struct entity *e, const char *path, mode_t mode, int flags);
 int guest_read(struct runtime *rt, struct entity *e, const char *path, char *buf, size_t size, off_t off);
 int guest_write(struct runtime *rt, struct entity *e, const char *path, const char *buf, size_t size, off_t off);
 int guest_truncate(struct runtime *rt, struct entity *e, const char *path, off_t size);

@@ -237,29 +237,36 @@ static bool writable(const struct node *n)
 	return (node_mode(n) & 0200) != 0;
 }
 
-/* A handle on node n (its reference moves into the handle). */
+/* Opening an existing file in W/fs/: not a directory, and emptied for
+ * O_TRUNC (libfuse asks for atomic O_TRUNC: the open does it).  The
+ * kernel checked the mode bits (default_permissions). */
+static int guest_open(struct runtime *rt, const struct node *n, int flags)
+{
+	struct stat st;
+	int err;
+
+	if ((err = guest_getattr(rt, n->e, n->guest, &st)) < 0)
+		return err;
+	if (S_ISDIR(st.st_mode))
+		return -EISDIR;
+	if ((flags & O_TRUNC) && st.st_size)
+		return guest_truncate(rt, n->e, n->guest, 0);
+	return 0;
+}
+
+/* A handle on node n (its reference moves into the handle).  A guest file
+ * is checked by the caller (guest_open, or created as a file). */
 static int handle_open(struct runtime *rt, const char *path, struct node *n, struct fuse_file_info *fi)
 {
 	bool wr = (fi->flags & O_ACCMODE) != O_RDONLY;
 	struct handle *h;
 	int err = 0;
 
-	if (n->type == NODE_GUEST) {
-		struct stat st;
-
-		/* The kernel checked the mode bits (default_permissions). */
-		if ((err = guest_getattr(rt, n->e, n->guest, &st)) < 0)
-			return err;
-		if (S_ISDIR(st.st_mode))
-			return -EISDIR;
-		/* libfuse asks for atomic O_TRUNC: the open does it. */
-		if ((fi->flags & O_TRUNC) && st.st_size && (err = guest_truncate(rt, n->e, n->guest, 0)) < 0)
-			return err;
-	} else if (n->type != NODE_FILE && n->type != NODE_META_FILE && n->type != NODE_BALANCE_FILE) {
+	if (n->type != NODE_GUEST && n->type != NODE_FILE && n->type != NODE_META_FILE &&
+	    n->type != NODE_BALANCE_FILE)
 		return -EISDIR;
-	} else if (wr && !writable(n)) {
+	if (n->type != NODE_GUEST && wr && !writable(n))
 		return -EACCES;
-	}
 	if (wr && n->type == NODE_FILE && n->file->id == F_EXEC && (err = runtime_state_errno(rt, n->e)))
 		return err;
 	h = calloc(1, sizeof(*h));
@@ -305,7 +312,8 @@ static int wfs_open(const char *path, struct fuse_file_info *fi)
 	err = lookup(rt, path, &n);
 	if (err)
 		return err;
-	err = handle_open(rt, path, &n, fi);
+	if (n.type != NODE_GUEST || !(err = guest_open(rt, &n, fi->flags)))
+		err = handle_open(rt, path, &n, fi);
 	node_release(rt, &n);
 	return err;
 }
@@ -319,8 +327,7 @@ static int wfs_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	int err;
 
 	if (lookup(rt, path, &n) == 0) {
-		if (n.type == NODE_GUEST &&
-		    !(err = guest_create(rt, n.e, n.guest, mode, (fi->flags & O_EXCL) != 0)))
+		if (n.type == NODE_GUEST && !(err = guest_create(rt, n.e, n.guest, mode, fi->flags)))
 			err = handle_open(rt, path, &n, fi);
 		else if (n.type != NODE_GUEST)
 			err = -EEXIST;
@@ -706,7 +713,7 @@ static int wfs_mknod(const char *path, mode_t mode, dev_t dev)
 	if (err)
 		return err == -ENOENT ? -EPERM : err;
 	/* Regular files only: no devices or FIFOs from the host. */
-	err = n.type == NODE_GUEST && S_ISREG(mode) ? guest_create(rt, n.e, n.guest, mode, true) : -EPERM;
+	err = n.type == NODE_GUEST && S_ISREG(mode) ? guest_create(rt, n.e, n.guest, mode, O_EXCL) : -EPERM;
 	node_release(rt, &n);
 	return err;
 }

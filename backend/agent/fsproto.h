@@ -20,7 +20,7 @@
  *                                             name, attr (no . or ..)
  *   READ     path, off, len                -> the bytes (fewer at the end)
  *   WRITE    path, off, data               -> u32 bytes written
- *   CREATE   path, mode, flags (FS_EXCL)   -> attr
+ *   CREATE   path, mode, flags (FS_EXCL, FS_TRUNC) -> attr
  *   TRUNCATE path, off = size              -> -
  *   MKDIR    path, mode                    -> attr
  *   UNLINK, RMDIR  path                    -> -
@@ -64,6 +64,7 @@ enum fs_op {
 #define FS_REPLY_MAX (FS_REPLY_HDR + FS_IO_MAX)
 #define FS_ATTR_LEN 48
 #define FS_EXCL 1                    /* CREATE: fail with EEXIST if it exists */
+#define FS_TRUNC 2                   /* CREATE: empty it if it exists */
 #define FS_TIME_NOW (UINT64_MAX - 1)
 #define FS_TIME_OMIT UINT64_MAX
 

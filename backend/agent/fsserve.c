@@ -69,21 +69,34 @@ static bool below_dev(const char *dir)
 	return strncmp(dir, "/dev/", 5) == 0;
 }
 
-/* Is dfd/base (dfd the root: at_root) one of those left out? */
-static bool hidden(int dfd, const char *base, bool at_root)
+/* Is name, in the directory dfd (the root: at_root), whose own device is
+ * parent_dev, one of those left out?  st is name's lstat.  Only a
+ * directory on a device of its own can be a mount: the rest costs no
+ * system call. */
+static bool hidden_st(int dfd, const char *name, const struct stat *st, dev_t parent_dev, bool at_root)
 {
-	struct stat st;
-	bool yes = false;
+	bool yes;
 	int fd;
 
-	if (at_root && strcmp(base, "dev") == 0)
+	if (at_root && strcmp(name, "dev") == 0)
 		return true;
-	fd = openat(dfd, base, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (!S_ISDIR(st->st_mode) || st->st_dev == parent_dev)
+		return false;
+	fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
 	if (fd < 0)
 		return false;
-	yes = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && pseudo(fd);
+	yes = pseudo(fd);
 	close(fd);
 	return yes;
+}
+
+/* The same for dfd/base, stat'ed here. */
+static bool hidden(int dfd, const char *base, bool at_root)
+{
+	struct stat st, parent;
+
+	return fstat(dfd, &parent) == 0 && fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	       hidden_st(dfd, base, &st, parent.st_dev, at_root);
 }
 
 /* The directory of path (opened) and its last component, copied into
@@ -126,16 +139,22 @@ static void attr_of(const struct stat *st, struct fs_attr *a)
 	a->ctime_ns = (uint64_t)st->st_ctim.tv_sec * 1000000000u + (uint64_t)st->st_ctim.tv_nsec;
 }
 
+static void attr_put(const struct stat *st, uint8_t *p)
+{
+	struct fs_attr a;
+
+	attr_of(st, &a);
+	fs_attr_put(p, &a);
+}
+
 /* stat of dfd's base ("" : dfd itself) into out's attr. */
 static int stat_put(int dfd, const char *base, uint8_t *p)
 {
-	struct fs_attr a;
 	struct stat st;
 
 	if (fstatat(dfd, base, &st, AT_SYMLINK_NOFOLLOW | (base[0] ? 0 : AT_EMPTY_PATH)) < 0)
 		return -errno;
-	attr_of(&st, &a);
-	fs_attr_put(p, &a);
+	attr_put(&st, p);
 	return FS_ATTR_LEN;
 }
 
@@ -151,6 +170,7 @@ static int list(int dfd, const char *base, bool at_root, uint64_t cookie, uint8_
 {
 	int fd = openat(dfd, base[0] ? base : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	uint64_t index = 0, next = 0;
+	struct stat self, st;
 	size_t at = 8;
 	struct dirent *d;
 	DIR *dir;
@@ -158,17 +178,25 @@ static int list(int dfd, const char *base, bool at_root, uint64_t cookie, uint8_
 	if (fd < 0)
 		return -errno;
 	dir = fdopendir(fd);
-	if (!dir) {
-		close(fd);
-		return -errno;
+	if (!dir || fstat(fd, &self) < 0) {
+		int r = -errno;
+
+		if (dir)
+			closedir(dir);
+		else
+			close(fd);
+		return r;
 	}
 	while ((d = readdir(dir))) {
 		size_t n = strlen(d->d_name);
 
 		if (strcmp(d->d_name, ".") == 0 || strcmp(d->d_name, "..") == 0)
 			continue;
-		/* Listing the root itself: its entries are at the root. */
-		if (hidden(dirfd(dir), d->d_name, at_root && !base[0]))
+		/* One lstat an entry, for the listing and for whether it is
+		 * left out (listing the root itself: its entries are at the
+		 * root).  Gone since readdir saw it: not listed. */
+		if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    hidden_st(fd, d->d_name, &st, self.st_dev, at_root && !base[0]))
 			continue;
 		if (index++ < cookie)
 			continue;
@@ -176,8 +204,7 @@ static int list(int dfd, const char *base, bool at_root, uint64_t cookie, uint8_
 			next = index - 1;
 			break;
 		}
-		if (stat_put(dirfd(dir), d->d_name, body + at + 2 + n) < 0)
-			continue;  /* gone since readdir saw it */
+		attr_put(&st, body + at + 2 + n);
 		put_u16(body + at, n);
 		memcpy(body + at + 2, d->d_name, n);
 		at += 2 + n + FS_ATTR_LEN;
@@ -247,7 +274,8 @@ static int do_create(int dfd, const char *base, uint32_t mode, uint32_t flags, u
 
 	if (!base[0])
 		return -EEXIST;
-	fd = open_base(dfd, base, O_WRONLY | O_CREAT | O_NONBLOCK | ((flags & FS_EXCL) ? O_EXCL : 0),
+	fd = open_base(dfd, base, O_WRONLY | O_CREAT | O_NONBLOCK | ((flags & FS_EXCL) ? O_EXCL : 0) |
+		       ((flags & FS_TRUNC) ? O_TRUNC : 0),
 		       (mode_t)(mode & 07777));
 	if (fd < 0)
 		return fd;
