@@ -93,9 +93,14 @@ int guest_getattr(struct runtime *rt, struct entity *e, const char *path, struct
 	return rc;
 }
 
+/* The most entries one listing takes from a guest: libfuse holds a whole
+ * listing in memory, and a guest could page out names forever. */
+#define GUEST_DIR_MAX 1000000
+
 int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *buf, fuse_fill_dir_t fill)
 {
 	uint64_t cookie = 0;
+	size_t count = 0;
 	int rc = 0;
 
 	fill(buf, ".", NULL, 0, 0);
@@ -126,7 +131,12 @@ int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *
 				memcpy(name, nm, nl);
 				name[nl] = '\0';
 				stat_of(e, &a, &st);
-				fill(buf, name, &st, 0, 0);
+				if (++count > GUEST_DIR_MAX) {
+					worldfs_log("%s: fs%s: more than %d entries: refused", e->id, path, GUEST_DIR_MAX);
+					rc = -EIO;
+				} else if (fill(buf, name, &st, 0, 0)) {
+					rc = -ENOMEM;  /* libfuse could keep no more */
+				}
 			}
 			if (!rc && k < 0)
 				rc = -EIO;
