@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fs/diff.h"
 #include "fs/node.h"
 
 const struct file_desc entity_files[] = {
@@ -28,6 +29,7 @@ const struct file_desc entity_files[] = {
 	{ "wev",      F_WEV,      S_IFREG | 0400, S_IFREG | 0400 },
 	{ "snapshot", F_SNAPSHOT, S_IFDIR | 0700, 0 },
 	{ "fs",       F_FS,       S_IFDIR | 0700, 0 },
+	{ "diff",     F_DIFF,     S_IFREG | 0400, 0 },
 };
 const size_t n_entity_files = sizeof(entity_files) / sizeof(entity_files[0]);
 
@@ -54,7 +56,8 @@ static mode_t file_mode(const struct runtime *rt, const struct file_desc *f, con
 {
 	/* A collapsed or failed verse has no sandbox, so no files of its own;
 	 * nor has any world of a backend without the file protocol. */
-	if (f->id == F_FS && ((e->state != STATE_RUNNING && e->state != STATE_WON) || !rt || !rt->be_ops->fs))
+	if ((f->id == F_FS || f->id == F_DIFF) &&
+	    ((e->state != STATE_RUNNING && e->state != STATE_WON) || (rt && !rt->be_ops->fs)))
 		return 0;
 	return e->kind == ENTITY_SNAPSHOT ? f->snapshot_mode : f->world_mode;
 }
@@ -76,7 +79,7 @@ mode_t node_mode(const struct node *n)
 	case NODE_ENTITY_DIR: return S_IFDIR | 0700;
 	case NODE_SNAPSHOT_DIR:
 	case NODE_BALANCE_DIR:
-	case NODE_FILE: return file_mode(NULL, n->file, n->e);  /* never F_FS */
+	case NODE_FILE: return file_mode(NULL, n->file, n->e);  /* the lookup checked the backend */
 	case NODE_BALANCE_FILE: return S_IFREG | (n->e->kind == ENTITY_SNAPSHOT ? 0400 : 0600);
 	case NODE_GUEST: return S_IFDIR | 0700;  /* W/fs itself, as W lists it */
 	}
@@ -373,6 +376,8 @@ static int render_locked(struct runtime *rt, const struct node *n, char **buf, s
 		return e->push_down ? text(buf, len, "%s\n", e->push_down) : 0;
 	case F_WEV:
 		return text(buf, len, "%lld\n", (long long)e->wev);
+	case F_DIFF:
+		return 0;  /* computed in the guest: node_render, outside the lock */
 	case F_BALANCE:
 	case F_SNAPSHOT:
 	case F_FS:
@@ -414,6 +419,8 @@ int node_render(struct runtime *rt, const struct node *n, char **buf, size_t *le
 {
 	int err;
 
+	if (n->type == NODE_FILE && n->file->id == F_DIFF)
+		return guest_diff(rt, n->e, buf, len);
 	pthread_mutex_lock(&rt->lock);
 	if (n->type == NODE_META_FILE && n->sees_all)
 		err = render_meta_locked(rt, n, buf, len);
@@ -429,6 +436,12 @@ int node_size(struct runtime *rt, const struct node *n, off_t *size)
 	size_t len;
 	int err;
 
+	/* W/diff is computed by the guest when opened: like a /proc file, it
+	 * says size 0 and reads to its end (direct I/O). */
+	if (n->type == NODE_FILE && n->file->id == F_DIFF) {
+		*size = 0;
+		return 0;
+	}
 	if (n->type == NODE_FILE && (n->file->id == F_STDOUT || n->file->id == F_STDERR)) {
 		pthread_mutex_lock(&rt->lock);
 		*size = (off_t)(n->file->id == F_STDOUT ? n->e->out_len : n->e->err_len);
@@ -502,6 +515,8 @@ int node_stat(struct runtime *rt, const struct node *n, struct stat *st)
 
 	memset(st, 0, sizeof(*st));
 	st->st_mode = node_mode(n);
+	if (!st->st_mode)
+		return -ENOENT;  /* gone since the lookup (fs/ and diff of a verse collapsed meanwhile) */
 	st->st_nlink = S_ISDIR(st->st_mode) ? 2 : 1;
 	/* uid and gid never change after an entity is made. */
 	st->st_uid = n->e ? n->e->uid : rt->mount_uid;

@@ -70,6 +70,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/agent/fsdiff.h"
 #include "backend/agent/fsserve.h"
 #include "backend/agent/proto.h"
 #include "backend/util/clock.h"
@@ -172,6 +173,18 @@ struct agent {
 	int queue_len;
 	int drain[DRAIN_MAX];
 	int ndrain;
+	/* W/diff (fsdiff.h): the guest's writable layers; the manifest the
+	 * diff is against (base) and the last one taken (mark), with the
+	 * errno of a walk that failed (no manifest then); the last diff's
+	 * text while the host pages it out. */
+	struct fsd_layer layers[3];
+	size_t nlayers;
+	int upper_fd, lower_fd;
+	struct fsd_manifest *base, *mark;
+	int base_err, mark_err;
+	char *diff_text;
+	size_t diff_len;
+	uint64_t diff_token;
 };
 
 static uint8_t chunk[65536];
@@ -329,7 +342,7 @@ static void cmdline_value(const char *key, char *out, size_t n)
  * is a tmpfs, move /dev, /proc and /sys onto it and make it the root, as
  * switch_root(8) does but staying in this process.  On failure the
  * initramfs stays the root and why says what went wrong. */
-static int root_switch(const char *dev, char *why, size_t n)
+static int root_switch(struct agent *a, const char *dev, char *why, size_t n)
 {
 	static const char opts[] = "lowerdir=" ROOT_LOWER ",upperdir=" ROOT_RW "/upper,workdir=" ROOT_RW "/work";
 	long long deadline = now_ms() + ROOT_WAIT_MS;
@@ -360,6 +373,9 @@ static int root_switch(const char *dev, char *why, size_t n)
 	step = "mount the overlay";
 	if (mount("overlay", NEW_ROOT, "overlay", 0, opts) < 0)
 		goto fail;
+	/* W/diff walks the overlay's layers, which the switch hides. */
+	a->upper_fd = open(ROOT_RW "/upper", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	a->lower_fd = open(ROOT_LOWER, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	for (size_t i = 0; i < NMOUNTS(early_mounts); i++) {
 		step = early_mounts[i].target;
 		snprintf(target, sizeof(target), NEW_ROOT "%s", early_mounts[i].target);
@@ -379,6 +395,105 @@ fail:
 
 static void session_py_load(struct agent *a, const char *path);
 
+/* ---- W/diff ---- */
+
+/* What the agent keeps for its sessions is not the world's change. */
+static const char *const diff_skip[] = { RUN_DIR, NULL };
+
+/* The trees the guest writes: the root (an overlay's upper directory over
+ * the root disk, or the initramfs itself), and the tmpfs mounts on it
+ * that fs/ shows. */
+static void diff_layers(struct agent *a)
+{
+	static const char *const mounts[] = { "/tmp", "/run" };
+	int fd;
+
+	if (a->upper_fd >= 0 && a->lower_fd >= 0) {
+		a->layers[a->nlayers++] = (struct fsd_layer){ "/", a->upper_fd, a->lower_fd, diff_skip };
+	} else if ((fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+		a->layers[a->nlayers++] = (struct fsd_layer){ "/", fd, -1, diff_skip };
+	}
+	for (size_t i = 0; i < NMOUNTS(mounts); i++)
+		if ((fd = open(mounts[i], O_PATH | O_DIRECTORY | O_CLOEXEC)) >= 0)
+			a->layers[a->nlayers++] = (struct fsd_layer){ mounts[i], fd, -1, diff_skip };
+}
+
+static void manifest_drop(struct agent *a, struct fsd_manifest *m)
+{
+	if (m && m != a->base && m != a->mark)
+		fsd_free(m);
+}
+
+/* MARK: record the files as they are now (a file unchanged since the
+ * last record keeps its hash).  At boot the record is also the base. */
+static int diff_mark(struct agent *a)
+{
+	struct fsd_manifest *old = a->mark, *m = NULL;
+	double t = now_ms();
+	int r;
+
+	if (!a->nlayers)
+		return -ENOTSUP;
+	r = fsd_take(a->layers, a->nlayers, a->mark ? a->mark : a->base, &m);
+	a->mark = m;
+	a->mark_err = r;
+	manifest_drop(a, old);
+	if (r < 0)
+		say("W/diff: recording the files: %s", strerror(-r));
+	else if (now_ms() - t > 1000)
+		say("W/diff: recorded %zu paths in %.0f ms", fsd_count(m), now_ms() - t);
+	return r;
+}
+
+/* A new copy: its diff is against the files of the last mark. */
+static void diff_adopt(struct agent *a)
+{
+	struct fsd_manifest *old = a->base;
+
+	a->base = a->mark;
+	a->base_err = a->mark_err;
+	manifest_drop(a, old);
+}
+
+/* DIFF: compute the text (arg 0) or go on paging out the one computed
+ * (arg = its token); the reply body is token, total, bytes from off. */
+static int diff_request(struct agent *a, const struct fs_req *r, uint8_t *body, size_t *len)
+{
+	size_t n;
+	int err;
+
+	if (!a->nlayers)
+		return -ENOTSUP;
+	if (r->arg == 0) {
+		free(a->diff_text);
+		a->diff_text = NULL;
+		if (!a->base)
+			return a->base_err ? a->base_err : -ENODATA;
+		if ((err = fsd_diff(a->layers, a->nlayers, a->base, &a->diff_text, &a->diff_len)) < 0)
+			return err;
+		a->diff_token++;
+		if (a->diff_token == 0)
+			a->diff_token = 1;
+	} else if (!a->diff_text || r->arg != a->diff_token) {
+		return -ESTALE;
+	}
+	if (r->off > a->diff_len)
+		return -EINVAL;
+	n = a->diff_len - r->off;
+	if (n > FS_IO_MAX - FS_DIFF_HDR)
+		n = FS_IO_MAX - FS_DIFF_HDR;
+	proto_put_u64(body, a->diff_token);
+	proto_put_u64(body + 8, a->diff_len);
+	memcpy(body + FS_DIFF_HDR, a->diff_text + r->off, n);
+	*len = FS_DIFF_HDR + n;
+	/* Nothing outlives the request that takes the last byte. */
+	if (r->off + n == a->diff_len) {
+		free(a->diff_text);
+		a->diff_text = NULL;
+	}
+	return 0;
+}
+
 static void init_system(struct agent *a)
 {
 	char dev[64], why[256];
@@ -393,12 +508,13 @@ static void init_system(struct agent *a)
 	cmdline_value("worldfs.hostile", why, sizeof(why));
 	hostile = strcmp(why, "1") == 0;
 	cmdline_value("worldfs.root", dev, sizeof(dev));
-	if (dev[0] && root_switch(dev, why, sizeof(why)) < 0) {
+	if (dev[0] && root_switch(a, dev, why, sizeof(why)) < 0) {
 		say("root disk: %s; staying in the initramfs", why);
 		a->root_error = strdup(why);
 	}
 	mount_all(late_mounts, NMOUNTS(late_mounts));
 	mkdir(HOME_DIR, 0700);
+	diff_layers(a);
 	sethostname("world", 5);
 	loopback_up();
 	umask(022);
@@ -1390,6 +1506,16 @@ static int fs_request(struct agent *a, const struct proto_frame *f)
 
 	if (fs_req_parse(f->payload, f->len, &r) < 0)
 		return -EPROTO;
+	if (r.op == FS_MARK || r.op == FS_DIFF) {
+		size_t n = 0;
+		int err = r.op == FS_MARK ? diff_mark(a) : diff_request(a, &r, reply + FS_REPLY_HDR, &n);
+
+		proto_put_u32(reply, r.id);
+		proto_put_u32(reply + 4, err < 0 ? (uint32_t)-err : 0);
+		iov = (struct iovec){ .iov_base = reply, .iov_len = FS_REPLY_HDR + (err < 0 ? 0 : n) };
+		port_send(a, PROTO_FS_REPLY, &iov, 1);
+		return 0;
+	}
 	/* Opened at the first request: after init switched to the root disk. */
 	if (root < 0)
 		root = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -1432,6 +1558,8 @@ static int handle_frame(struct agent *a, const struct proto_frame *f)
 		reseed(proto_get_u64(f->payload), f->payload + hdr, f->len - hdr);
 		/* The Python session reseeds its generators from the kernel's,
 		 * fresh now, before it takes its next run. */
+		if (f->type == PROTO_RESEED2 && (proto_get_u32(f->payload + 8) & PROTO_RESEED_DIFF_BASE))
+			diff_adopt(a);
 		if (f->type == PROTO_RESEED2 && (proto_get_u32(f->payload + 8) & PROTO_RESEED_SESSIONS) &&
 		    a->sess[SESSION_PYTHON].pid &&
 		    write_all(a->sess[SESSION_PYTHON].ctl, "reseed\n", 7) < 0)
@@ -1634,6 +1762,10 @@ static void agent_release(struct agent *a)
 	strbuf_release(&a->in);
 	free(a->py_text);
 	free(a->root_error);
+	free(a->diff_text);
+	if (a->base != a->mark)
+		fsd_free(a->base);
+	fsd_free(a->mark);
 	close(a->sigfd);
 }
 
@@ -1641,6 +1773,8 @@ int main(int argc, char **argv)
 {
 	struct agent a = {
 		.port = -1,
+		.upper_fd = -1,
+		.lower_fd = -1,
 		.dir = RUN_DIR,
 		.sigfd = -1,
 		.sess = { [SESSION_SH] = { .ctl = -1, .status = -1 },
@@ -1698,6 +1832,11 @@ int main(int argc, char **argv)
 	ret = session_start(&a, SESSION_SH);
 	if (ret < 0)
 		say("session shell: %s", strerror(-ret));
+	/* W/diff's first base: the files as booted. */
+	if (a.nlayers) {
+		diff_mark(&a);
+		diff_adopt(&a);
+	}
 	serve(&a);
 	agent_release(&a);
 	return 0;

@@ -147,3 +147,15 @@ int fs_dirent_next(const uint8_t *body, size_t len, size_t *pos, const char **na
 	*pos = at + n + FS_ATTR_LEN;
 	return 1;
 }
+
+int fs_diff_parse(const uint8_t *body, size_t len, uint64_t *token, uint64_t *total, const uint8_t **data,
+		  size_t *data_len)
+{
+	if (len < FS_DIFF_HDR)
+		return -EPROTO;
+	*token = proto_get_u64(body);
+	*total = proto_get_u64(body + 8);
+	*data = body + FS_DIFF_HDR;
+	*data_len = len - FS_DIFF_HDR;
+	return 0;
+}

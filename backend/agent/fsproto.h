@@ -29,6 +29,15 @@
  *   SYMLINK  path2 = the target, path = the link -> attr
  *   CHMOD    path, mode                    -> -
  *   UTIMENS  path, off = atime ns, arg = mtime ns (FS_TIME_NOW, FS_TIME_OMIT)
+ *   MARK     path "/"                      -> - (the files are recorded: a
+ *                                             copy started from the state
+ *                                             frozen next diffs against them)
+ *   DIFF     path "/", off, arg = token    -> u64 token, u64 total, the
+ *            (0: compute it now)              text's bytes from off (W/diff;
+ *                                             the token names the text
+ *                                             computed, kept until its last
+ *                                             byte is sent; an unknown
+ *                                             token is ESTALE)
  * An attr is: u32 mode, u32 nlink, u32 uid, u32 gid, u64 size, u64 ino,
  * u64 mtime ns, u64 ctime ns. */
 #ifndef WORLDFS_FSPROTO_H
@@ -52,6 +61,8 @@ enum fs_op {
 	FS_SYMLINK,
 	FS_CHMOD,
 	FS_UTIMENS,
+	FS_MARK,
+	FS_DIFF,
 	FS_OP_END,
 };
 
@@ -65,6 +76,7 @@ enum fs_op {
 #define FS_ATTR_LEN 48
 #define FS_EXCL 1                    /* CREATE: fail with EEXIST if it exists */
 #define FS_TRUNC 2                   /* CREATE: empty it if it exists */
+#define FS_DIFF_HDR 16               /* DIFF's reply: token, total */
 #define FS_TIME_NOW (UINT64_MAX - 1)
 #define FS_TIME_OMIT UINT64_MAX
 
@@ -106,5 +118,10 @@ int fs_reply_parse(const uint8_t *p, size_t len, uint32_t *id, uint32_t *err, co
  * empty, ".", "..", holds '/' or NUL, or runs past the end). */
 int fs_dirent_next(const uint8_t *body, size_t len, size_t *pos, const char **name, size_t *name_len,
 		   struct fs_attr *a);
+
+/* A DIFF reply's body: its token, the text's total length and the bytes
+ * it carries.  0, or -EPROTO if shorter than its header. */
+int fs_diff_parse(const uint8_t *body, size_t len, uint64_t *token, uint64_t *total, const uint8_t **data,
+		  size_t *data_len);
 
 #endif

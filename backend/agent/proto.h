@@ -15,8 +15,9 @@
 /* The agent's PONG says "worldfs-agent VERSION".  Version 2 (worldfs 0.2)
  * added RESEED2, the session bits and sessions other than sh; a host
  * sends version-1 agents (in states saved by worldfs 0.1) only RESEED.
- * Version 3 added FS: a host sends no FS to an older agent (ENOTSUP). */
-#define PROTO_VERSION "3"
+ * Version 3 added FS: a host sends no FS to an older agent (ENOTSUP).
+ * Version 4 added W/diff: FS's MARK and DIFF, and RESEED_DIFF_BASE. */
+#define PROTO_VERSION "4"
 
 enum proto_type {
 	/* host -> guest */
@@ -45,6 +46,10 @@ enum proto_reseed_flags {
 	/* Also reseed the sessions' interpreters' global generators (Python's
 	 * random and numpy.random), not only the kernel's RNG. */
 	PROTO_RESEED_SESSIONS = 1,
+	/* This guest is a new copy (a branch, or a world made from the golden
+	 * state): W/diff's base becomes the files as the last MARK recorded
+	 * them, just before the state it started from was frozen. */
+	PROTO_RESEED_DIFF_BASE = 2,
 };
 
 /* EXEC: timeout_ms 0 means no time limit; output_max 0 means the agent's

@@ -165,7 +165,7 @@ int agent_ping(struct sandbox *s, double deadline)
 	return 0;
 }
 
-int agent_reseed(struct sandbox *s, double deadline, bool sessions)
+int agent_reseed(struct sandbox *s, double deadline, uint32_t flags)
 {
 	uint8_t seed[12 + RESEED_BYTES];
 	struct proto_frame f;
@@ -179,7 +179,7 @@ int agent_reseed(struct sandbox *s, double deadline, bool sessions)
 
 	clock_gettime(CLOCK_REALTIME, &ts);
 	proto_put_u64(seed, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-	proto_put_u32(seed + 8, sessions ? PROTO_RESEED_SESSIONS : 0);
+	proto_put_u32(seed + 8, flags);
 	if (getrandom(seed + hdr, RESEED_BYTES, 0) != RESEED_BYTES)
 		return -EIO;
 	r = proto_write(s->agent, v2 ? PROTO_RESEED2 : PROTO_RESEED, seed, hdr + RESEED_BYTES,
@@ -306,5 +306,27 @@ int agent_fs(struct sandbox *s, const struct fs_req *req, uint8_t **reply, size_
 	memmove(buf, f.payload, f.len);
 	*reply = buf;
 	*len = f.len;
+	return 0;
+}
+
+int agent_mark(struct sandbox *s)
+{
+	struct fs_req req = { .op = FS_MARK, .path = "/", .path_len = 1 };
+	const uint8_t *body;
+	uint8_t *reply = NULL;
+	uint32_t id, err;
+	size_t len, body_len;
+	int r;
+
+	if (s->agent_version < 4)
+		return 0;  /* its W/diff is ENOTSUP anyway */
+	if ((r = agent_fs(s, &req, &reply, &len)) < 0)
+		return r;
+	if (fs_reply_parse(reply, len, &id, &err, &body, &body_len) < 0)
+		err = EPROTO;
+	if (err)
+		vm_log(s->id, "W/diff: the guest could not record its files for the copies made now: %s",
+		       strerror(err < 4096 ? (int)err : EPROTO));
+	free(reply);
 	return 0;
 }

@@ -673,6 +673,10 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 	double t0;
 
 	*frozen_ms = 0;
+	/* A state others start from (a snapshot, a branch, the golden state):
+	 * W/diff's base for them is recorded first. */
+	if (keep_running && (r = agent_mark(s)) < 0)
+		return r;
 	if ((r = migrate_prepare(s)) < 0)
 		return r;
 	if (s->cow) {

@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/agent/proto.h"
 #include "backend/vm/vm.h"
 
 /* Names in STATE/vm that are not sandboxes. */
@@ -151,6 +152,11 @@ int sandbox_make(struct backend *b, const char *id, const struct vm_image *img, 
  * failure no process is left. */
 int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed reseed, double deadline)
 {
+	static const uint32_t reseed_flags[] = {
+		[RESEED_KERNEL] = 0,
+		[RESEED_COPY] = PROTO_RESEED_DIFF_BASE,
+		[RESEED_ALL] = PROTO_RESEED_DIFF_BASE | PROTO_RESEED_SESSIONS,
+	};
 	double t = now_ms();
 	int r;
 
@@ -169,7 +175,7 @@ int sandbox_start(struct sandbox *s, int state_fd, bool launched, enum reseed re
 	s->steps.load_ms = now_ms() - t;
 	t = now_ms();
 	if ((r = agent_ping(s, deadline)) < 0 ||
-	    (reseed != RESEED_NONE && (r = agent_reseed(s, deadline, reseed == RESEED_ALL)) < 0))
+	    (reseed != RESEED_NONE && (r = agent_reseed(s, deadline, reseed_flags[reseed])) < 0))
 		goto fail;
 	s->steps.ready_ms = now_ms() - t;
 	s->broken = false;
@@ -212,7 +218,7 @@ int sandbox_reattach(struct sandbox *s, pid_t pid)
 		return qemu_cmd_failed(s, r, "cont");
 	/* A run may still be going on: PING waits for it (exec_timeout). */
 	if ((r = agent_connect(s, deadline)) < 0 || (r = agent_ping(s, deadline)) < 0 ||
-	    (r = agent_reseed(s, deadline, false)) < 0)
+	    (r = agent_reseed(s, deadline, 0)) < 0)
 		return r;
 	s->broken = false;
 	return 0;

@@ -275,7 +275,8 @@ static int vm_create(struct backend *b, const char *id, unsigned mem_mib, unsign
 		pthread_mutex_unlock(&b->golden_lock);
 		/* The bake may have taken a while (a warm-up run): the
 		 * reseed gets its own time. */
-		if (r == 0 && (r = agent_reseed(s, now_ms() + RESTORE_TIMEOUT_MS, true)) < 0) {
+		if (r == 0 && (r = agent_reseed(s, now_ms() + RESTORE_TIMEOUT_MS,
+						PROTO_RESEED_SESSIONS | PROTO_RESEED_DIFF_BASE)) < 0) {
 			sandbox_discard(s);
 			s = NULL;
 		}
@@ -597,7 +598,7 @@ static int vm_branch(struct backend *b, struct sandbox *parent, const char *snap
 		close(k[i].ram_to);
 		k[i].ram_to = -1;
 		k[i].deadline = deadline;
-		k[i].reseed = b->reseed_sessions ? RESEED_ALL : RESEED_KERNEL;
+		k[i].reseed = b->reseed_sessions ? RESEED_ALL : RESEED_COPY;
 	}
 	if ((r = children_start(k, n)) < 0)
 		goto fail;

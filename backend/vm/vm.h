@@ -343,9 +343,15 @@ int agent_connect(struct sandbox *s, double deadline);
 /* Until the agent answers PING. */
 int agent_ping(struct sandbox *s, double deadline);
 /* Fresh entropy and the host's time: a restored or cloned guest has its
- * parent's.  sessions: the interpreters' global generators too (a version
- * 1 agent has no interpreters but sh). */
-int agent_reseed(struct sandbox *s, double deadline, bool sessions);
+ * parent's.  flags: PROTO_RESEED_SESSIONS (the interpreters' global
+ * generators too; a version 1 agent has no interpreters but sh),
+ * PROTO_RESEED_DIFF_BASE (a copy: W/diff's base is the last mark). */
+int agent_reseed(struct sandbox *s, double deadline, uint32_t flags);
+/* Before a state others start from is frozen: the agent records the
+ * guest's files (W/diff's base for the copies).  A guest that cannot
+ * (too many files, out of time) says so, and the copies' W/diff says
+ * why; 0 unless the agent is lost (-EIO). */
+int agent_mark(struct sandbox *s);
 /* A run with the backend's exec_timeout, or timeout_ms if not 0. */
 int agent_exec(struct sandbox *s, const char *code, size_t len, uint32_t timeout_ms, struct run_result *res);
 /* One file request (fsproto.h); its reply payload, malloc'd, in *reply.
@@ -380,9 +386,10 @@ void sandbox_free(struct sandbox *s);
 int sandbox_discard(struct sandbox *s);
 
 /* What a start reseeds: nothing (a golden state's first boot, reseeded
- * after its freeze), the kernel's RNG (a world that resumes), or the
- * interpreters' generators too (a new world; a branch under reseed=all). */
-enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_ALL };
+ * after its freeze), the kernel's RNG (a world that resumes), that and
+ * W/diff's base (a copy: a branch), or the interpreters' generators too
+ * (a new world; a branch under reseed=all). */
+enum reseed { RESEED_NONE, RESEED_KERNEL, RESEED_COPY, RESEED_ALL };
 /* Bring s up: start QEMU unless it is already waiting (launched), load a
  * state (state_fd >= 0) or boot, wait for the agent, and reseed it.  On
  * failure no process is left. */
