@@ -66,7 +66,9 @@ static void stat_of(const struct entity *e, const struct fs_attr *a, struct stat
 	st->st_gid = e->gid;
 	st->st_size = (off_t)a->size;
 	st->st_blocks = (blkcnt_t)((a->size + 511) / 512);
-	st->st_blksize = 4096;
+	/* The size a program should read and write in (cp, dd, stdio take
+	 * it): one request of the file protocol, one round trip. */
+	st->st_blksize = FS_IO_MAX;
 	st->st_mtim.tv_sec = (time_t)(a->mtime_ns / 1000000000u);
 	st->st_mtim.tv_nsec = (long)(a->mtime_ns % 1000000000u);
 	st->st_atim = st->st_mtim;
