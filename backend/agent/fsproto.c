@@ -80,7 +80,8 @@ int fs_req_parse(const uint8_t *p, size_t len, struct fs_req *r)
 	if (r->op < FS_STAT || r->op >= FS_OP_END || !path_ok(r->path, r->path_len))
 		return -EPROTO;
 	if ((r->op == FS_RENAME && !path_ok(r->path2, r->path2_len)) ||
-	    (r->op == FS_SYMLINK && (r->path2_len == 0 || memchr(r->path2, '\0', r->path2_len))) ||
+	    (r->op == FS_SYMLINK &&
+	     (r->path2_len == 0 || r->path2_len > FS_PATH_MAX || memchr(r->path2, '\0', r->path2_len))) ||
 	    (r->op != FS_RENAME && r->op != FS_SYMLINK && r->path2_len))
 		return -EPROTO;
 	if ((r->op == FS_READ && r->len > FS_IO_MAX) || (r->op != FS_WRITE && r->data_len) ||
@@ -136,7 +137,7 @@ int fs_dirent_next(const uint8_t *body, size_t len, size_t *pos, const char **na
 		return -EPROTO;
 	n = get_u16(body + at);
 	at += 2;
-	if (n == 0 || n > len - at || len - at - n < FS_ATTR_LEN)
+	if (n == 0 || n > FS_PATH_MAX || n > len - at || len - at - n < FS_ATTR_LEN)
 		return -EPROTO;
 	*name = (const char *)body + at;
 	*name_len = n;

@@ -115,7 +115,8 @@ int fs_reply_parse(const uint8_t *p, size_t len, uint32_t *id, uint32_t *err, co
 
 /* The next READDIR entry in body[*pos..len): its name (not terminated)
  * and attr.  1, 0 at the end, -EPROTO when malformed (a name that is
- * empty, ".", "..", holds '/' or NUL, or runs past the end). */
+ * empty, ".", "..", longer than FS_PATH_MAX, holds '/' or NUL, or runs past the
+ * end). */
 int fs_dirent_next(const uint8_t *body, size_t len, size_t *pos, const char **name, size_t *name_len,
 		   struct fs_attr *a);
 
