@@ -3,10 +3,12 @@
 # Python, driven through a mounted worldfs with file operations only; every
 # step is checked, none unmounts.
 #
+#   cp universe.csv universe/fs/srv/   (the input, in through the guest's files)
 #   world.execute_code("import pandas as pd; data = load_universe()")
 #   snapshot "pre-event" -> branch nash, optimal, chaos from it
 #   -> strategy = 'selfish' | 'cooperative' | 'random'; evolve()  (in parallel)
-#   -> balances from each result -> resolve optimal -> WEV -> the records
+#   -> balances from each result -> what each verse changed (cat VERSE/diff)
+#   -> resolve optimal -> WEV -> the records
 #
 # Needs an image with Python (the default, debian); the sh version of the
 # scenario, for any image, is contrib/demo-sh.sh.
@@ -62,21 +64,31 @@ if [ "$(get "$U/status")" = 127 ]; then
 	die "this world has no python3 ($(get "$U/stderr")): mount with image=debian, or run contrib/demo-sh.sh"
 fi
 
+step "copy the universe's input in: cp universe.csv universe/fs/srv/"
+# 100,000 agents, each held by an owner, with a balance and a trust score.
+csv=$(mktemp "${TMPDIR:-/tmp}/worldfs-demo-universe.XXXXXX") || die "mktemp failed"
+awk 'BEGIN {
+	srand(7); split("alice bob carol", owner, " ")
+	print "agent,owner,balance,trust"
+	for (i = 0; i < 100000; i++)
+		printf "%d,%s,%d,%.6f\n", i, owner[1 + int(rand() * 3)], 10 + int(rand() * 90), rand()
+}' >"$csv"
+t=$(now_ns)
+cp "$csv" "$U/fs/srv/universe.csv" || die "cp into $U/fs/srv/ failed"
+say "$(wc -c <"$csv") bytes copied in $(ms_since "$t") ms"
+rm -f "$csv"
+show "$U/diff"
+expect "diff of universe" "$(get "$U/diff")" "$(printf 'A\t/srv/universe.csv')"
+
 step "load the universe in its Python session: import pandas as pd; data = load_universe()"
 t=$(now_ns)
-py "$U" 'import numpy as np
+py "$U" 'import json
+import numpy as np
 import pandas as pd
 
-def load_universe(n=100_000, seed=7):
-    """Agents, each held by an owner, with a balance and a trust score."""
-    rng = np.random.default_rng(seed)
-    owners = np.array(["alice", "bob", "carol"])
-    return pd.DataFrame({
-        "agent": np.arange(n),
-        "owner": owners[rng.integers(0, len(owners), n)],
-        "balance": rng.integers(10, 100, n),
-        "trust": rng.random(n),
-    })
+def load_universe(path="/srv/universe.csv"):
+    """The agents the host copied in through fs/."""
+    return pd.read_csv(path)
 
 def evolve(rounds=12):
     """Play the global `strategy` on the global `data`; then print the
@@ -93,7 +105,10 @@ def evolve(rounds=12):
         else:
             raise ValueError(f"unknown strategy {strategy!r}")
     data = d
-    for owner, amount in data.groupby("owner").balance.sum().items():
+    balances = {o: int(a) for o, a in data.groupby("owner").balance.sum().items()}
+    with open("/srv/result.json", "w") as f:
+        json.dump({"strategy": strategy, "balances": balances}, f)
+    for owner, amount in balances.items():
         print(f"{owner}={amount}")
 
 data = load_universe()
@@ -154,6 +169,19 @@ done
 [ "$(ledger_sum "$S/optimal")" -gt "$(ledger_sum "$S/nash")" ] ||
 	die "cooperation ($(ledger_sum "$S/optimal")) did not beat selfishness ($(ledger_sum "$S/nash"))"
 say "cooperative (optimal) ends with $(ledger_sum "$S/optimal"), selfish (nash) with $(ledger_sum "$S/nash")"
+
+step "what each verse changed since the push-down (cat VERSE/diff), and its result (cat VERSE/fs/srv/result.json)"
+# (show uses $v: this loop has a name of its own)
+for verse in $VERSES; do
+	say "$verse:"
+	show "$S/$verse/diff"
+	expect "diff of $verse" "$(get "$S/$verse/diff")" "$(printf 'A\t/srv/result.json')"
+	show "$S/$verse/fs/srv/result.json"
+	case $(get "$S/$verse/fs/srv/result.json") in
+	*"\"strategy\": \"$(strategy_of "$verse")\""*) ;;
+	*) die "$verse's result.json does not hold its own strategy" ;;
+	esac
+done
 
 step "isolation: each verse evolved only its own data"
 for v in $VERSES; do

@@ -13,12 +13,15 @@
  * follows it, stays in the world. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "fs/guest.h"
 #include "backend/agent/proto.h"
+#include "backend/util/clock.h"
 
 /* One request; its body (pointing into *reply, freed by the caller) or
  * -errno, the guest's own included. */
@@ -76,6 +79,173 @@ static void stat_of(const struct entity *e, const struct fs_attr *a, struct stat
 	st->st_ctim.tv_nsec = (long)(a->ctime_ns % 1000000000u);
 }
 
+/* ---- attributes, kept a moment ----
+ * ls -l, find and tar stat(2) every name they list, and the kernel looks
+ * up every directory on the way to it again (the mount's entry timeout is
+ * 0): one round trip each to the guest (ls -l of 1,000 files took 7 s
+ * under TCG).  So the attributes a listing brought, and those of the
+ * last stats, are kept, and a stat answers from them while the world's
+ * files_gen is unchanged (no run started or ended and nothing changed
+ * through fs/ since: a run waits for nothing here, and any change made
+ * through worldfs is seen at once) and for LISTING_TTL_MS at most (what
+ * the guest's background jobs change shows after that). */
+#define LISTINGS 8
+#define LISTING_TTL_MS 1000
+#define LISTING_MAX 100000  /* entries kept of one listing */
+
+struct named_attr {
+	char *name;
+	struct fs_attr a;
+};
+
+struct listing {
+	char id[sizeof(((struct entity *)0)->id)];
+	char *dir;
+	uint64_t gen;
+	double at;
+	struct named_attr *v;
+	size_t n, cap;
+};
+
+static struct listing listings[LISTINGS];
+static pthread_mutex_t listings_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* The last stats, one slot per hash of the path (listings_lock). */
+#define STATS 512
+static struct stat_slot {
+	char id[sizeof(((struct entity *)0)->id)];
+	char *path;
+	uint64_t gen;
+	double at;
+	struct fs_attr a;
+} stats[STATS];
+
+static unsigned path_slot(const char *id, const char *path)
+{
+	uint32_t h = 2166136261u;
+
+	for (const char *p = id; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	for (const char *p = path; *p; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return h % STATS;
+}
+
+static void stat_keep(struct entity *e, const char *path, uint64_t gen, double at, const struct fs_attr *a)
+{
+	struct stat_slot *s = &stats[path_slot(e->id, path)];
+	char *p = strdup(path);
+
+	if (!p)
+		return;
+	pthread_mutex_lock(&listings_lock);
+	free(s->path);
+	snprintf(s->id, sizeof(s->id), "%s", e->id);
+	s->path = p;
+	s->gen = gen;
+	s->at = at;
+	s->a = *a;
+	pthread_mutex_unlock(&listings_lock);
+}
+
+static void listing_clear(struct listing *l)
+{
+	for (size_t i = 0; i < l->n; i++)
+		free(l->v[i].name);
+	free(l->v);
+	free(l->dir);
+	memset(l, 0, sizeof(*l));
+}
+
+static int by_name(const void *a, const void *b)
+{
+	return strcmp(((const struct named_attr *)a)->name, ((const struct named_attr *)b)->name);
+}
+
+/* The directory part of path ("/" for "/x"), its length. */
+static size_t dir_len(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+
+	return slash == path ? 1 : (size_t)(slash - path);
+}
+
+/* Keep l (taken over) as the listing of its dir, in place of the oldest. */
+static void listing_keep(struct listing *l)
+{
+	size_t oldest = 0;
+
+	qsort(l->v, l->n, sizeof(*l->v), by_name);
+	pthread_mutex_lock(&listings_lock);
+	for (size_t i = 0; i < LISTINGS; i++) {
+		if (!listings[i].dir || (strcmp(listings[i].id, l->id) == 0 && strcmp(listings[i].dir, l->dir) == 0)) {
+			oldest = i;
+			break;
+		}
+		if (listings[i].at < listings[oldest].at)
+			oldest = i;
+	}
+	listing_clear(&listings[oldest]);
+	listings[oldest] = *l;
+	pthread_mutex_unlock(&listings_lock);
+	memset(l, 0, sizeof(*l));
+}
+
+/* path's attributes from a listing still valid; false if none has it. */
+static bool listing_find(struct runtime *rt, struct entity *e, const char *path, struct fs_attr *a)
+{
+	size_t dl = dir_len(path);
+	uint64_t gen = runtime_files_gen(rt, e);
+	double now = now_ms();
+	bool found = false;
+
+	struct stat_slot *s = &stats[path_slot(e->id, path)];
+
+	pthread_mutex_lock(&listings_lock);
+	if (s->path && s->gen == gen && now - s->at <= LISTING_TTL_MS && strcmp(s->id, e->id) == 0 &&
+	    strcmp(s->path, path) == 0) {
+		*a = s->a;
+		found = true;
+	}
+	/* "/" has no listing that holds it. */
+	if (!path[dl] || !path[dl + (dl > 1)]) {
+		pthread_mutex_unlock(&listings_lock);
+		return found;
+	}
+	for (size_t i = 0; i < LISTINGS && !found; i++) {
+		struct listing *l = &listings[i];
+		struct named_attr key = { .name = (char *)path + dl + (dl > 1) }, *hit;
+
+		if (!l->dir || l->gen != gen || now - l->at > LISTING_TTL_MS || strcmp(l->id, e->id) != 0 ||
+		    strlen(l->dir) != dl || strncmp(l->dir, path, dl) != 0)
+			continue;
+		if ((hit = bsearch(&key, l->v, l->n, sizeof(*l->v), by_name))) {
+			*a = hit->a;
+			found = true;
+		}
+	}
+	pthread_mutex_unlock(&listings_lock);
+	return found;
+}
+
+/* Add name's attributes to l; false when it holds enough (or no memory). */
+static bool listing_add(struct listing *l, const char *name, const struct fs_attr *a)
+{
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 64;
+		struct named_attr *v = cap <= LISTING_MAX ? realloc(l->v, cap * sizeof(*v)) : NULL;
+
+		if (!v)
+			return false;
+		l->v = v;
+		l->cap = cap;
+	}
+	if (!(l->v[l->n].name = strdup(name)))
+		return false;
+	l->v[l->n++].a = *a;
+	return true;
+}
+
 int guest_getattr(struct runtime *rt, struct entity *e, const char *path, struct stat *st)
 {
 	struct fs_req r = on(FS_STAT, path);
@@ -83,13 +253,22 @@ int guest_getattr(struct runtime *rt, struct entity *e, const char *path, struct
 	const uint8_t *body;
 	size_t n;
 	struct fs_attr a;
-	int rc = call(rt, e, &r, &reply, &body, &n);
+	int rc;
 
+	uint64_t gen = runtime_files_gen(rt, e);
+	double at = now_ms();
+
+	if (listing_find(rt, e, path, &a)) {
+		stat_of(e, &a, st);
+		return 0;
+	}
+	rc = call(rt, e, &r, &reply, &body, &n);
 	if (!rc && n != FS_ATTR_LEN)
 		rc = -EIO;
 	if (!rc) {
 		fs_attr_get(body, &a);
 		stat_of(e, &a, st);
+		stat_keep(e, path, gen, at, &a);
 	}
 	free(reply);
 	return rc;
@@ -104,7 +283,15 @@ int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *
 	uint64_t cookie = 0;
 	size_t count = 0;
 	int rc = 0;
+	struct listing keep = { .gen = runtime_files_gen(rt, e), .at = now_ms() };
+	bool keeping = (keep.dir = strdup(path)) != NULL;
 
+	if (keeping) {
+		snprintf(keep.id, sizeof(keep.id), "%s", e->id);
+		/* The same directory as a stat's dir_len() sees it. */
+		for (size_t k = strlen(keep.dir); k > 1 && keep.dir[k - 1] == '/'; k--)
+			keep.dir[k - 1] = '\0';
+	}
 	fill(buf, ".", NULL, 0, 0);
 	fill(buf, "..", NULL, 0, 0);
 	do {
@@ -138,6 +325,8 @@ int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *
 					rc = -EIO;
 				} else if (fill(buf, name, &st, 0, 0)) {
 					rc = -ENOMEM;  /* libfuse could keep no more */
+				} else if (keeping) {
+					keeping = listing_add(&keep, name, &a);
 				}
 			}
 			if (!rc && k < 0)
@@ -145,6 +334,10 @@ int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *
 		}
 		free(reply);
 	} while (!rc && cookie);
+	if (!rc && keeping)
+		listing_keep(&keep);
+	else
+		listing_clear(&keep);
 	return rc;
 }
 

@@ -629,10 +629,12 @@ int runtime_exec(struct runtime *rt, struct entity *e, const char *code, size_t 
 
 		pthread_mutex_lock(&rt->lock);
 		e->running = true;
+		e->files_gen++;
 		pthread_mutex_unlock(&rt->lock);
 		err = rt->be_ops->exec(e->sb, code, len, res);
 		pthread_mutex_lock(&rt->lock);
 		e->running = false;
+		e->files_gen++;
 		e->used_at = now_ms();
 		/* Removed or collapsed meanwhile: an error is the interruption. */
 		cut = e->removed ? -ENOENT : e->state == STATE_COLLAPSED ? -EROFS : 0;
@@ -710,9 +712,22 @@ int runtime_fs(struct runtime *rt, struct entity *e, const struct fs_req *req, u
 	}
 	pthread_mutex_lock(&rt->lock);
 	e->used_at = now_ms();
+	if (req->op != FS_STAT && req->op != FS_READDIR && req->op != FS_READ && req->op != FS_READLINK &&
+	    req->op != FS_DIFF)
+		e->files_gen++;
 	pthread_mutex_unlock(&rt->lock);
 	pthread_mutex_unlock(&e->oplock);
 	return err;
+}
+
+uint64_t runtime_files_gen(struct runtime *rt, struct entity *e)
+{
+	uint64_t g;
+
+	pthread_mutex_lock(&rt->lock);
+	g = e->files_gen;
+	pthread_mutex_unlock(&rt->lock);
+	return g;
 }
 
 /* ---- resolve ---- */

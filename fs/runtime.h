@@ -87,6 +87,9 @@ int runtime_branch(struct runtime *rt, struct entity *parent, const char *name, 
  * reply payload, malloc'd, in *reply.  -EROFS (collapsed), -EIO (failed,
  * or died now: then marked failed), -ENOTSUP (no file protocol). */
 int runtime_fs(struct runtime *rt, struct entity *e, const struct fs_req *req, uint8_t **reply, size_t *len);
+/* e->files_gen: it changes when e's files may have (a run, a change made
+ * through fs/). */
+uint64_t runtime_files_gen(struct runtime *rt, struct entity *e);
 /* What was written to W/push_down (or S/push_down): "a b:0.5 c", every
  * verse branched from one instant of parent, all or none. */
 int runtime_push_down(struct runtime *rt, struct entity *parent, const char *text, size_t len, uid_t uid,

@@ -76,6 +76,9 @@ struct entity {
 	double used_at;           /* now_ms() of its last use (tree lock): idle.c */
 	unsigned open_files;      /* descriptors open on its files (tree lock) */
 	char suspended_at[32];    /* when its sandbox was last suspended, "" if up */
+	uint64_t files_gen;       /* changes at each run's start and end and each change
+	                           * made through fs/ (tree lock): guest.c keeps what a
+	                           * listing said for one generation */
 	bool running;             /* an exec is in the backend (guarded by the tree lock):
 	                           * rmdir and resolve interrupt it (interrupt_run_locked) */
 };
