@@ -331,6 +331,12 @@ static void hash_ent(struct walk *w, int dfd, struct ent *e, const char *name, u
 			return;
 		}
 	}
+	/* An empty file's hash needs no open. */
+	if (S_ISREG(e->mode) && e->size == 0) {
+		e->hash = hash_final(MIX, 0);
+		e->flags |= F_HASHED;
+		return;
+	}
 	if ((S_ISREG(e->mode) && e->size <= FSD_HASH_MAX && hash_file(dfd, name, e->ino, &e->hash)) ||
 	    (S_ISLNK(e->mode) && hash_link(dfd, name, &e->hash)))
 		e->flags |= F_HASHED;

@@ -50,6 +50,8 @@ static struct {
 	void (*snapshot)(void);                                         /* before it is taken */
 	void (*branch)(struct sandbox *parent, struct branch_info *i);  /* before the child is up */
 	void (*probe)(const char *id);                                  /* before it answers */
+	/* The guest's answer to a file request (-ENOTSUP when NULL). */
+	int (*fs)(const struct fs_req *req, uint8_t **reply, size_t *len);
 } fake_hooks;
 
 /* The count under the fake's lock, for a test that reads it while
@@ -251,11 +253,11 @@ static char *f_describe(struct sandbox *s)
 	return asprintf(&text, "{\"backend\":\"fake\",\"id\":\"%s\"}", s->id) < 0 ? NULL : text;
 }
 
-/* Files in the guest: the fake has none to give. */
+/* Files in the guest: what the test's hook answers, or none. */
 static int f_fs(struct sandbox *s, const struct fs_req *req, uint8_t **reply, size_t *len)
 {
-	(void)s; (void)req; (void)reply; (void)len;
-	return -ENOTSUP;
+	(void)s;
+	return fake_hooks.fs ? fake_hooks.fs(req, reply, len) : -ENOTSUP;
 }
 
 static const struct backend_ops fake_ops = {

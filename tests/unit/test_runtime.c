@@ -5,6 +5,9 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "backend/agent/fsproto.h"
+#include "backend/agent/proto.h"
+#include "fs/diff.h"
 #include "fs/node.h"
 #include "fake_backend.h"
 
@@ -731,10 +734,127 @@ static void idle_worlds_sleep(void **state)
 	runtime_close(&rt);
 }
 
+/* ---- W/diff: nothing the guest says is believed ---- */
+
+/* How the fake guest answers DIFF: its text, cut in pieces of `piece`
+ * bytes, and one way to lie. */
+static struct {
+	const char *text;
+	uint64_t total;          /* claimed; 0: strlen(text) */
+	size_t piece;
+	enum { HONEST, NEW_TOKEN, STALL, OVERRUN, BAD_ERRNO, STALE_ONCE, STALE_ALWAYS, SHORT } lie;
+	uint32_t err;            /* the guest's errno, 0: none */
+	int requests, stales;
+} guest;
+
+static int guest_diff_reply(const struct fs_req *req, uint8_t **reply, size_t *len)
+{
+	size_t total = guest.total ? guest.total : strlen(guest.text), n = 0;
+	uint64_t token = req->arg ? req->arg : 42;
+	uint32_t err = guest.err;
+	uint8_t *p;
+
+	guest.requests++;
+	if (req->op != FS_DIFF)
+		return -ENOTSUP;
+	if (req->off < strlen(guest.text))
+		n = strlen(guest.text) - req->off < guest.piece ? strlen(guest.text) - req->off : guest.piece;
+	if (guest.lie == NEW_TOKEN && req->arg)
+		token++;
+	if (guest.lie == STALL && req->off)
+		n = 0;
+	if (guest.lie == OVERRUN)
+		n = guest.piece;  /* past the text's end */
+	if (guest.lie == BAD_ERRNO)
+		err = 99999;
+	if (req->arg && (guest.lie == STALE_ALWAYS || (guest.lie == STALE_ONCE && !guest.stales))) {
+		guest.stales++;
+		err = ESTALE;
+	}
+	p = calloc(1, FS_REPLY_HDR + FS_DIFF_HDR + n + 64);
+	proto_put_u32(p, req->id);
+	proto_put_u32(p + 4, err);
+	*len = FS_REPLY_HDR;
+	if (!err && guest.lie != SHORT) {
+		proto_put_u64(p + FS_REPLY_HDR, token);
+		proto_put_u64(p + FS_REPLY_HDR + 8, total);
+		memcpy(p + FS_REPLY_HDR + FS_DIFF_HDR, guest.text + (n ? req->off : 0), n);
+		*len += FS_DIFF_HDR + n;
+	} else if (!err) {
+		*len += 9;
+	}
+	*reply = p;
+	return 0;
+}
+
+static int diff_of(struct runtime *rt, struct entity *e, char **text)
+{
+	size_t len;
+	int rc;
+
+	guest.requests = guest.stales = 0;
+	*text = NULL;
+	rc = guest_diff(rt, e, text, &len);
+	if (rc == 0)
+		assert_int_equal(strlen(*text), len);
+	return rc;
+}
+
+static void diff_replies_are_checked(void **state)
+{
+	static const char text[] = "A\t/a\nM\t/b\nD\t/c/d\n";
+	struct runtime rt;
+	struct entity *w;
+	char *got;
+
+	(void)state;
+	open_rt(&rt);
+	fake_hooks.fs = guest_diff_reply;
+	assert_int_equal(runtime_create_world(&rt, "w", 0, 0), 0);
+	w = verse(&rt, NULL, "w");
+	memset(&guest, 0, sizeof(guest));
+	guest.text = text;
+	guest.piece = 5;
+	assert_int_equal(diff_of(&rt, w, &got), 0);
+	assert_string_equal(got, text);
+	assert_int_equal(guest.requests, 4);  /* 19 bytes in pieces of 5 */
+	free(got);
+	guest.lie = STALE_ONCE;  /* another reader's diff replaced the text: start over */
+	assert_int_equal(diff_of(&rt, w, &got), 0);
+	assert_string_equal(got, text);
+	free(got);
+	guest.lie = STALE_ALWAYS;  /* three tries, then give up */
+	assert_int_equal(diff_of(&rt, w, &got), -ESTALE);
+	assert_int_equal(guest.stales, 3);
+	guest.lie = HONEST;
+	guest.total = DIFF_MAX + 1ull;  /* more than worldfs takes */
+	assert_int_equal(diff_of(&rt, w, &got), -EFBIG);
+	assert_int_equal(guest.requests, 1);
+	guest.total = 0;
+	for (int lie = NEW_TOKEN; lie <= SHORT; lie++) {
+		if (lie == STALE_ONCE || lie == STALE_ALWAYS)
+			continue;
+		guest.lie = lie;
+		assert_int_equal(diff_of(&rt, w, &got), -EIO);
+		assert_null(got);
+	}
+	guest.lie = HONEST;
+	guest.err = ENODATA;  /* the guest's own errno comes through */
+	assert_int_equal(diff_of(&rt, w, &got), -ENODATA);
+	guest.err = 0;
+	guest.text = "";
+	assert_int_equal(diff_of(&rt, w, &got), 0);
+	assert_string_equal(got, "");
+	free(got);
+	fake_hooks.fs = NULL;
+	runtime_close(&rt);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(scenario, setup, teardown),
+		cmocka_unit_test_setup_teardown(diff_replies_are_checked, setup, teardown),
 		cmocka_unit_test_setup_teardown(push_down, setup, teardown),
 		cmocka_unit_test_setup_teardown(idle_worlds_sleep, setup, teardown),
 		cmocka_unit_test_setup_teardown(snapshots_and_removal, setup, teardown),
