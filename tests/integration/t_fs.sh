@@ -102,6 +102,32 @@ else
 fi
 expect_ok "rm it" rm "$W/a/fs/tmp/big"
 
+# A world that dies in the middle of a transfer: EIO, and failed with the
+# reason in info, as for a run.
+expect_ok "mkdir x" mkdir "$MNT/x"
+qp=$(wfs_json_num "$MNT/x/info" pid)
+head -c $((48 << 20)) /dev/zero >"$wfs_tmp/zero"
+(cp "$wfs_tmp/zero" "$MNT/x/fs/tmp/z" 2>"$wfs_tmp/cp.err"; echo $? >"$wfs_tmp/cp.rc") &
+cp_pid=$!
+i=0
+while [ "$(stat -c %s "$MNT/x/fs/tmp/z" 2>/dev/null || echo 0)" = 0 ] && [ $i -lt 100 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+if [ -n "$qp" ] && kill -0 "$cp_pid" 2>/dev/null; then
+	kill -9 "$qp"
+	wait "$cp_pid"
+	expect_match "cp fails with EIO" 'Input/output error' "$(cat "$wfs_tmp/cp.err")"
+	expect_eq "x is failed" failed "$(cat "$MNT/x/state")"
+	expect_match "info says why" 'during a file operation in fs/' "$(cat "$MNT/x/info")"
+	expect_eq "a failed world has no fs/ left" "" "$(ls "$MNT/x" | grep -x fs)"
+else
+	wait "$cp_pid"
+	not_ok "the transfer was over before its QEMU (pid '$qp') could be killed"
+fi
+expect_ok "rmdir x" rmdir "$MNT/x"
+rm -f "$wfs_tmp/zero"
+
 # After a remount (the worlds were suspended), fs/ resumes them.
 wfs_umount
 wfs_mount
