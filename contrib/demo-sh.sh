@@ -39,8 +39,15 @@ mkdir "$U" || die "mkdir $U failed"
 say "mkdir returned after $(ms_since "$t") ms"
 show "$U/state" "$U/trit" "$U/prob"
 
-step "load a universe into its session (exec: variables, a function, a file)"
-run "$U" 'mkdir -p /tmp/universe && cd /tmp/universe
+step "copy the market in through the guest's files (mkdir, printf > universe/fs/tmp/universe/market)"
+mkdir "$U/fs/tmp/universe" || die "mkdir $U/fs/tmp/universe failed"
+printf 'price=100\nsupply=1000\n' >"$U/fs/tmp/universe/market" || die "writing $U/fs/tmp/universe/market failed"
+say "universe/diff:"
+get "$U/diff" | sed 's/^/    | /'
+expect "diff of universe" "$(get "$U/diff")" "$(printf 'A\t/tmp/universe\nA\t/tmp/universe/market')"
+
+step "load a universe into its session (exec: variables, a function, the market's file)"
+run "$U" 'cd /tmp/universe
 PRICE=100
 SUPPLY=1000
 # settle VERSE: record and print the payoff a strategy left in A and B
@@ -48,7 +55,6 @@ settle() {
 	echo "$1 alice=$A bob=$B price=$PRICE" > "ledger-$1"
 	echo "payoff alice=$A bob=$B"
 }
-printf "price=%s\nsupply=%s\n" "$PRICE" "$SUPPLY" > market
 echo "market in $(pwd):"
 cat market'
 say "the session keeps it:"
@@ -124,6 +130,14 @@ expect "ledger of optimal" "$(ledger "$U/optimal")" "alice=125 bob=70"
 expect "ledger of chaos" "$(ledger "$U/chaos")" "alice=50 bob=100"
 expect "ledger of universe" "$(ledger "$U")" "alice=100 bob=50"
 say "universe keeps its own ledger: $(ledger "$U")"
+
+step "what each verse changed since the push-down (cat VERSE/diff)"
+# (show uses $v: this loop has a name of its own)
+for verse in $VERSES; do
+	show "$U/$verse/diff"
+	expect "diff of $verse" "$(get "$U/$verse/diff")" "$(printf 'A\t/tmp/universe/ledger-%s' "$verse")"
+	show "$U/$verse/fs/tmp/universe/ledger-$verse"
+done
 
 step "isolation: each verse sees only the file it wrote itself"
 probe='for f in ledger-nash ledger-optimal ledger-chaos; do
