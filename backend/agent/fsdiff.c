@@ -371,6 +371,11 @@ static int walk_dir(struct walk *w, uint32_t dir, uint32_t prev_dir, bool hash)
 
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
+		/* One directory may hold most of the entries. */
+		if ((m->n & 1023) == 0 && now_ms() > w->deadline) {
+			r = -ETIMEDOUT;
+			break;
+		}
 		if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != w->dev)
 			continue;
 		if ((old = path_push(&w->p, w->l, de->d_name)) < 0)
@@ -694,6 +699,10 @@ static int diff_dir(struct diff *d, struct side b, struct side n)
 		struct stat lst;
 		bool have_lower = false;
 
+		if ((k & 1023) == 1023 && now_ms() > d->deadline) {
+			r = -ETIMEDOUT;
+			break;
+		}
 		if (k == cap) {
 			cap = cap ? 2 * cap : 32;
 			if (!(nit = realloc(it, cap * sizeof(*it)))) {

@@ -675,8 +675,10 @@ int state_save(struct sandbox *s, int fd, int ram_to, bool keep_running, double 
 	*frozen_ms = 0;
 	/* A state others start from (a snapshot, a branch, the golden state):
 	 * W/diff's base for them is recorded first. */
+	t0 = now_ms();
 	if (keep_running && (r = agent_mark(s)) < 0)
 		return r;
+	s->record_ms = now_ms() - t0;
 	if ((r = migrate_prepare(s)) < 0)
 		return r;
 	if (s->cow) {

@@ -501,6 +501,7 @@ static int children_fill(struct backend *b, struct sandbox *parent, int snap_fd,
 	if (parent) {
 		r = branch_state_of_parent(parent, k[0].s, k[0].ram_to, frozen);
 		k[0].s->steps.freeze_ms = *frozen;
+		k[0].s->steps.record_ms = parent->record_ms;
 		k[0].s->steps.clone_ms = k[0].s->cow ? parent->clone_in_freeze_ms : 0;
 		if (info->parent_done)
 			info->parent_done(info->parent_done_arg);
@@ -531,6 +532,7 @@ static int children_fill(struct backend *b, struct sandbox *parent, int snap_fd,
 		if (k[i].s->cow && (r = ram_clone_fd(src, k[i].ram_to)) < 0)
 			vm_log(k[i].s->id, "cloning its RAM: %s", strerror(-r));
 		k[i].s->steps.freeze_ms = *frozen;
+		k[i].s->steps.record_ms = k[0].s->steps.record_ms;
 		k[i].s->steps.clone_ms = now_ms() - t;
 	}
 	if (src >= 0)
@@ -860,8 +862,9 @@ static char *vm_describe(struct sandbox *s)
 	/* Where the last start's time went, in ms. */
 	if (o && st->from)
 		json_object_set_new(o, "start",
-				    json_pack("{s:s, s:b, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "from", st->from,
-					      "pooled", st->pooled, "prepare_ms", st->prepare_ms, "freeze_ms", st->freeze_ms, "clone_ms",
+				    json_pack("{s:s, s:b, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}", "from", st->from,
+					      "pooled", st->pooled, "prepare_ms", st->prepare_ms, "record_ms", st->record_ms,
+					      "freeze_ms", st->freeze_ms, "clone_ms",
 					      st->clone_ms, "qemu_ms", st->qemu_ms, "load_ms", st->load_ms,
 					      "ready_ms", st->ready_ms, "total_ms", st->total_ms));
 	text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(4)) : NULL;

@@ -121,6 +121,7 @@ struct start_steps {
 	const char *from;         /* "boot", "golden", "parent", "snapshot", "suspend" */
 	bool pooled;              /* QEMU came from the warm pool */
 	double prepare_ms;        /* its dir and config (or taking a pool member) */
+	double record_ms;         /* the parent's agent recorded its files (W/diff's base), before the freeze */
 	double freeze_ms;         /* parent stopped: device state + RAM clone */
 	double clone_ms;          /* RAM clone (from a frozen state, or within freeze_ms) */
 	double qemu_ms;           /* QEMU start-up (0 when pooled) */
@@ -150,6 +151,7 @@ struct sandbox {
 	bool migrate_ready;       /* migration parameters and capabilities set */
 	bool broken;              /* the agent or QEMU failed: later calls get EIO */
 	double clone_in_freeze_ms; /* the RAM clone's part of the last freeze */
+	double record_ms;          /* the agent's record of its files before the last freeze */
 	struct start_steps steps;
 };
 
