@@ -8,9 +8,11 @@
 
 # fingerprint: path and content of every value file, in a stable order.
 # info, exec and the runtime-wide entities/metrics are left out: they say
-# whether sandboxes are up, which is meant to differ across a remount.
+# whether sandboxes are up, which is meant to differ across a remount; so
+# is diff, which asks the guest (it would resume a suspended world), and
+# is gone with fs/ when a world fails (the tree comparisons leave both out).
 fingerprint() {
-	(cd "$MNT" && find . -path '*/fs' -prune -o -type f ! -name info ! -name exec ! -name entities \
+	(cd "$MNT" && find . -path '*/fs' -prune -o -type f ! -name info ! -name exec ! -name entities ! -name diff \
 		! -name metrics -print | sort |
 		while read -r f; do printf '%s: %s\n' "$f" "$(cat "$f" | tr '\n' '|')"; done)
 }
@@ -79,13 +81,13 @@ expect_eq "b collapsed" collapsed "$(wfs_val "$W/b/state")"
 expect_ok "mkdir w/snapshot/s/d" mkdir "$W/snapshot/s/d"
 expect_ok "exec in d" wfs_exec "$W/snapshot/s/d" 'RD=ind'
 before=$(fingerprint)
-tree_before=$(cd "$MNT" && find . -path '*/fs' -prune -o -print | sort)
+tree_before=$(cd "$MNT" && find . \( -path '*/fs' -o -path '*/diff' \) -prune -o -print | sort)
 
 # ---- clean unmount and remount ------------------------------------------
 wfs_umount
 expect_no_qemu "no qemu left after a clean unmount" 30
 wfs_mount
-expect_eq "the tree is back" "$tree_before" "$(cd "$MNT" && find . -path '*/fs' -prune -o -print | sort)"
+expect_eq "the tree is back" "$tree_before" "$(cd "$MNT" && find . \( -path '*/fs' -o -path '*/diff' \) -prune -o -print | sort)"
 expect_eq "every value is back (trits, probs, balances, states, outputs, wev, logs)" \
 	"$before" "$(fingerprint)"
 expect_match "w's sandbox is suspended until first use" '"status": *"suspended"' "$(wfs_val "$W/info")"
@@ -101,7 +103,7 @@ expect_eq "e sees the snapshot's session" "before none" "$(wfs_run "$W/snapshot/
 
 # ---- kill -9 worldfs; one sandbox dies while worldfs is down -------------
 expect_ok "exec in w before the crash" wfs_exec "$W" 'K=prekill'
-tree_before=$(cd "$MNT" && find . -path '*/fs' -prune -o -print | sort)
+tree_before=$(cd "$MNT" && find . \( -path '*/fs' -o -path '*/diff' \) -prune -o -print | sort)
 w_sb=$(sandbox_id "$W")
 e_sb=$(sandbox_id "$W/snapshot/s/e")
 expect_match "w's sandbox is known ($w_sb)" "$sandbox_re" "$w_sb"
@@ -111,7 +113,7 @@ expect_ok "w's sandbox survives the death of worldfs" sandbox_alive "$w_sb"
 [ -n "$e_sb" ] && sandbox_kill "$e_sb"
 wfs_mount
 wfs_wait_recovered
-expect_eq "the tree is back after kill -9" "$tree_before" "$(cd "$MNT" && find . -path '*/fs' -prune -o -print | sort)"
+expect_eq "the tree is back after kill -9" "$tree_before" "$(cd "$MNT" && find . \( -path '*/fs' -o -path '*/diff' \) -prune -o -print | sort)"
 expect_eq "balances after kill -9" "42 7" "$(wfs_val "$W/balance/alice") $(wfs_val "$W/balance/bob")"
 expect_eq "trit and prob after kill -9" "1 0.25" "$(wfs_val "$W/a/trit") $(wfs_val "$W/a/prob")"
 expect_eq "resolution after kill -9" "c collapsed collapsed won" \
