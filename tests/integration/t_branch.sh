@@ -24,7 +24,7 @@ expect_eq "verse state" "running running running" \
 	"$(wfs_vals "$W/a/state" "$W/b/state" "$W/c/state")"
 expect_match "a/info is a verse with w as parent" '"entity_type": *"verse"' "$(wfs_val "$W/a/info")"
 expect_eq "ls w shows the verses beside the table" "a b c" \
-	"$(ls "$W" | grep -Ev '^(exec|stdout|stderr|status|state|info|trit|prob|gf3|balance|push_down|resolve|wev|snapshot|fs)$' | tr '\n' ' ' | sed 's/ $//')"
+	"$(ls "$W" | grep -Ev '^(exec|stdout|stderr|status|state|info|trit|prob|gf3|balance|push_down|resolve|wev|snapshot|fs|diff)$' | tr '\n' ' ' | sed 's/ $//')"
 
 # Probabilities: exact decimal sums.
 expect_ok "a/prob 0.45" wfs_put "$W/a/prob" 0.45

@@ -81,7 +81,7 @@ expect_ok "... and may make another" as_nobody mkdir "$MNT/n2"
 # the mount goes on answering everybody else.
 : >"$wfs_tmp/refused"
 chmod 0666 "$wfs_tmp/refused"
-as_nobody sh -c 'env printf "sleep 6\n" >"$1/exec"' _ "$MNT/n2" &
+as_nobody sh -c 'env printf "sleep 15\n" >"$1/exec"' _ "$MNT/n2" &
 writers=$!
 sleep 1
 i=0
