@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/vm/mountinfo.h"
 #include "fs/ops.h"
 #include "fs/runtime.h"
 
@@ -320,6 +321,41 @@ static void raise_fd_limit(void)
 	}
 }
 
+/* Tell ops.c the device of the mount just made (for its readahead), from
+ * /proc/self/mountinfo: a stat of the mount point would wait for the loop
+ * that has not started yet. */
+static void mount_device(const char *mountpoint)
+{
+	char path[PATH_MAX], dev[64], *text = NULL;
+	size_t cap = 0, len = 0;
+	FILE *f;
+
+	if (!realpath(mountpoint, path) || !(f = fopen("/proc/self/mountinfo", "re")))
+		return;
+	for (;;) {
+		char *nt;
+		size_t r;
+
+		if (len + 4096 + 1 > cap) {
+			cap = cap ? 2 * cap : 65536;
+			if (!(nt = realloc(text, cap)))
+				break;
+			text = nt;
+		}
+		r = fread(text + len, 1, cap - len - 1, f);
+		len += r;
+		if (r == 0)
+			break;
+	}
+	fclose(f);
+	if (text) {
+		text[len] = '\0';
+		if (mountinfo_devno(text, path, dev, sizeof(dev)))
+			ops_set_device(dev);
+	}
+	free(text);
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -397,6 +433,7 @@ int main(int argc, char *argv[])
 		goto out_runtime;
 	if (fuse_mount(fuse, copts.mountpoint) != 0)
 		goto out_fuse;
+	mount_device(copts.mountpoint);
 	if (fuse_set_signal_handlers(fuse_get_session(fuse)) != 0)
 		goto out_unmount;
 	worldfs_log("serving %s", copts.mountpoint);

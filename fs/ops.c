@@ -8,7 +8,10 @@
 #include <libgen.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "fs/node.h"
 #include "fs/guest.h"
@@ -238,6 +241,35 @@ static bool writable(const struct node *n)
 	return (node_mode(n) & 0200) != 0;
 }
 
+/* ---- readahead ----
+ * A guest file is read through the page cache in readahead's pieces:
+ * FUSE's bdi starts at 128 KiB (8 round trips to the guest per MiB).  The
+ * mount's own bdi is raised to FS_IO_MAX, once, when the first guest file
+ * is opened (the INIT answer, which lowers it to what libfuse asked, is
+ * long past then).  Not root, or no sysfs: it stays as it was. */
+static char bdi_path[96];
+static pthread_once_t bdi_once = PTHREAD_ONCE_INIT;
+
+void ops_set_device(const char *majmin)
+{
+	snprintf(bdi_path, sizeof(bdi_path), "/sys/class/bdi/%s/read_ahead_kb", majmin);
+}
+
+static void bdi_raise(void)
+{
+	char kb[16];
+	int fd, n;
+
+	if (!bdi_path[0])
+		return;
+	n = snprintf(kb, sizeof(kb), "%u\n", FS_IO_MAX >> 10);
+	fd = open(bdi_path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, kb, (size_t)n) != n)
+		worldfs_log("%s: %s (guest files are read in 128 KiB pieces)", bdi_path, strerror(errno));
+	if (fd >= 0)
+		close(fd);
+}
+
 /* Opening an existing file in W/fs/: not a directory, and emptied for
  * O_TRUNC (libfuse asks for atomic O_TRUNC: the open does it).  The
  * kernel checked the mode bits (default_permissions). */
@@ -279,8 +311,10 @@ static int handle_open(struct runtime *rt, const char *path, struct node *n, str
 		err = -ENOMEM;
 	/* n->guest points into path (only W/fs itself gets the literal "/",
 	 * and it is a directory, refused above). */
-	if (!err && n->type == NODE_GUEST)
+	if (!err && n->type == NODE_GUEST) {
 		h->guest = h->path + (n->guest - path);
+		pthread_once(&bdi_once, bdi_raise);
+	}
 	else if (!err && (fi->flags & O_ACCMODE) != O_WRONLY)
 		err = node_render(rt, n, &h->data, &h->len);
 	if (err) {

@@ -6,4 +6,10 @@
 
 extern const struct fuse_operations worldfs_ops;
 
+/* The mount's device ("major:minor", from mountinfo): at the first open
+ * of a guest file its readahead is raised to the file protocol's piece
+ * (/sys/class/bdi/DEV/read_ahead_kb), once the kernel has its INIT
+ * answer, which would lower it again. */
+void ops_set_device(const char *majmin);
+
 #endif

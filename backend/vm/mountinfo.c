@@ -66,6 +66,29 @@ bool mountinfo_find(const char *text, const char *mount_point, char *source, cha
 	return found;
 }
 
+bool mountinfo_devno(const char *text, const char *mount_point, char *out, size_t n)
+{
+	bool found = false;
+
+	for (const char *line = text; line && *line;) {
+		const char *end = strchr(line, '\n');
+		const char *p = line;
+		char mp[4096], dev[64] = "";
+
+		if (!end)
+			end = line + strlen(line);
+		/* id, parent id, major:minor, root, mount point */
+		for (int i = 0; i < 5 && field(&p, end, i == 2 ? dev : mp, i == 2 ? sizeof(dev) : sizeof(mp)); i++)
+			if (i == 4 && strcmp(mp, mount_point) == 0 && n) {
+				strncpy(out, dev, n - 1);
+				out[n - 1] = '\0';
+				found = true;
+			}
+		line = *end ? end + 1 : end;
+	}
+	return found;
+}
+
 bool xfs_magic(const void *first_bytes, size_t len)
 {
 	return len >= 4 && memcmp(first_bytes, "XFSB", 4) == 0;

@@ -12,6 +12,10 @@
  * octal (\040); they are compared unescaped. */
 bool mountinfo_find(const char *text, const char *mount_point, char *source, char *fstype, size_t n);
 
+/* The device ("major:minor") of the topmost mount at mount_point in text,
+ * into out (n bytes); false if it is not a mount point. */
+bool mountinfo_devno(const char *text, const char *mount_point, char *out, size_t n);
+
 /* XFS superblocks start with the magic "XFSB". */
 bool xfs_magic(const void *first_bytes, size_t len);
 

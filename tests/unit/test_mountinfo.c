@@ -41,6 +41,21 @@ static void test_find_root_and_optional_fields(void **state)
 	assert_string_equal(type, "fuse.worldfs");
 }
 
+/* A mount's device, for its /sys/class/bdi entry: the topmost one's. */
+static void test_devno(void **state)
+{
+	char dev[16];
+
+	(void)state;
+	assert_true(mountinfo_devno(sample, "/tmp/fuse", dev, sizeof(dev)));
+	assert_string_equal(dev, "0:60");
+	assert_true(mountinfo_devno(sample, "/tmp/st/vm/ram", dev, sizeof(dev)));
+	assert_string_equal(dev, "7:1");
+	assert_true(mountinfo_devno(sample, "/tmp/no-newline", dev, sizeof(dev)));
+	assert_string_equal(dev, "7:3");
+	assert_false(mountinfo_devno(sample, "/tmp", dev, sizeof(dev)));
+}
+
 static void test_find_escaped(void **state)
 {
 	char src[64];
@@ -81,6 +96,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_find_topmost),
+		cmocka_unit_test(test_devno),
 		cmocka_unit_test(test_find_root_and_optional_fields),
 		cmocka_unit_test(test_find_escaped),
 		cmocka_unit_test(test_not_found),
