@@ -175,8 +175,15 @@ static void listing_keep(struct listing *l)
 {
 	size_t oldest = 0;
 
-	qsort(l->v, l->n, sizeof(*l->v), by_name);
+	double now = now_ms();
+
+	if (l->n)  /* qsort takes no NULL, even for 0 elements */
+		qsort(l->v, l->n, sizeof(*l->v), by_name);
 	pthread_mutex_lock(&listings_lock);
+	/* What no stat may use any more holds no memory. */
+	for (size_t i = 0; i < LISTINGS; i++)
+		if (listings[i].dir && now - listings[i].at > LISTING_TTL_MS)
+			listing_clear(&listings[i]);
 	for (size_t i = 0; i < LISTINGS; i++) {
 		if (!listings[i].dir || (strcmp(listings[i].id, l->id) == 0 && strcmp(listings[i].dir, l->dir) == 0)) {
 			oldest = i;
@@ -219,7 +226,7 @@ static bool listing_find(struct runtime *rt, struct entity *e, const char *path,
 		if (!l->dir || l->gen != gen || now - l->at > LISTING_TTL_MS || strcmp(l->id, e->id) != 0 ||
 		    strlen(l->dir) != dl || strncmp(l->dir, path, dl) != 0)
 			continue;
-		if ((hit = bsearch(&key, l->v, l->n, sizeof(*l->v), by_name))) {
+		if (l->n && (hit = bsearch(&key, l->v, l->n, sizeof(*l->v), by_name))) {
 			*a = hit->a;
 			found = true;
 		}

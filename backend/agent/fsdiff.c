@@ -389,7 +389,8 @@ static int walk_dir(struct walk *w, uint32_t dir, uint32_t prev_dir, bool hash)
 		return r;
 	m->v[dir].first = first;
 	m->v[dir].n = (uint32_t)m->n - first;
-	qsort_r(m->v + first, m->n - first, sizeof(*m->v), by_name, m->names.buf);
+	if (m->n > first)
+		qsort_r(m->v + first, m->n - first, sizeof(*m->v), by_name, m->names.buf);
 	for (uint32_t i = first; r == 0 && i < first + m->v[dir].n; i++) {
 		long old;
 
@@ -624,7 +625,8 @@ static int lower_names(struct diff *d, char ***out, size_t *n)
 		(*n)++;
 	}
 	closedir(dir);
-	qsort(v, *n, sizeof(*v), cmp_str);
+	if (*n)  /* qsort takes no NULL, even for 0 elements */
+		qsort(v, *n, sizeof(*v), cmp_str);
 	*out = v;
 	return 0;
 nomem:
@@ -805,7 +807,8 @@ int fsd_diff(const struct fsd_layer *l, size_t n, const struct fsd_manifest *bas
 		r = diff_dir(d, b, s);
 	}
 	if (r == 0) {
-		qsort(d->v, d->n, sizeof(*d->v), by_path);
+		if (d->n)  /* qsort takes no NULL, even for 0 elements */
+			qsort(d->v, d->n, sizeof(*d->v), by_path);
 		for (size_t i = 0; r == 0 && i < d->n; i++) {
 			if (strbuf_add(&out, &d->v[i].status, 1) < 0 || strbuf_add(&out, "\t", 1) < 0 ||
 			    put_path(&out, d->v[i].path) < 0 || strbuf_add(&out, "\n", 1) < 0)

@@ -778,7 +778,10 @@ static int guest_diff_reply(const struct fs_req *req, uint8_t **reply, size_t *l
 	if (!err && guest.lie != SHORT) {
 		proto_put_u64(p + FS_REPLY_HDR, token);
 		proto_put_u64(p + FS_REPLY_HDR + 8, total);
-		memcpy(p + FS_REPLY_HDR + FS_DIFF_HDR, guest.text + (n ? req->off : 0), n);
+		/* An overrun's bytes past the text are zeros. */
+		if (req->off < strlen(guest.text))
+			memcpy(p + FS_REPLY_HDR + FS_DIFF_HDR, guest.text + req->off,
+			       n < strlen(guest.text) - req->off ? n : strlen(guest.text) - req->off);
 		*len += FS_DIFF_HDR + n;
 	} else if (!err) {
 		*len += 9;
