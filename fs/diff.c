@@ -1,6 +1,6 @@
 /* diff.c: see diff.h.  Nothing from the guest is trusted: the text's
  * size is bounded, each piece must be the next piece of the same text,
- * an errno outside 1..4095 is EIO. */
+ * an errno outside 1..4095 is EIO (fs_reply_status). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,13 +23,10 @@ static int diff_fetch(struct runtime *rt, struct entity *e, char **buf, size_t *
 		uint8_t *reply = NULL;
 		size_t rlen = 0, body_len, n;
 		uint64_t tk, tot;
-		uint32_t id, err;
 
 		rc = runtime_fs(rt, e, &r, &reply, &rlen);
-		if (rc == 0 && fs_reply_parse(reply, rlen, &id, &err, &body, &body_len) < 0)
-			rc = -EIO;
-		else if (rc == 0 && err)
-			rc = err < 4096 ? -(int)err : -EIO;
+		if (rc == 0)
+			rc = fs_reply_status(reply, rlen, &body, &body_len);
 		if (rc == 0 && fs_diff_parse(body, body_len, &tk, &tot, &data, &n) < 0)
 			rc = -EIO;
 		if (rc == 0 && !text) {

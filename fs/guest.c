@@ -28,19 +28,12 @@
 static int call(struct runtime *rt, struct entity *e, struct fs_req *r, uint8_t **reply, const uint8_t **body,
 		size_t *body_len)
 {
-	uint32_t id, err;
 	size_t len = 0;
 	int rc;
 
 	*reply = NULL;
 	rc = runtime_fs(rt, e, r, reply, &len);
-	if (rc < 0)
-		return rc;
-	if (fs_reply_parse(*reply, len, &id, &err, body, body_len) < 0)
-		return -EIO;
-	if (err == 0)
-		return 0;
-	return err < 4096 ? -(int)err : -EIO;
+	return rc < 0 ? rc : fs_reply_status(*reply, len, body, body_len);
 }
 
 /* A request that answers with nothing to keep. */

@@ -126,6 +126,17 @@ int fs_reply_parse(const uint8_t *p, size_t len, uint32_t *id, uint32_t *err, co
 	return 0;
 }
 
+int fs_reply_status(const uint8_t *p, size_t len, const uint8_t **body, size_t *body_len)
+{
+	uint32_t id, err;
+
+	if (fs_reply_parse(p, len, &id, &err, body, body_len) < 0)
+		return -EIO;
+	if (err == 0)
+		return 0;
+	return err < 4096 ? -(int)err : -EIO;
+}
+
 int fs_dirent_next(const uint8_t *body, size_t len, size_t *pos, const char **name, size_t *name_len,
 		   struct fs_attr *a)
 {

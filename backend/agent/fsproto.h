@@ -113,6 +113,11 @@ void fs_attr_get(const uint8_t *p, struct fs_attr *a);
 int fs_reply_parse(const uint8_t *p, size_t len, uint32_t *id, uint32_t *err, const uint8_t **body,
 		   size_t *body_len);
 
+/* A reply as its receiver takes it: 0 with its body, the guest's errno
+ * (-1..-4095), or -EIO for a reply shorter than its header or an errno
+ * outside 1..4095 (nothing from the guest is believed). */
+int fs_reply_status(const uint8_t *p, size_t len, const uint8_t **body, size_t *body_len);
+
 /* The next READDIR entry in body[*pos..len): its name (not terminated)
  * and attr.  1, 0 at the end, -EPROTO when malformed (a name that is
  * empty, ".", "..", longer than FS_PATH_MAX, holds '/' or NUL, or runs past the

@@ -314,7 +314,6 @@ int agent_mark(struct sandbox *s)
 	struct fs_req req = { .op = FS_MARK, .path = "/", .path_len = 1 };
 	const uint8_t *body;
 	uint8_t *reply = NULL;
-	uint32_t id, err;
 	size_t len, body_len;
 	int r;
 
@@ -322,11 +321,9 @@ int agent_mark(struct sandbox *s)
 		return 0;  /* its W/diff is ENOTSUP anyway */
 	if ((r = agent_fs(s, &req, &reply, &len)) < 0)
 		return r;
-	if (fs_reply_parse(reply, len, &id, &err, &body, &body_len) < 0)
-		err = EPROTO;
-	if (err)
+	if ((r = fs_reply_status(reply, len, &body, &body_len)) < 0)
 		vm_log(s->id, "W/diff: the guest could not record its files for the copies made now: %s",
-		       strerror(err < 4096 ? (int)err : EPROTO));
+		       strerror(-r));
 	free(reply);
 	return 0;
 }
