@@ -166,9 +166,8 @@ static size_t dir_len(const char *path)
 /* Keep l (taken over) as the listing of its dir, in place of the oldest. */
 static void listing_keep(struct listing *l)
 {
-	size_t oldest = 0;
-
 	double now = now_ms();
+	size_t oldest = 0;
 
 	if (l->n)  /* qsort takes no NULL, even for 0 elements */
 		qsort(l->v, l->n, sizeof(*l->v), by_name);
@@ -191,15 +190,13 @@ static void listing_keep(struct listing *l)
 	memset(l, 0, sizeof(*l));
 }
 
-/* path's attributes from a listing still valid; false if none has it. */
-static bool listing_find(struct runtime *rt, struct entity *e, const char *path, struct fs_attr *a)
+/* path's attributes from a stat or listing still valid at generation gen
+ * and time now; false if none has them. */
+static bool listing_find(struct entity *e, const char *path, uint64_t gen, double now, struct fs_attr *a)
 {
-	size_t dl = dir_len(path);
-	uint64_t gen = runtime_files_gen(rt, e);
-	double now = now_ms();
-	bool found = false;
-
 	struct stat_slot *s = &stats[path_slot(e->id, path)];
+	size_t dl = dir_len(path);
+	bool found = false;
 
 	pthread_mutex_lock(&listings_lock);
 	if (s->path && s->gen == gen && now - s->at <= LISTING_TTL_MS && strcmp(s->id, e->id) == 0 &&
@@ -253,12 +250,11 @@ int guest_getattr(struct runtime *rt, struct entity *e, const char *path, struct
 	const uint8_t *body;
 	size_t n;
 	struct fs_attr a;
-	int rc;
-
 	uint64_t gen = runtime_files_gen(rt, e);
 	double at = now_ms();
+	int rc;
 
-	if (listing_find(rt, e, path, &a)) {
+	if (listing_find(e, path, gen, at, &a)) {
 		stat_of(e, &a, st);
 		return 0;
 	}
@@ -286,12 +282,8 @@ int guest_readdir(struct runtime *rt, struct entity *e, const char *path, void *
 	struct listing keep = { .gen = runtime_files_gen(rt, e), .at = now_ms() };
 	bool keeping = (keep.dir = strdup(path)) != NULL;
 
-	if (keeping) {
+	if (keeping)
 		snprintf(keep.id, sizeof(keep.id), "%s", e->id);
-		/* The same directory as a stat's dir_len() sees it. */
-		for (size_t k = strlen(keep.dir); k > 1 && keep.dir[k - 1] == '/'; k--)
-			keep.dir[k - 1] = '\0';
-	}
 	fill(buf, ".", NULL, 0, 0);
 	fill(buf, "..", NULL, 0, 0);
 	do {

@@ -6,10 +6,10 @@
 #include <fcntl.h>
 #include <fuse.h>
 #include <libgen.h>
-#include <stdlib.h>
-#include <string.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -314,8 +314,7 @@ static int handle_open(struct runtime *rt, const char *path, struct node *n, str
 	if (!err && n->type == NODE_GUEST) {
 		h->guest = h->path + (n->guest - path);
 		pthread_once(&bdi_once, bdi_raise);
-	}
-	else if (!err && (fi->flags & O_ACCMODE) != O_WRONLY)
+	} else if (!err && (fi->flags & O_ACCMODE) != O_WRONLY)
 		err = node_render(rt, n, &h->data, &h->len);
 	if (err) {
 		pthread_mutex_destroy(&h->lock);
