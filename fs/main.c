@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend/util/io.h"
 #include "backend/vm/mountinfo.h"
 #include "fs/ops.h"
 #include "fs/runtime.h"
@@ -326,33 +327,14 @@ static void raise_fd_limit(void)
  * that has not started yet. */
 static void mount_device(const char *mountpoint)
 {
-	char path[PATH_MAX], dev[64], *text = NULL;
-	size_t cap = 0, len = 0;
-	FILE *f;
+	char path[PATH_MAX], dev[64];
+	size_t cap = 1 << 20;
+	char *text;
 
-	if (!realpath(mountpoint, path) || !(f = fopen("/proc/self/mountinfo", "re")))
+	if (!realpath(mountpoint, path) || !(text = malloc(cap)))
 		return;
-	for (;;) {
-		char *nt;
-		size_t r;
-
-		if (len + 4096 + 1 > cap) {
-			cap = cap ? 2 * cap : 65536;
-			if (!(nt = realloc(text, cap)))
-				break;
-			text = nt;
-		}
-		r = fread(text + len, 1, cap - len - 1, f);
-		len += r;
-		if (r == 0)
-			break;
-	}
-	fclose(f);
-	if (text) {
-		text[len] = '\0';
-		if (mountinfo_devno(text, path, dev, sizeof(dev)))
-			ops_set_device(dev);
-	}
+	if (io_read_small("/proc/self/mountinfo", text, cap) > 0 && mountinfo_devno(text, path, dev, sizeof(dev)))
+		ops_set_device(dev);
 	free(text);
 }
 

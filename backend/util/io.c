@@ -1,5 +1,6 @@
 /* io.c: see io.h. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
 
@@ -38,4 +39,20 @@ int write_all(int fd, const void *data, size_t len)
 		len -= (size_t)w;
 	}
 	return 0;
+}
+
+ssize_t io_read_small(const char *path, char *buf, size_t n)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t got;
+
+	if (fd < 0)
+		return -errno;
+	got = read(fd, buf, n - 1);
+	if (got < 0)
+		got = -errno;
+	else
+		buf[got] = '\0';
+	close(fd);
+	return got;
 }

@@ -3,6 +3,7 @@
 #define WORLDFS_IO_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /* Write all len bytes, across short writes and EINTR.  0 or -errno. */
 int write_all(int fd, const void *data, size_t len);
@@ -11,5 +12,9 @@ int write_all(int fd, const void *data, size_t len);
  * (now_ms() terms; < 0: no deadline), across EINTR.  The revents (which
  * may be POLLHUP, POLLERR or POLLNVAL alone), -ETIMEDOUT, or -errno. */
 int io_wait(int fd, short events, double deadline);
+
+/* Up to n-1 bytes of a small file in one read (a /proc or /sys file gives
+ * all it has), NUL-terminated: how many, or -errno. */
+ssize_t io_read_small(const char *path, char *buf, size_t n);
 
 #endif

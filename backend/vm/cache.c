@@ -281,7 +281,7 @@ int cache_get(struct backend *b, const char *key, const char *dir, const char *t
 		return -ENOENT;
 	if ((r = vm_pathf(entry, "%s/%s", b->cache_dir, key)) < 0 || (r = vm_pathf(path, "%s/manifest", entry)) < 0)
 		return r;
-	n = vm_read_small(path, manifest, sizeof(manifest));
+	n = io_read_small(path, manifest, sizeof(manifest));
 	if (n < 0)
 		return (int)n;
 	snprintf(want_key, sizeof(want_key), "\nkey=%s\n", key);

@@ -108,22 +108,6 @@ int vm_write_file(const char *dir, const char *name, const char *text, bool dura
 }
 
 /* Read up to n-1 bytes of a small file, NUL-terminated.  Bytes or -errno. */
-ssize_t vm_read_small(const char *path, char *buf, size_t n)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	ssize_t got;
-
-	if (fd < 0)
-		return -errno;
-	got = read(fd, buf, n - 1);
-	if (got < 0)
-		got = -errno;
-	else
-		buf[got] = '\0';
-	close(fd);
-	return got;
-}
-
 int vm_rm_tree_at(int parent, const char *name)
 {
 	int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -208,7 +192,7 @@ int vm_config_read(const char *dir, struct vm_config *c)
 	memset(c, 0, sizeof(*c));
 	if ((r = vm_pathf(path, "%s/config", dir)) < 0)
 		return r;
-	n = vm_read_small(path, text, sizeof(text));
+	n = io_read_small(path, text, sizeof(text));
 	if (n < 0)
 		return (int)n;
 	if (sscanf(text, "mem_mib=%u vcpus=%u", &c->mem_mib, &c->vcpus) != 2 || c->mem_mib == 0 || c->vcpus == 0)

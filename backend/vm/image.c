@@ -60,7 +60,7 @@ static int manifest_load(const char *dir, struct vm_image *img, char *err, size_
 
 	if ((r = vm_pathf(path, "%s/manifest", dir)) < 0)
 		return r;
-	n = vm_read_small(path, text, sizeof(text));
+	n = io_read_small(path, text, sizeof(text));
 	if (n < 0) {
 		snprintf(err, errlen, "%s: %s", path, strerror((int)-n));
 		return (int)n;

@@ -44,7 +44,7 @@ bool qemu_pid_is_ours(pid_t pid, const char *qdir)
 	if (pid <= 1 || vm_pathf(want, "%s/qemu.pid", qdir) < 0)
 		return false;
 	snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
-	n = vm_read_small(path, args, sizeof(args));
+	n = io_read_small(path, args, sizeof(args));
 	if (n <= 0)
 		return false;
 	for (char *a = args; a < args + n; a += strlen(a) + 1) {
@@ -76,7 +76,7 @@ pid_t qemu_pid_from_file(const char *dir)
 {
 	char path[PATH_MAX], text[32];
 
-	if (vm_pathf(path, "%s/qemu.pid", dir) < 0 || vm_read_small(path, text, sizeof(text)) <= 0)
+	if (vm_pathf(path, "%s/qemu.pid", dir) < 0 || io_read_small(path, text, sizeof(text)) <= 0)
 		return 0;
 	return qemu_pid_parse(text);
 }
@@ -87,7 +87,7 @@ void qemu_origin(const char *dir, char qdir[PATH_MAX])
 	ssize_t n = -1;
 
 	if (vm_pathf(path, "%s/qemu.origin", dir) == 0)
-		n = vm_read_small(path, qdir, PATH_MAX);
+		n = io_read_small(path, qdir, PATH_MAX);
 	if (n > 0 && qdir[n - 1] == '\n')
 		qdir[n - 1] = '\0';
 	if (n <= 1)

@@ -155,7 +155,7 @@ static bool mounted_here(const char *dir, const char *image, bool *ours, char de
 	*ours = false;
 	if (!text)
 		return false;
-	n = vm_read_small("/proc/self/mountinfo", text, cap);
+	n = io_read_small("/proc/self/mountinfo", text, cap);
 	found = n > 0 && mountinfo_find(text, dir, source, type, sizeof(source));
 	free(text);
 	if (!found)
@@ -164,7 +164,7 @@ static bool mounted_here(const char *dir, const char *image, bool *ours, char de
 	dev = dev ? dev + 1 : source;
 	if (strncmp(dev, "loop", 4) == 0 && realpath(image, real) &&
 	    vm_pathf(sys, "/sys/block/%s/loop/backing_file", dev) == 0 &&
-	    (n = vm_read_small(sys, backing, sizeof(backing))) > 0) {
+	    (n = io_read_small(sys, backing, sizeof(backing))) > 0) {
 		if (backing[n - 1] == '\n')
 			backing[n - 1] = '\0';
 		*ours = strcmp(backing, real) == 0;

@@ -171,8 +171,6 @@ int vm_fsync_path(const char *path);
  * -errno. */
 int vm_open_tmp(const char *path);
 int vm_write_file(const char *dir, const char *name, const char *text, bool durable);
-/* Up to n-1 bytes of a small file, NUL-terminated: how many, or -errno. */
-ssize_t vm_read_small(const char *path, char *buf, size_t n);
 /* Remove name in the dir parent (path) and all below it; missing is fine. */
 int vm_rm_tree_at(int parent, const char *name);
 int vm_rm_tree(const char *path);

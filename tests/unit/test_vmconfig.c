@@ -113,7 +113,7 @@ static void log_lines(void **state)
 	dup2(saved, 2);
 	close(saved);
 	close(fd);
-	assert_true(vm_read_small(path, text, sizeof(text)) > 0);
+	assert_true(io_read_small(path, text, sizeof(text)) > 0);
 	assert_string_equal(text, "worldfs: vm w1: agent: 7\n"
 				  "worldfs: vm: warm pool: Out of memory: none\n"
 				  "worldfs: /dev/kvm: using kvm\n");
