@@ -26,7 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -34,6 +33,7 @@
 #include "backend/agent/fsdiff.h"
 #include "backend/agent/fsproto.h"
 #include "backend/util/clock.h"
+#include "backend/util/io.h"
 #include "backend/util/strbuf.h"
 
 #define NONE UINT32_MAX
@@ -215,16 +215,8 @@ static bool skipped(const struct fsd_layer *l, const struct path *p)
  * a mount point on the way. */
 static int open_dir(int root, const struct path *p)
 {
-	struct open_how how = {
-		.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC,
-		.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
-	};
-	long fd;
-
-	do
-		fd = syscall(SYS_openat2, root, p->len ? p->s : ".", &how, sizeof(how));
-	while (fd < 0 && errno == EAGAIN);
-	return fd < 0 ? -errno : (int)fd;
+	return io_openat2(root, p->len ? p->s : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
+			  RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV);
 }
 
 static uint64_t ns(const struct timespec *t)

@@ -17,20 +17,12 @@
 
 #include "backend/agent/fsserve.h"
 #include "backend/agent/proto.h"
+#include "backend/util/io.h"
 
 static int open_in_root(int rootfd, const char *path, int flags, mode_t mode)
 {
-	struct open_how how = {
-		.flags = (uint64_t)(flags | O_CLOEXEC),
-		.mode = (flags & O_CREAT) ? mode : 0,
-		.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-	};
-	long fd;
-
-	do
-		fd = syscall(SYS_openat2, rootfd, path, &how, sizeof(how));
-	while (fd < 0 && errno == EAGAIN);  /* a rename raced the lookup */
-	return fd < 0 ? -errno : (int)fd;
+	return io_openat2(rootfd, path, flags | O_CLOEXEC, (flags & O_CREAT) ? mode : 0,
+			  RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
 }
 
 /* The kernel's pseudo-filesystems (/proc, /sys, /dev, ...) are not the

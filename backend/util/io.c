@@ -1,7 +1,10 @@
 /* io.c: see io.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <poll.h>
+#include <stdint.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "backend/util/clock.h"
@@ -55,4 +58,15 @@ ssize_t io_read_small(const char *path, char *buf, size_t n)
 		buf[got] = '\0';
 	close(fd);
 	return got;
+}
+
+int io_openat2(int dirfd, const char *path, int flags, unsigned mode, unsigned long long resolve)
+{
+	struct open_how how = { .flags = (uint64_t)flags, .mode = mode, .resolve = resolve };
+	long fd;
+
+	do
+		fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+	while (fd < 0 && errno == EAGAIN);
+	return fd < 0 ? -errno : (int)fd;
 }
