@@ -456,8 +456,9 @@ static void diff_adopt(struct agent *a)
 }
 
 /* DIFF: compute the text (arg 0) or go on paging out the one computed
- * (arg = its token); the reply body is token, total, bytes from off. */
-static int diff_request(struct agent *a, const struct fs_req *r, uint8_t *body, size_t *len)
+ * (arg = its token); the reply body is token, total, bytes from off.
+ * The body's length, or -errno. */
+static int diff_request(struct agent *a, const struct fs_req *r, uint8_t *body)
 {
 	size_t n;
 	int err;
@@ -485,13 +486,12 @@ static int diff_request(struct agent *a, const struct fs_req *r, uint8_t *body, 
 	proto_put_u64(body, a->diff_token);
 	proto_put_u64(body + 8, a->diff_len);
 	memcpy(body + FS_DIFF_HDR, a->diff_text + r->off, n);
-	*len = FS_DIFF_HDR + n;
 	/* Nothing outlives the request that takes the last byte. */
 	if (r->off + n == a->diff_len) {
 		free(a->diff_text);
 		a->diff_text = NULL;
 	}
-	return 0;
+	return (int)(FS_DIFF_HDR + n);
 }
 
 static void init_system(struct agent *a)
@@ -1507,12 +1507,9 @@ static int fs_request(struct agent *a, const struct proto_frame *f)
 	if (fs_req_parse(f->payload, f->len, &r) < 0)
 		return -EPROTO;
 	if (r.op == FS_MARK || r.op == FS_DIFF) {
-		size_t n = 0;
-		int err = r.op == FS_MARK ? diff_mark(a) : diff_request(a, &r, reply + FS_REPLY_HDR, &n);
+		int n = r.op == FS_MARK ? diff_mark(a) : diff_request(a, &r, reply + FS_REPLY_HDR);
 
-		proto_put_u32(reply, r.id);
-		proto_put_u32(reply + 4, err < 0 ? (uint32_t)-err : 0);
-		iov = (struct iovec){ .iov_base = reply, .iov_len = FS_REPLY_HDR + (err < 0 ? 0 : n) };
+		iov = (struct iovec){ .iov_base = reply, .iov_len = fs_reply_head(reply, r.id, n) };
 		port_send(a, PROTO_FS_REPLY, &iov, 1);
 		return 0;
 	}

@@ -126,6 +126,13 @@ int fs_reply_parse(const uint8_t *p, size_t len, uint32_t *id, uint32_t *err, co
 	return 0;
 }
 
+size_t fs_reply_head(uint8_t *out, uint32_t id, int n)
+{
+	proto_put_u32(out, id);
+	proto_put_u32(out + 4, n < 0 ? (uint32_t)-n : 0);
+	return FS_REPLY_HDR + (n < 0 ? 0 : (size_t)n);
+}
+
 int fs_reply_status(const uint8_t *p, size_t len, const uint8_t **body, size_t *body_len)
 {
 	uint32_t id, err;

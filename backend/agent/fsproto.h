@@ -113,6 +113,10 @@ void fs_attr_get(const uint8_t *p, struct fs_attr *a);
 int fs_reply_parse(const uint8_t *p, size_t len, uint32_t *id, uint32_t *err, const uint8_t **body,
 		   size_t *body_len);
 
+/* A reply's header into out: id, and the errno of n < 0 (0 otherwise);
+ * the reply's length, FS_REPLY_HDR plus n body bytes when n >= 0. */
+size_t fs_reply_head(uint8_t *out, uint32_t id, int n);
+
 /* A reply as its receiver takes it: 0 with its body, the guest's errno
  * (-1..-4095), or -EIO for a reply shorter than its header or an errno
  * outside 1..4095 (nothing from the guest is believed). */

@@ -397,7 +397,5 @@ size_t fs_serve(int rootfd, const struct fs_req *r, uint8_t *out)
 		n = dfd < 0 ? dfd : serve_op(rootfd, r, dfd, base, at_root, out + FS_REPLY_HDR);
 	if (dfd >= 0)
 		close(dfd);
-	proto_put_u32(out, r->id);
-	proto_put_u32(out + 4, n < 0 ? (uint32_t)-n : 0);
-	return FS_REPLY_HDR + (n < 0 ? 0 : (size_t)n);
+	return fs_reply_head(out, r->id, n);
 }
